@@ -1,0 +1,1035 @@
+//! `pgquorum ctl`: operator commands against a running cluster.
+//!
+//! Output goes to stdout, either as aligned human-readable text or, with
+//! `--output json`, as one JSON document per command (one per line for `kv
+//! watch` and `lease renew --keep-alive`). Errors are returned to the caller,
+//! which prints them and exits 1.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::api::pb;
+use crate::client::{Client, ClientError, LeaseKeeper};
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// Cluster members to talk to (host:port, comma separated); any member answers.
+    #[arg(
+        long,
+        env = "PGQUORUM_ENDPOINTS",
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+
+    /// Timeout per request and node, e.g. 5s, 500ms, 1m.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCommand {
+    /// Show the answering node's view of the cluster.
+    Status,
+    /// List the cluster members.
+    Members,
+    /// Add or remove cluster members.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Read and write keys.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Grant, renew, revoke and inspect leases.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Add a node; it becomes a voter once it caught up unless --learner.
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        name: String,
+        /// The node's gRPC address, host:port.
+        #[arg(long)]
+        addr: String,
+        /// Keep the node a non-voting learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Print a key (or all keys under a prefix) as `key = value`.
+    Get {
+        key: String,
+        /// Treat KEY as a prefix.
+        #[arg(long)]
+        prefix: bool,
+        /// Answer from the contacted node's state without asking the leader (may be stale).
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Write a key.
+    Put {
+        key: String,
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        /// Attach the key to this lease; it is deleted when the lease ends.
+        #[arg(long, default_value_t = 0)]
+        lease: u64,
+        /// Only write if the key's mod_revision is REV (0: the key must not exist).
+        #[arg(long, value_name = "REV")]
+        expect_revision: Option<u64>,
+    },
+    /// Delete a key (or all keys under a prefix).
+    Del {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Only delete if the key's mod_revision is REV.
+        #[arg(long, value_name = "REV")]
+        expect_revision: Option<u64>,
+    },
+    /// Print changes under a prefix as they happen.
+    Watch {
+        prefix: String,
+        /// Start with the change at this revision (default: from now on).
+        #[arg(long, value_name = "REV", default_value_t = 0)]
+        from_revision: u64,
+        /// Stop after N events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaseCommand {
+    /// Grant a lease of TTL_MS milliseconds.
+    Grant {
+        ttl_ms: u64,
+        /// Ask for this lease id (default: the cluster chooses).
+        #[arg(long, default_value_t = 0)]
+        id: u64,
+    },
+    /// Renew a lease once, or with --keep-alive every ttl/3 until Ctrl-C.
+    Renew {
+        id: u64,
+        #[arg(long)]
+        keep_alive: bool,
+    },
+    /// End a lease now, deleting its keys.
+    Revoke { id: u64 },
+    /// Show a lease's ttl, time left and keys.
+    Ttl { id: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+
+    #[error("key {0:?} not found")]
+    KeyNotFound(String),
+
+    #[error("lease {0} not found: it expired or was revoked; grant a new one")]
+    LeaseNotFound(u64),
+
+    #[error("member {0} not found: see `pgquorum ctl members` for the current members")]
+    MemberNotFound(u64),
+
+    #[error("compare failed: {0}")]
+    CompareFailed(String),
+
+    #[error(
+        "lease {id} may have expired: no renewal committed in time ({source}); the lease is no longer certainly held"
+    )]
+    LeaseLost { id: u64, source: ClientError },
+
+    #[error(
+        "the node ended the watch stream; rerun with --from-revision {next_revision} to continue"
+    )]
+    WatchClosed { next_revision: u64 },
+
+    #[error("{0}")]
+    BadInput(String),
+
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Runs one `pgquorum ctl` command.
+pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
+    if args.timeout.is_zero() {
+        return Err(CtlError::BadInput("--timeout must be greater than 0".into()));
+    }
+    let client = Client::new(args.endpoints)?.with_timeout(args.timeout);
+    let json = args.output == OutputFormat::Json;
+    match args.command {
+        CtlCommand::Status => {
+            let st = client.status().await?;
+            emit(json, status_json(&st), || format_status(&st))
+        }
+        CtlCommand::Members => {
+            let st = client.status().await?;
+            emit(json, json!({ "members": members_json(&st) }), || {
+                format_members(&st)
+            })
+        }
+        CtlCommand::Member(cmd) => member(&client, json, cmd).await,
+        CtlCommand::Kv(cmd) => kv(&client, json, cmd).await,
+        CtlCommand::Lease(cmd) => lease(&client, json, cmd).await,
+    }
+}
+
+async fn member(client: &Client, json: bool, cmd: MemberCommand) -> Result<(), CtlError> {
+    match cmd {
+        MemberCommand::Add {
+            id,
+            name,
+            addr,
+            learner,
+        } => {
+            if name.is_empty() || addr.is_empty() {
+                return Err(CtlError::BadInput(
+                    "member add needs a non-empty --name and --addr".into(),
+                ));
+            }
+            let st = client.add_member(id, &name, &addr, learner).await?;
+            let role = if learner { "learner" } else { "voter once caught up" };
+            emit(json, status_json(&st), || {
+                format!("member {id} ({name}) added as {role}\n{}", format_members(&st))
+            })
+        }
+        MemberCommand::Remove { id } => {
+            let st = client.remove_member(id).await.map_err(|e| match e.code() {
+                Some(Code::NotFound) => CtlError::MemberNotFound(id),
+                _ => e.into(),
+            })?;
+            emit(json, status_json(&st), || {
+                format!("member {id} removed\n{}", format_members(&st))
+            })
+        }
+    }
+}
+
+async fn kv(client: &Client, json: bool, cmd: KvCommand) -> Result<(), CtlError> {
+    match cmd {
+        KvCommand::Get {
+            key,
+            prefix,
+            serializable,
+        } => {
+            let resp = client.get(&key, prefix, serializable).await?;
+            if !prefix && resp.kvs.is_empty() {
+                return Err(CtlError::KeyNotFound(key));
+            }
+            emit(json, range_json(&resp), || format_kvs(&resp.kvs))
+        }
+        KvCommand::Put {
+            key,
+            value,
+            lease,
+            expect_revision,
+        } => {
+            let resp = client
+                .put(&key, value.into_bytes(), lease, expect_revision)
+                .await
+                .map_err(|e| match e.code() {
+                    Some(Code::NotFound) if lease != 0 => CtlError::LeaseNotFound(lease),
+                    _ => e.into(),
+                })?;
+            if json {
+                print_out(&put_json(&resp).to_string())?;
+            }
+            if !resp.succeeded {
+                return Err(CtlError::CompareFailed(put_compare_failure(
+                    &key,
+                    resp.prev.as_ref(),
+                    expect_revision,
+                )));
+            }
+            if !json {
+                print_out(&format!("OK revision={}", resp.revision))?;
+            }
+            Ok(())
+        }
+        KvCommand::Del {
+            key,
+            prefix,
+            expect_revision,
+        } => {
+            let resp = client.delete(&key, prefix, expect_revision).await?;
+            if json {
+                print_out(&delete_json(&resp).to_string())?;
+            }
+            if !resp.succeeded {
+                let expected = expect_revision.map_or_else(|| "?".to_owned(), |r| r.to_string());
+                return Err(CtlError::CompareFailed(format!(
+                    "key {key:?} does not have mod_revision {expected} (it changed or does not exist)"
+                )));
+            }
+            if !json {
+                print_out(&format!(
+                    "OK deleted={} revision={}",
+                    resp.deleted, resp.revision
+                ))?;
+            }
+            Ok(())
+        }
+        KvCommand::Watch {
+            prefix,
+            from_revision,
+            count,
+        } => watch(client, json, &prefix, from_revision, count).await,
+    }
+}
+
+async fn watch(
+    client: &Client,
+    json: bool,
+    prefix: &str,
+    from_revision: u64,
+    count: Option<u64>,
+) -> Result<(), CtlError> {
+    if count == Some(0) {
+        return Ok(());
+    }
+    let mut stream = client.watch(prefix, from_revision).await?;
+    let mut seen = 0u64;
+    let mut next_revision = from_revision;
+    while let Some(ev) = stream.message().await.map_err(ClientError::Rpc)? {
+        next_revision = next_revision.max(ev.revision + 1);
+        let line = if json {
+            watch_event_json(&ev).to_string()
+        } else {
+            format_watch_event(&ev)
+        };
+        // Flushed per event: watchers are often piped into scripts that react
+        // to each line.
+        print_out(&line)?;
+        seen += 1;
+        if count.is_some_and(|n| seen >= n) {
+            return Ok(());
+        }
+    }
+    Err(CtlError::WatchClosed { next_revision })
+}
+
+async fn lease(client: &Client, json: bool, cmd: LeaseCommand) -> Result<(), CtlError> {
+    let not_found = |id: u64| {
+        move |e: ClientError| match e.code() {
+            Some(Code::NotFound) => CtlError::LeaseNotFound(id),
+            _ => e.into(),
+        }
+    };
+    match cmd {
+        LeaseCommand::Grant { ttl_ms, id } => {
+            if ttl_ms == 0 {
+                return Err(CtlError::BadInput("lease TTL must be at least 1 ms".into()));
+            }
+            let resp = client.lease_grant(ttl_ms, id).await?;
+            emit(json, lease_json(&resp), || {
+                format!("lease {} granted, ttl {} ms", resp.id, resp.ttl_ms)
+            })
+        }
+        LeaseCommand::Renew {
+            id,
+            keep_alive: false,
+        } => {
+            let resp = client.lease_renew(id).await.map_err(not_found(id))?;
+            emit(json, lease_json(&resp), || {
+                format!("lease {} renewed, ttl {} ms", resp.id, resp.ttl_ms)
+            })
+        }
+        LeaseCommand::Renew {
+            id,
+            keep_alive: true,
+        } => keep_alive(client, json, id).await,
+        LeaseCommand::Revoke { id } => {
+            let resp = client.lease_revoke(id).await.map_err(not_found(id))?;
+            emit(json, lease_json(&resp), || format!("lease {id} revoked"))
+        }
+        LeaseCommand::Ttl { id } => {
+            let resp = client.lease_ttl(id).await.map_err(not_found(id))?;
+            emit(json, lease_json(&resp), || format_lease_ttl(&resp))
+        }
+    }
+}
+
+/// Renews every ttl/3 until Ctrl-C. Gives up once the local deadline passed
+/// without a committed renewal, because from then on the lease may be gone.
+async fn keep_alive(client: &Client, json: bool, id: u64) -> Result<(), CtlError> {
+    let mut keeper = LeaseKeeper::attach(client.clone(), id)
+        .await
+        .map_err(|e| match e.code() {
+            Some(Code::NotFound) => CtlError::LeaseNotFound(id),
+            _ => e.into(),
+        })?;
+    let ttl = keeper.ttl();
+    print_keepalive(json, &keeper)?;
+    let mut wait = ttl / 3;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match keeper.renew().await {
+            Ok(_) => {
+                print_keepalive(json, &keeper)?;
+                wait = keeper.ttl() / 3;
+            }
+            Err(e) if e.code() == Some(Code::NotFound) => return Err(CtlError::LeaseNotFound(id)),
+            Err(e) if !keeper.is_valid(Instant::now()) => {
+                return Err(CtlError::LeaseLost { id, source: e });
+            }
+            Err(e) => {
+                eprintln!("lease {id}: renewal failed, retrying: {e}");
+                // Retry well before the deadline rather than after a full ttl/3.
+                wait = (keeper.ttl() / 10).max(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn print_keepalive(json: bool, keeper: &LeaseKeeper) -> Result<(), CtlError> {
+    let valid_for = keeper
+        .valid_until()
+        .map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()));
+    let line = if json {
+        json!({
+            "id": keeper.id(),
+            "ttl_ms": millis(keeper.ttl()),
+            "valid_for_ms": millis(valid_for),
+        })
+        .to_string()
+    } else {
+        format!(
+            "lease {} renewed, ttl {} ms, certainly held for the next {} ms",
+            keeper.id(),
+            millis(keeper.ttl()),
+            millis(valid_for)
+        )
+    };
+    print_out(&line)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Prints the JSON document or the human text (built only when needed).
+fn emit(json: bool, doc: Value, human: impl FnOnce() -> String) -> Result<(), CtlError> {
+    if json {
+        print_out(&doc.to_string())
+    } else {
+        print_out(&human())
+    }
+}
+
+/// Writes `text` plus a newline (unless empty) and flushes.
+fn print_out(text: &str) -> Result<(), CtlError> {
+    let mut out = std::io::stdout().lock();
+    if !text.is_empty() {
+        out.write_all(text.as_bytes())?;
+        if !text.ends_with('\n') {
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Parses durations like `5s`, `500ms`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 5s, 500ms or 1m"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "" => Err(format!("duration {s:?} needs a unit: ms, s or m (e.g. 5s)")),
+        other => Err(format!(
+            "unknown unit {other:?} in duration {s:?}: use ms, s or m"
+        )),
+    }
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Lines of `label  value`, labels padded to one width.
+fn format_fields(fields: &[(&str, String)]) -> String {
+    let width = fields.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    fields
+        .iter()
+        .map(|(label, value)| format!("{label:<width$}  {value}\n"))
+        .collect()
+}
+
+/// An aligned table; the last column is not padded so lines carry no trailing
+/// blanks.
+fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                let pad = w.saturating_sub(cell.chars().count());
+                out.push_str(cell);
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+pub fn format_status(st: &pb::StatusResponse) -> String {
+    let leader = if st.leader_id == 0 {
+        "none known".to_owned()
+    } else if st.leader_addr.is_empty() {
+        st.leader_id.to_string()
+    } else {
+        format!("{} at {}", st.leader_id, st.leader_addr)
+    };
+    let node = if st.node_name.is_empty() {
+        st.node_id.to_string()
+    } else {
+        format!("{} ({})", st.node_id, st.node_name)
+    };
+    let fields = [
+        ("node", node),
+        ("cluster", st.cluster.clone()),
+        ("leader", leader),
+        ("term", st.term.to_string()),
+        ("state", st.state.clone()),
+        ("commit index", st.commit_index.to_string()),
+        ("applied index", st.applied_index.to_string()),
+        ("last log index", st.last_log_index.to_string()),
+        ("revision", st.revision.to_string()),
+    ];
+    format!("{}\n{}", format_fields(&fields), format_members(st))
+}
+
+/// Members table; `*` marks the leader.
+pub fn format_members(st: &pb::StatusResponse) -> String {
+    let rows: Vec<Vec<String>> = st
+        .members
+        .iter()
+        .map(|m| {
+            let mark = if st.leader_id != 0 && m.id == st.leader_id {
+                "*"
+            } else {
+                ""
+            };
+            vec![
+                mark.to_owned(),
+                m.id.to_string(),
+                m.name.clone(),
+                m.addr.clone(),
+                m.role.clone(),
+            ]
+        })
+        .collect();
+    format_table(&["", "ID", "NAME", "ADDRESS", "ROLE"], &rows)
+}
+
+/// `key = value` per line; nothing for no keys.
+pub fn format_kvs(kvs: &[pb::KeyValue]) -> String {
+    kvs.iter()
+        .map(|kv| format!("{} = {}\n", kv.key, lossy(&kv.value)))
+        .collect()
+}
+
+pub fn format_watch_event(ev: &pb::WatchEvent) -> String {
+    let key = ev.kv.as_ref().map_or("", |kv| kv.key.as_str());
+    match (ev.kind.as_str(), ev.kv.as_ref()) {
+        ("put", Some(kv)) => format!("{} put {} = {}", ev.revision, key, lossy(&kv.value)),
+        (kind, _) => format!("{} {} {}", ev.revision, kind, key),
+    }
+}
+
+pub fn format_lease_ttl(resp: &pb::LeaseResponse) -> String {
+    format!(
+        "lease {} ttl={} ms remaining={} ms keys=[{}]",
+        resp.id,
+        resp.ttl_ms,
+        resp.remaining_ms,
+        resp.keys.join(", ")
+    )
+}
+
+fn put_compare_failure(key: &str, prev: Option<&pb::KeyValue>, expected: Option<u64>) -> String {
+    let expected = expected.map_or_else(|| "?".to_owned(), |r| r.to_string());
+    match prev {
+        Some(kv) => format!(
+            "key {key:?} has mod_revision {}, expected {expected}",
+            kv.mod_revision
+        ),
+        None => format!("key {key:?} does not exist, expected mod_revision {expected}"),
+    }
+}
+
+pub fn kv_json(kv: &pb::KeyValue) -> Value {
+    json!({
+        "key": kv.key,
+        "value": lossy(&kv.value),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+        "lease": kv.lease,
+    })
+}
+
+fn members_json(st: &pb::StatusResponse) -> Value {
+    st.members
+        .iter()
+        .map(|m| json!({ "id": m.id, "name": m.name, "addr": m.addr, "role": m.role }))
+        .collect()
+}
+
+pub fn status_json(st: &pb::StatusResponse) -> Value {
+    json!({
+        "node_id": st.node_id,
+        "node_name": st.node_name,
+        "cluster": st.cluster,
+        "leader_id": st.leader_id,
+        "leader_addr": st.leader_addr,
+        "term": st.term,
+        "state": st.state,
+        "commit_index": st.commit_index,
+        "applied_index": st.applied_index,
+        "last_log_index": st.last_log_index,
+        "revision": st.revision,
+        "members": members_json(st),
+    })
+}
+
+pub fn range_json(resp: &pb::RangeResponse) -> Value {
+    json!({
+        "kvs": resp.kvs.iter().map(kv_json).collect::<Vec<_>>(),
+        "revision": resp.revision,
+    })
+}
+
+pub fn put_json(resp: &pb::PutResponse) -> Value {
+    json!({
+        "succeeded": resp.succeeded,
+        "revision": resp.revision,
+        "prev": resp.prev.as_ref().map(kv_json),
+    })
+}
+
+pub fn delete_json(resp: &pb::DeleteResponse) -> Value {
+    json!({
+        "succeeded": resp.succeeded,
+        "revision": resp.revision,
+        "deleted": resp.deleted,
+    })
+}
+
+pub fn watch_event_json(ev: &pb::WatchEvent) -> Value {
+    json!({
+        "kind": ev.kind,
+        "revision": ev.revision,
+        "kv": ev.kv.as_ref().map(kv_json),
+    })
+}
+
+pub fn lease_json(resp: &pb::LeaseResponse) -> Value {
+    json!({
+        "id": resp.id,
+        "ttl_ms": resp.ttl_ms,
+        "remaining_ms": resp.remaining_ms,
+        "keys": resp.keys,
+        "revision": resp.revision,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct T {
+        #[command(flatten)]
+        a: CtlArgs,
+    }
+
+    fn parse(args: &[&str]) -> CtlArgs {
+        T::try_parse_from(std::iter::once("ctl").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .a
+    }
+
+    fn status() -> pb::StatusResponse {
+        pb::StatusResponse {
+            node_id: 2,
+            node_name: "n2".into(),
+            cluster: "prod".into(),
+            leader_id: 1,
+            leader_addr: "127.0.0.1:7001".into(),
+            term: 3,
+            state: "follower".into(),
+            commit_index: 12,
+            applied_index: 11,
+            last_log_index: 12,
+            revision: 5,
+            members: vec![
+                pb::Member {
+                    id: 1,
+                    name: "n1".into(),
+                    addr: "127.0.0.1:7001".into(),
+                    role: "voter".into(),
+                },
+                pb::Member {
+                    id: 2,
+                    name: "n2".into(),
+                    addr: "127.0.0.1:7002".into(),
+                    role: "learner".into(),
+                },
+            ],
+        }
+    }
+
+    fn kv(key: &str, value: &[u8], rev: u64) -> pb::KeyValue {
+        pb::KeyValue {
+            key: key.into(),
+            value: value.to_vec(),
+            create_revision: 1,
+            mod_revision: rev,
+            version: 1,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        // The env var would override the default endpoints.
+        if std::env::var_os("PGQUORUM_ENDPOINTS").is_some() {
+            return;
+        }
+        let a = parse(&["status"]);
+        assert_eq!(
+            a.endpoints,
+            vec!["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
+        );
+        assert_eq!(a.output, OutputFormat::Table);
+        assert_eq!(a.timeout, Duration::from_secs(5));
+        assert!(matches!(a.command, CtlCommand::Status));
+    }
+
+    #[test]
+    fn global_options() {
+        let a = parse(&[
+            "--endpoints",
+            "a:1,b:2",
+            "--output",
+            "json",
+            "--timeout",
+            "250ms",
+            "members",
+        ]);
+        assert_eq!(a.endpoints, vec!["a:1", "b:2"]);
+        assert_eq!(a.output, OutputFormat::Json);
+        assert_eq!(a.timeout, Duration::from_millis(250));
+        assert!(matches!(a.command, CtlCommand::Members));
+    }
+
+    #[test]
+    fn member_commands() {
+        let a = parse(&[
+            "member", "add", "--id", "4", "--name", "n4", "--addr", "h:7004", "--learner",
+        ]);
+        match a.command {
+            CtlCommand::Member(MemberCommand::Add {
+                id,
+                name,
+                addr,
+                learner,
+            }) => {
+                assert_eq!((id, name.as_str(), addr.as_str(), learner), (4, "n4", "h:7004", true));
+            }
+            other => panic!("{other:?}"),
+        }
+        let a = parse(&["member", "remove", "--id", "3"]);
+        assert!(matches!(
+            a.command,
+            CtlCommand::Member(MemberCommand::Remove { id: 3 })
+        ));
+    }
+
+    #[test]
+    fn kv_commands() {
+        match parse(&["kv", "get", "/a/", "--prefix", "--serializable"]).command {
+            CtlCommand::Kv(KvCommand::Get {
+                key,
+                prefix,
+                serializable,
+            }) => assert_eq!((key.as_str(), prefix, serializable), ("/a/", true, true)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["kv", "put", "k", "-v", "--lease", "7", "--expect-revision", "0"]).command {
+            CtlCommand::Kv(KvCommand::Put {
+                key,
+                value,
+                lease,
+                expect_revision,
+            }) => {
+                assert_eq!(
+                    (key.as_str(), value.as_str(), lease, expect_revision),
+                    ("k", "-v", 7, Some(0))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["kv", "put", "k", "v"]).command {
+            CtlCommand::Kv(KvCommand::Put {
+                lease,
+                expect_revision,
+                ..
+            }) => assert_eq!((lease, expect_revision), (0, None)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["kv", "del", "k", "--expect-revision", "9"]).command {
+            CtlCommand::Kv(KvCommand::Del {
+                prefix,
+                expect_revision,
+                ..
+            }) => assert_eq!((prefix, expect_revision), (false, Some(9))),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["kv", "watch", "/", "--from-revision", "3", "--count", "2"]).command {
+            CtlCommand::Kv(KvCommand::Watch {
+                prefix,
+                from_revision,
+                count,
+            }) => assert_eq!((prefix.as_str(), from_revision, count), ("/", 3, Some(2))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn lease_commands() {
+        assert!(matches!(
+            parse(&["lease", "grant", "3000", "--id", "42"]).command,
+            CtlCommand::Lease(LeaseCommand::Grant {
+                ttl_ms: 3000,
+                id: 42
+            })
+        ));
+        assert!(matches!(
+            parse(&["lease", "grant", "3000"]).command,
+            CtlCommand::Lease(LeaseCommand::Grant { id: 0, .. })
+        ));
+        assert!(matches!(
+            parse(&["lease", "renew", "42", "--keep-alive"]).command,
+            CtlCommand::Lease(LeaseCommand::Renew {
+                id: 42,
+                keep_alive: true
+            })
+        ));
+        assert!(matches!(
+            parse(&["lease", "revoke", "42"]).command,
+            CtlCommand::Lease(LeaseCommand::Revoke { id: 42 })
+        ));
+        assert!(matches!(
+            parse(&["lease", "ttl", "42"]).command,
+            CtlCommand::Lease(LeaseCommand::Ttl { id: 42 })
+        ));
+    }
+
+    #[test]
+    fn bad_arguments_are_rejected() {
+        let bad = |args: &[&str]| {
+            T::try_parse_from(std::iter::once("ctl").chain(args.iter().copied())).is_err()
+        };
+        assert!(bad(&["--output", "yaml", "status"]));
+        assert!(bad(&["--timeout", "5", "status"]));
+        assert!(bad(&["lease", "grant", "-1"]));
+        assert!(bad(&["member", "add", "--id", "1"]));
+        assert!(bad(&["kv", "put", "k"]));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").unwrap_err().contains("unit"));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("-5s").is_err());
+    }
+
+    #[test]
+    fn status_text() {
+        let text = format_status(&status());
+        let expected = "\
+node            2 (n2)
+cluster         prod
+leader          1 at 127.0.0.1:7001
+term            3
+state           follower
+commit index    12
+applied index   11
+last log index  12
+revision        5
+
+   ID  NAME  ADDRESS         ROLE
+*  1   n1    127.0.0.1:7001  voter
+   2   n2    127.0.0.1:7002  learner
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn status_without_leader() {
+        let mut st = status();
+        st.leader_id = 0;
+        st.leader_addr.clear();
+        let text = format_status(&st);
+        assert!(text.contains("leader          none known\n"), "{text}");
+        assert!(!text.contains('*'), "{text}");
+    }
+
+    #[test]
+    fn kv_lines() {
+        let kvs = [kv("/a", b"1", 2), kv("/b", b"\xffx", 3)];
+        assert_eq!(format_kvs(&kvs), "/a = 1\n/b = \u{fffd}x\n");
+        assert_eq!(format_kvs(&[]), "");
+    }
+
+    #[test]
+    fn watch_lines() {
+        let put = pb::WatchEvent {
+            kind: "put".into(),
+            revision: 7,
+            kv: Some(kv("/a", b"x", 7)),
+        };
+        assert_eq!(format_watch_event(&put), "7 put /a = x");
+        let del = pb::WatchEvent {
+            kind: "delete".into(),
+            revision: 8,
+            kv: Some(kv("/a", b"", 8)),
+        };
+        assert_eq!(format_watch_event(&del), "8 delete /a");
+        assert_eq!(
+            watch_event_json(&del),
+            json!({"kind":"delete","revision":8,"kv":{"key":"/a","value":"","create_revision":1,"mod_revision":8,"version":1,"lease":0}})
+        );
+    }
+
+    #[test]
+    fn lease_lines() {
+        let resp = pb::LeaseResponse {
+            id: 42,
+            ttl_ms: 3000,
+            remaining_ms: 1200,
+            keys: vec!["/leader".into(), "/x".into()],
+            revision: 9,
+        };
+        assert_eq!(
+            format_lease_ttl(&resp),
+            "lease 42 ttl=3000 ms remaining=1200 ms keys=[/leader, /x]"
+        );
+        let doc = lease_json(&resp);
+        assert_eq!(doc["id"], 42);
+        assert_eq!(doc["ttl_ms"], 3000);
+        assert_eq!(doc["keys"], json!(["/leader", "/x"]));
+    }
+
+    #[test]
+    fn json_documents() {
+        let doc = status_json(&status());
+        assert_eq!(doc["leader_id"], 1);
+        assert_eq!(doc["term"], 3);
+        assert_eq!(
+            doc["members"][0],
+            json!({"id":1,"name":"n1","addr":"127.0.0.1:7001","role":"voter"})
+        );
+        let range = range_json(&pb::RangeResponse {
+            kvs: vec![kv("/a", b"1", 2)],
+            revision: 4,
+        });
+        assert_eq!(range["revision"], 4);
+        assert_eq!(range["kvs"][0]["value"], "1");
+        assert_eq!(range["kvs"][0]["mod_revision"], 2);
+        let put = put_json(&pb::PutResponse {
+            succeeded: true,
+            revision: 5,
+            prev: None,
+        });
+        assert_eq!(put, json!({"succeeded":true,"revision":5,"prev":null}));
+    }
+
+    #[test]
+    fn compare_failure_messages() {
+        let prev = kv("k", b"v", 6);
+        assert_eq!(
+            CtlError::CompareFailed(put_compare_failure("k", Some(&prev), Some(4))).to_string(),
+            "compare failed: key \"k\" has mod_revision 6, expected 4"
+        );
+        assert_eq!(
+            put_compare_failure("k", None, Some(4)),
+            "key \"k\" does not exist, expected mod_revision 4"
+        );
+    }
+
+    #[test]
+    fn not_found_messages() {
+        assert_eq!(
+            CtlError::LeaseNotFound(42).to_string(),
+            "lease 42 not found: it expired or was revoked; grant a new one"
+        );
+        assert_eq!(
+            CtlError::KeyNotFound("/a".into()).to_string(),
+            "key \"/a\" not found"
+        );
+    }
+}

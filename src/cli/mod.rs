@@ -1,0 +1,82 @@
+//! Command line: `pgquorum node --config FILE` runs a member; `pgquorum ctl ...`
+//! talks to a running cluster over gRPC.
+
+pub mod ctl;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::NodeConfig;
+
+#[derive(Parser, Debug)]
+#[command(name = "pgquorum", version, about = "PostgreSQL high availability in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a cluster member.
+    Node {
+        /// Node configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a node configuration file and exit.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Administer a running cluster.
+    Ctl(ctl::CtlArgs),
+}
+
+/// Entry point used by `main`; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGQUORUM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn"));
+    if matches!(cli.command, Command::Node { .. }) {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = rt.block_on(async move {
+        match cli.command {
+            Command::Node { config } => {
+                let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+                crate::node::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+            }
+            Command::CheckConfig { config } => {
+                let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+                println!("{}: ok (node {} of cluster {:?}, data dir {})", config.display(), cfg.node_id, cfg.cluster_name, cfg.data_dir.display());
+                Ok(())
+            }
+            Command::Ctl(args) => ctl::run(args).await.map_err(|e| e.to_string()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,263 @@
+//! Node configuration (TOML). Validation happens here, once, before anything is
+//! opened or bound: a bad config changes nothing on disk.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InitialMember {
+    pub id: u64,
+    pub name: String,
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// How often the Raft leader looks for expired leases.
+    pub lease_check_interval_ms: u64,
+    /// Upper bound for any client request, including forwarding to the leader.
+    pub request_timeout_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            lease_check_interval_ms: 100,
+            request_timeout_ms: 5000,
+            snapshot_logs: 5000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster_name: String,
+    node_id: u64,
+    name: String,
+    listen_addr: String,
+    advertise_addr: Option<String>,
+    data_dir: PathBuf,
+    #[serde(default)]
+    join: bool,
+    #[serde(default)]
+    initial_cluster: Vec<InitialMember>,
+    #[serde(default)]
+    raft: RaftTuning,
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub cluster_name: String,
+    pub node_id: u64,
+    pub name: String,
+    pub listen_addr: SocketAddr,
+    pub advertise_addr: String,
+    /// Absolute, or relative to the directory of the config file.
+    pub data_dir: PathBuf,
+    /// Start empty and wait to be added with `ctl member add` instead of forming a cluster.
+    pub join: bool,
+    pub initial_cluster: Vec<InitialMember>,
+    pub raft: RaftTuning,
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if raw.cluster_name.trim().is_empty() {
+            return Err(invalid("cluster_name must not be empty".into()));
+        }
+        if raw.node_id == 0 {
+            return Err(invalid("node_id must be a positive integer".into()));
+        }
+        let listen_addr: SocketAddr = raw.listen_addr.parse().map_err(|e| {
+            invalid(format!(
+                "listen_addr {:?} is not IP:PORT ({e})",
+                raw.listen_addr
+            ))
+        })?;
+        let advertise_addr = raw.advertise_addr.unwrap_or_else(|| raw.listen_addr.clone());
+        check_host_port(&advertise_addr).map_err(|m| invalid(format!("advertise_addr: {m}")))?;
+
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        for m in &raw.initial_cluster {
+            if m.id == 0 {
+                return Err(invalid("initial_cluster: member ids must be positive".into()));
+            }
+            if !ids.insert(m.id) {
+                return Err(invalid(format!("initial_cluster: id {} appears twice", m.id)));
+            }
+            if !addrs.insert(m.addr.clone()) {
+                return Err(invalid(format!("initial_cluster: address {} appears twice", m.addr)));
+            }
+            check_host_port(&m.addr)
+                .map_err(|e| invalid(format!("initial_cluster member {}: {e}", m.id)))?;
+        }
+        let me = raw.initial_cluster.iter().find(|m| m.id == raw.node_id);
+        match (raw.join, me) {
+            (false, None) => {
+                return Err(invalid(format!(
+                    "node_id {} is not in initial_cluster; list it there, or set join = true \
+                     to start this node empty and add it with `pgquorum ctl member add`",
+                    raw.node_id
+                )));
+            }
+            (false, Some(m)) if m.addr != advertise_addr => {
+                return Err(invalid(format!(
+                    "initial_cluster lists node {} at {}, but its advertise_addr is {advertise_addr}; \
+                     make them the same",
+                    m.id, m.addr
+                )));
+            }
+            _ => {}
+        }
+        let t = &raw.raft;
+        if t.heartbeat_ms == 0 || t.election_timeout_min_ms <= t.heartbeat_ms * 2 {
+            return Err(invalid(format!(
+                "raft.election_timeout_min_ms ({}) must exceed twice raft.heartbeat_ms ({}), or a \
+                 healthy leader is deposed by a single late heartbeat",
+                t.election_timeout_min_ms, t.heartbeat_ms
+            )));
+        }
+        if t.election_timeout_max_ms <= t.election_timeout_min_ms {
+            return Err(invalid(
+                "raft.election_timeout_max_ms must be greater than raft.election_timeout_min_ms".into(),
+            ));
+        }
+        if t.lease_check_interval_ms == 0 || t.request_timeout_ms == 0 || t.snapshot_logs == 0 {
+            return Err(invalid(
+                "raft.lease_check_interval_ms, request_timeout_ms and snapshot_logs must be positive"
+                    .into(),
+            ));
+        }
+        let data_dir = if raw.data_dir.is_absolute() {
+            raw.data_dir
+        } else {
+            path.parent().unwrap_or(Path::new(".")).join(raw.data_dir)
+        };
+        Ok(Self {
+            cluster_name: raw.cluster_name,
+            node_id: raw.node_id,
+            name: raw.name,
+            listen_addr,
+            advertise_addr,
+            data_dir,
+            join: raw.join,
+            initial_cluster: raw.initial_cluster,
+            raft: raw.raft,
+        })
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.raft.request_timeout_ms)
+    }
+}
+
+fn check_host_port(s: &str) -> Result<(), String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(format!("{s:?} is not HOST:PORT")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster_name = "c"
+node_id = 1
+name = "n1"
+listen_addr = "127.0.0.1:7001"
+data_dir = "data/n1"
+[[initial_cluster]]
+id = 1
+name = "n1"
+addr = "127.0.0.1:7001"
+[[initial_cluster]]
+id = 2
+name = "n2"
+addr = "127.0.0.1:7002"
+"#;
+
+    fn parse(s: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(s, Path::new("/etc/pgq/n1.toml"))
+    }
+
+    #[test]
+    fn good_config_resolves_data_dir_beside_the_file() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.data_dir, Path::new("/etc/pgq/data/n1"));
+        assert_eq!(c.advertise_addr, "127.0.0.1:7001");
+        assert_eq!(c.raft, RaftTuning::default());
+    }
+
+    #[test]
+    fn rejects_bad_inputs_with_a_reason() {
+        let cases = [
+            (GOOD.replace("node_id = 1", "node_id = 3"), "not in initial_cluster"),
+            (GOOD.replace("node_id = 1", "node_id = 0"), "positive"),
+            (GOOD.replace("listen_addr = \"127.0.0.1:7001\"", "listen_addr = \"nope\""), "listen_addr"),
+            (GOOD.replace("7002", "7001"), "appears twice"),
+            (GOOD.replace("name = \"n1\"\nlisten", "colour = 1\nname = \"n1\"\nlisten"), "unknown field"),
+            (format!("{GOOD}[raft]\nheartbeat_ms = 400\n"), "twice raft.heartbeat_ms"),
+            (GOOD.replace("id = 1\nname", "id = 2\nname"), "appears twice"),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).err().unwrap_or_else(|| panic!("accepted: {text}"));
+            assert!(err.to_string().contains(want), "{err} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn join_mode_needs_no_initial_cluster_entry() {
+        let text = GOOD.replace("node_id = 1", "node_id = 4").replace("cluster_name", "join = true\ncluster_name");
+        let c = parse(&text).unwrap();
+        assert!(c.join);
+    }
+}

@@ -1,0 +1,13 @@
+//! pgquorum: PostgreSQL high availability in one binary.
+//!
+//! Each node is a Raft member (`raft`, `store`) holding the cluster's keys and
+//! leases, serving a gRPC admin API (`api`). See ARCHITECTURE.md for the code map
+//! and the invariants every change must keep.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod node;
+pub mod raft;
+pub mod store;

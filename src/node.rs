@@ -1,0 +1,186 @@
+//! Wires one pgquorum node together and runs it until shutdown.
+//!
+//! Start-up order: validate config (done by the caller) -> bind the port -> open
+//! the data dir -> start Raft -> serve gRPC -> form the cluster if this is its
+//! first start. Any failure before Raft starts leaves the data dir untouched.
+//! Shutdown order: stop serving -> stop Raft -> make sled durable.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::admin::AdminService;
+use crate::api::pb;
+use crate::config::NodeConfig;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{NetworkFactory, RaftGrpc};
+use crate::raft::sm_store::SmStore;
+use crate::raft::storage::{DataDir, DataDirError};
+use crate::raft::{Member, Raft, expiry};
+use crate::store::Lessor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr}: {source}; is another process (or this node) already using it?")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("cannot open Raft storage in {path}: {source}; the data dir may be damaged: keep it, restore a backup or re-add this member with an empty data_dir")]
+    Storage {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid Raft settings: {0}")]
+    RaftConfig(String),
+    #[error("Raft failed to start: {0}")]
+    RaftStart(String),
+    #[error("gRPC server failed: {0}")]
+    Serve(String),
+}
+
+/// Runs the node until `shutdown` resolves.
+pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let listener = TcpListener::bind(cfg.listen_addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: cfg.listen_addr,
+            source,
+        })?;
+    let raft_cfg = crate::raft::raft_config(&cfg.cluster_name, &cfg.raft)
+        .map_err(|e| NodeError::RaftConfig(e.to_string()))?;
+    let dir = DataDir::open(&cfg.data_dir, &cfg.cluster_name, cfg.node_id)?;
+    let storage_err = |source| NodeError::Storage {
+        path: cfg.data_dir.clone(),
+        source,
+    };
+    let (lease_tx, lease_rx) = mpsc::unbounded_channel();
+    let log = LogStore::open(&dir).map_err(storage_err)?;
+    let sm = SmStore::open(&dir, lease_tx).map_err(storage_err)?;
+    let lessor = Arc::new(Mutex::new(Lessor::default()));
+    tokio::spawn(expiry::run_stamper(lessor.clone(), lease_rx));
+
+    let net = NetworkFactory::new(&cfg.cluster_name, cfg.node_id);
+    let raft = Raft::new(cfg.node_id, raft_cfg, net, log, sm.clone())
+        .await
+        .map_err(|e| NodeError::RaftStart(e.to_string()))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let timeout = cfg.request_timeout();
+    let admin = AdminService::new(
+        raft.clone(),
+        sm.clone(),
+        lessor.clone(),
+        cfg.node_id,
+        cfg.name.clone(),
+        cfg.cluster_name.clone(),
+        timeout,
+    );
+    let raft_svc = RaftGrpc {
+        raft: raft.clone(),
+        cluster: cfg.cluster_name.clone(),
+    };
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(
+        Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                pb::raft_service_server::RaftServiceServer::new(raft_svc)
+                    .max_decoding_message_size(64 * 1024 * 1024),
+            )
+            .add_service(pb::admin_server::AdminServer::new(admin))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            }),
+    );
+    tokio::spawn(expiry::run_expiry(
+        raft.clone(),
+        lessor,
+        Duration::from_millis(cfg.raft.lease_check_interval_ms),
+        timeout,
+        stop_rx.clone(),
+    ));
+    tracing::info!(node = cfg.node_id, addr = %cfg.listen_addr, data_dir = %cfg.data_dir.display(), "pgquorum node started");
+
+    if !cfg.join {
+        form_cluster(&raft, &cfg).await;
+    }
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        r = server => {
+            let _ = raft.shutdown().await;
+            return Err(NodeError::Serve(match r {
+                Ok(Ok(())) => "server stopped".into(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            }));
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    if let Err(e) = dir.sync().await {
+        tracing::warn!(error = %e, "final flush of the data dir failed");
+    }
+    Ok(())
+}
+
+/// Initializes the cluster on its first start. A node whose log is empty asks the
+/// other initial members first: if any of them already belongs to a formed cluster,
+/// this node waits to be replicated to instead of proposing a membership of its own.
+async fn form_cluster(raft: &Raft, cfg: &NodeConfig) {
+    match raft.is_initialized().await {
+        Ok(true) | Err(_) => return,
+        Ok(false) => {}
+    }
+    for m in cfg.initial_cluster.iter().filter(|m| m.id != cfg.node_id) {
+        if peer_is_formed(&m.addr).await {
+            tracing::info!(peer = m.id, "the cluster already exists; waiting for its leader to contact this node");
+            return;
+        }
+    }
+    let members: BTreeMap<u64, Member> = cfg
+        .initial_cluster
+        .iter()
+        .map(|m| {
+            (
+                m.id,
+                Member {
+                    name: m.name.clone(),
+                    addr: m.addr.clone(),
+                },
+            )
+        })
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!("initialized a new cluster from initial_cluster"),
+        Err(e) => tracing::info!(reason = %e, "cluster not initialized by this node"),
+    }
+}
+
+async fn peer_is_formed(addr: &str) -> bool {
+    let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let ep = ep.connect_timeout(Duration::from_millis(300)).timeout(Duration::from_millis(500));
+    let Ok(ch) = ep.connect().await else {
+        return false;
+    };
+    let mut c = pb::admin_client::AdminClient::new(ch);
+    match c.status(pb::StatusRequest {}).await {
+        Ok(r) => !r.into_inner().members.is_empty(),
+        Err(_) => false,
+    }
+}

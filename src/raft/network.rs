@@ -1,0 +1,295 @@
+//! Raft RPCs over tonic: the client side (`NetworkFactory`) and the server side
+//! (`RaftGrpc`). Payloads are serde_json of openraft's message types.
+//!
+//! Every message carries the cluster name and the sender id; a message from another
+//! cluster or from a node that is not a member is refused with PermissionDenied,
+//! so a misconfigured node cannot vote in or append to this cluster.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::OptionalSend;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::{NetworkError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::types::{Member, NodeId, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
+use crate::api::pb;
+use crate::api::pb::raft_service_client::RaftServiceClient;
+
+type RPCError = openraft::errors::RPCError<TypeConfig>;
+
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
+/// Caches one lazily connected channel per peer address: openraft asks for a new
+/// client on every linearizable read, and reconnecting each time would cost a handshake.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    cluster: String,
+    self_id: NodeId,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl NetworkFactory {
+    pub fn new(cluster: &str, self_id: NodeId) -> Self {
+        Self {
+            cluster: cluster.to_string(),
+            self_id,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut map = self.channels.lock().expect("lock");
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        PeerClient {
+            target,
+            cluster: self.cluster.clone(),
+            from: self.self_id,
+            channel: self.channel(&node.addr).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    cluster: String,
+    from: NodeId,
+    channel: Result<Channel, String>,
+}
+
+fn net_err(e: impl ToString) -> NetworkError<TypeConfig> {
+    NetworkError::from_string(e.to_string())
+}
+
+/// Refused connections mean the peer is down: openraft backs off on `Unreachable`.
+fn status_to_rpc(target: NodeId, s: Status) -> RPCError {
+    if s.code() == tonic::Code::Unavailable {
+        RPCError::Unreachable(Unreachable::from_string(format!("node {target}: {}", s.message())))
+    } else {
+        RPCError::Network(net_err(format!("node {target}: {s}")))
+    }
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError> {
+        match &self.channel {
+            Ok(c) => Ok(RaftServiceClient::new(c.clone())
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024)),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::from_string(e))),
+        }
+    }
+
+    fn message<T: Serialize>(&self, v: &T) -> Result<pb::RaftMessage, RPCError> {
+        Ok(pb::RaftMessage {
+            cluster: self.cluster.clone(),
+            from: self.from,
+            payload: serde_json::to_vec(v).map_err(|e| RPCError::Network(net_err(e)))?,
+        })
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned, F, Fut>(
+        &self,
+        req: &Req,
+        option: &RPCOption,
+        f: F,
+    ) -> Result<Resp, RPCError>
+    where
+        F: FnOnce(RaftServiceClient<Channel>, Request<pb::RaftMessage>) -> Fut,
+        Fut: Future<Output = Result<Response<pb::RaftMessage>, Status>>,
+    {
+        let mut request = Request::new(self.message(req)?);
+        request.set_timeout(option.hard_ttl());
+        let fut = f(self.client()?, request);
+        let reply = tokio::time::timeout(option.hard_ttl(), fut)
+            .await
+            .map_err(|_| RPCError::Network(net_err(format!("node {}: timed out", self.target))))?
+            .map_err(|s| status_to_rpc(self.target, s))?;
+        serde_json::from_slice(&reply.into_inner().payload).map_err(|e| RPCError::Network(net_err(e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError> {
+        self.call(&rpc, &option, |mut c, r| async move { c.append_entries(r).await })
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError> {
+        self.call(&rpc, &option, |mut c, r| async move { c.vote(r).await }).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError> {
+        self.call(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await }).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let header = serde_json::to_vec(&(vote, snapshot.meta.clone())).map_err(net_err)?;
+        let data = snapshot.snapshot.into_inner();
+        let mut chunks = vec![pb::SnapshotChunk {
+            cluster: self.cluster.clone(),
+            from: self.from,
+            header,
+            data: Vec::new(),
+        }];
+        for c in data.chunks(SNAPSHOT_CHUNK) {
+            chunks.push(pb::SnapshotChunk {
+                cluster: self.cluster.clone(),
+                from: self.from,
+                header: Vec::new(),
+                data: c.to_vec(),
+            });
+        }
+        let mut client = self
+            .client()
+            .map_err(|e| StreamingError::Network(net_err(e)))?;
+        let send = client.install_snapshot(tokio_stream::iter(chunks));
+        let reply = tokio::select! {
+            r = send => r.map_err(|s| StreamingError::Network(net_err(s)))?,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        serde_json::from_slice(&reply.into_inner().payload).map_err(|e| StreamingError::Network(net_err(e)))
+    }
+}
+
+/// The server side of the Raft RPCs.
+pub struct RaftGrpc {
+    pub raft: Raft,
+    pub cluster: String,
+}
+
+impl RaftGrpc {
+    fn admit(&self, cluster: &str, from: NodeId) -> Result<(), Status> {
+        if cluster != self.cluster {
+            return Err(Status::permission_denied(format!(
+                "this node belongs to cluster {:?}, not {cluster:?}: the sender is misconfigured",
+                self.cluster
+            )));
+        }
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let members = metrics.membership_config.membership();
+        // An uninitialized node must accept its first leader's messages, and a node
+        // being added learns its membership only from them.
+        let known = members.get_node(&from).is_some() || members.nodes().next().is_none();
+        if !known && metrics.state != openraft::ServerState::Learner {
+            return Err(Status::permission_denied(format!(
+                "node {from} is not a member of cluster {:?}; add it with `pgquorum ctl member add` first",
+                self.cluster
+            )));
+        }
+        Ok(())
+    }
+
+    fn decode<T: DeserializeOwned>(&self, m: &pb::RaftMessage) -> Result<T, Status> {
+        self.admit(&m.cluster, m.from)?;
+        serde_json::from_slice(&m.payload)
+            .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
+    }
+
+    fn reply<T: Serialize, E: std::fmt::Display>(
+        &self,
+        r: Result<T, E>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let v = r.map_err(|e| Status::unavailable(format!("raft is not running: {e}")))?;
+        Ok(Response::new(pb::RaftMessage {
+            cluster: self.cluster.clone(),
+            from: 0,
+            payload: serde_json::to_vec(&v).map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_service_server::RaftService for RaftGrpc {
+    async fn append_entries(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = self.decode(req.get_ref())?;
+        self.reply(self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = self.decode(req.get_ref())?;
+        self.reply(self.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = self.decode(req.get_ref())?;
+        self.reply(self.raft.pre_vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        self.admit(&first.cluster, first.from)?;
+        let (vote, meta): (Vote, SnapshotMeta) = serde_json::from_slice(&first.header)
+            .map_err(|e| Status::invalid_argument(format!("malformed snapshot header: {e}")))?;
+        let mut data = first.data;
+        while let Some(chunk) = stream.message().await? {
+            data.extend_from_slice(&chunk.data);
+        }
+        let snapshot = Snapshot {
+            meta,
+            snapshot: std::io::Cursor::new(data),
+        };
+        self.reply(self.raft.install_full_snapshot(vote, snapshot).await)
+    }
+}

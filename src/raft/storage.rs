@@ -1,0 +1,271 @@
+//! The node's data directory: identity file, sled database, snapshot files.
+//!
+//! Layout (format 1):
+//! - `pgquorum.json`: `{format, cluster, node_id}`; written once, never rewritten.
+//! - `sled/`: trees `log` (index -> entry), `raft` (vote, committed, purged) and
+//!   `sm` (the state machine, see `sm_store`).
+//! - `snapshots/current.snap`: the latest snapshot, replaced atomically.
+//!
+//! Invariant: nothing in this module deletes or overwrites existing data to get a
+//! node started; anything unexpected is an error that names the file and the fix.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+const IDENTITY_FILE: &str = "pgquorum.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error(
+        "data dir {path} belongs to cluster {found:?}, but this node is configured for cluster \
+         {expected:?}; point data_dir at this cluster's directory or fix cluster_name in the config"
+    )]
+    ForeignCluster {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error(
+        "data dir {path} belongs to node id {found}, but this node is configured as id {expected}; \
+         each member needs its own data dir: fix node_id or data_dir in the config"
+    )]
+    ForeignNode {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error(
+        "data dir {path} was written by a newer pgquorum (format {found}, this build reads up to \
+         {supported}); run a newer pgquorum binary"
+    )]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error(
+        "data dir {path} is not empty and has no {IDENTITY_FILE}: refusing to use a directory \
+         that pgquorum did not create; choose an empty or new data_dir"
+    )]
+    NotOurs { path: PathBuf },
+    #[error(
+        "{path} is damaged or unreadable ({reason}); pgquorum will not start on it and changes \
+         nothing. Keep the directory for inspection, restore it from a backup, or remove this \
+         member (`pgquorum ctl member remove --id N`) and re-add it with a new, empty data_dir"
+    )]
+    Damaged { path: PathBuf, reason: String },
+    #[error("cannot use data dir {path}: {source}; check the path and its permissions")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Identity {
+    format: u32,
+    cluster: String,
+    node_id: u64,
+}
+
+/// An opened data directory. Cloning shares the same sled database.
+#[derive(Clone)]
+pub struct DataDir {
+    pub path: PathBuf,
+    pub db: sled::Db,
+    /// Kept open to fdatasync sled's file: sled 0.34's flush only issues
+    /// `sync_file_range`, which neither flushes the device cache nor metadata.
+    db_file: Arc<File>,
+}
+
+impl DataDir {
+    /// Opens (or, when absent or empty, creates) the data dir for `cluster`/`node_id`.
+    pub fn open(path: &Path, cluster: &str, node_id: u64) -> Result<Self, DataDirError> {
+        let io_err = |source| DataDirError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(path).map_err(io_err)?;
+        let id_path = path.join(IDENTITY_FILE);
+        match fs::read(&id_path) {
+            Ok(bytes) => {
+                let id: Identity =
+                    serde_json::from_slice(&bytes).map_err(|e| DataDirError::Damaged {
+                        path: id_path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if id.format > FORMAT_VERSION {
+                    return Err(DataDirError::NewerFormat {
+                        path: path.to_path_buf(),
+                        found: id.format,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                if id.cluster != cluster {
+                    return Err(DataDirError::ForeignCluster {
+                        path: path.to_path_buf(),
+                        found: id.cluster,
+                        expected: cluster.to_string(),
+                    });
+                }
+                if id.node_id != node_id {
+                    return Err(DataDirError::ForeignNode {
+                        path: path.to_path_buf(),
+                        found: id.node_id,
+                        expected: node_id,
+                    });
+                }
+                if !path.join("sled").join("db").exists() {
+                    return Err(DataDirError::Damaged {
+                        path: path.join("sled"),
+                        reason: "the sled database is missing".into(),
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let non_empty = fs::read_dir(path).map_err(io_err)?.next().is_some();
+                if non_empty {
+                    return Err(DataDirError::NotOurs {
+                        path: path.to_path_buf(),
+                    });
+                }
+                let id = Identity {
+                    format: FORMAT_VERSION,
+                    cluster: cluster.to_string(),
+                    node_id,
+                };
+                let bytes = serde_json::to_vec_pretty(&id).expect("identity serializes");
+                write_atomically(path, IDENTITY_FILE, &bytes).map_err(io_err)?;
+            }
+            Err(e) => return Err(io_err(e)),
+        }
+        fs::create_dir_all(path.join("snapshots")).map_err(io_err)?;
+
+        let sled_path = path.join("sled");
+        let cfg = sled::Config::new()
+            .path(&sled_path)
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(Some(500));
+        // sled panics on some kinds of corruption instead of returning an error.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open()));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Io(e))) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(DataDirError::Io {
+                    path: sled_path,
+                    source: io::Error::other(
+                        "it is locked by another running process (is this node already running?)",
+                    ),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(DataDirError::Damaged {
+                    path: sled_path,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(DataDirError::Damaged {
+                    path: sled_path,
+                    reason: "sled panicked while reading it".into(),
+                });
+            }
+        };
+        let db_file = File::open(sled_path.join("db")).map_err(io_err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            db,
+            db_file: Arc::new(db_file),
+        })
+    }
+
+    pub fn tree(&self, name: &str) -> io::Result<sled::Tree> {
+        self.db.open_tree(name).map_err(sled_io)
+    }
+
+    /// Makes every sled write issued so far durable on the device.
+    pub async fn sync(&self) -> io::Result<()> {
+        self.db.flush_async().await.map_err(sled_io)?;
+        let f = self.db_file.clone();
+        tokio::task::spawn_blocking(move || f.sync_data())
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.path.join("snapshots")
+    }
+}
+
+pub fn sled_io(e: sled::Error) -> io::Error {
+    match e {
+        sled::Error::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Write, fsync, rename, fsync the directory: after a crash `dir/name` holds either
+/// the old content or the new one, never a torn file.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_foreign_cluster_and_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d");
+        drop(DataDir::open(&p, "a", 1).unwrap());
+        assert!(matches!(
+            DataDir::open(&p, "b", 1),
+            Err(DataDirError::ForeignCluster { .. })
+        ));
+        assert!(matches!(
+            DataDir::open(&p, "a", 2),
+            Err(DataDirError::ForeignNode { .. })
+        ));
+        DataDir::open(&p, "a", 1).unwrap();
+    }
+
+    #[test]
+    fn refuses_unknown_non_empty_dir_and_leaves_it_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("precious"), b"x").unwrap();
+        assert!(matches!(
+            DataDir::open(dir.path(), "a", 1),
+            Err(DataDirError::NotOurs { .. })
+        ));
+        assert_eq!(fs::read(dir.path().join("precious")).unwrap(), b"x");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn damaged_identity_is_reported_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(DataDir::open(dir.path(), "a", 1).unwrap());
+        fs::write(dir.path().join(IDENTITY_FILE), b"{garbage").unwrap();
+        let err = DataDir::open(dir.path(), "a", 1).err().unwrap();
+        assert!(err.to_string().contains("pgquorum.json"), "{err}");
+        assert_eq!(fs::read(dir.path().join(IDENTITY_FILE)).unwrap(), b"{garbage");
+    }
+}
