@@ -8,6 +8,9 @@ pub mod sm_store;
 pub mod storage;
 pub mod types;
 
+#[cfg(test)]
+mod suite_test;
+
 use std::sync::Arc;
 use std::time::Duration;
 
