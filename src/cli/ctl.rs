@@ -186,7 +186,9 @@ pub enum CtlError {
 /// Runs one `pgquorum ctl` command.
 pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
     if args.timeout.is_zero() {
-        return Err(CtlError::BadInput("--timeout must be greater than 0".into()));
+        return Err(CtlError::BadInput(
+            "--timeout must be greater than 0".into(),
+        ));
     }
     let client = Client::new(args.endpoints)?.with_timeout(args.timeout);
     let json = args.output == OutputFormat::Json;
@@ -221,9 +223,16 @@ async fn member(client: &Client, json: bool, cmd: MemberCommand) -> Result<(), C
                 ));
             }
             let st = client.add_member(id, &name, &addr, learner).await?;
-            let role = if learner { "learner" } else { "voter once caught up" };
+            let role = if learner {
+                "learner"
+            } else {
+                "voter once caught up"
+            };
             emit(json, status_json(&st), || {
-                format!("member {id} ({name}) added as {role}\n{}", format_members(&st))
+                format!(
+                    "member {id} ({name}) added as {role}\n{}",
+                    format_members(&st)
+                )
             })
         }
         MemberCommand::Remove { id } => {
@@ -418,9 +427,9 @@ async fn keep_alive(client: &Client, json: bool, id: u64) -> Result<(), CtlError
 }
 
 fn print_keepalive(json: bool, keeper: &LeaseKeeper) -> Result<(), CtlError> {
-    let valid_for = keeper
-        .valid_until()
-        .map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()));
+    let valid_for = keeper.valid_until().map_or(Duration::ZERO, |until| {
+        until.saturating_duration_since(Instant::now())
+    });
     let line = if json {
         json!({
             "id": keeper.id(),
@@ -784,7 +793,15 @@ mod tests {
     #[test]
     fn member_commands() {
         let a = parse(&[
-            "member", "add", "--id", "4", "--name", "n4", "--addr", "h:7004", "--learner",
+            "member",
+            "add",
+            "--id",
+            "4",
+            "--name",
+            "n4",
+            "--addr",
+            "h:7004",
+            "--learner",
         ]);
         match a.command {
             CtlCommand::Member(MemberCommand::Add {
@@ -793,7 +810,10 @@ mod tests {
                 addr,
                 learner,
             }) => {
-                assert_eq!((id, name.as_str(), addr.as_str(), learner), (4, "n4", "h:7004", true));
+                assert_eq!(
+                    (id, name.as_str(), addr.as_str(), learner),
+                    (4, "n4", "h:7004", true)
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -814,7 +834,18 @@ mod tests {
             }) => assert_eq!((key.as_str(), prefix, serializable), ("/a/", true, true)),
             other => panic!("{other:?}"),
         }
-        match parse(&["kv", "put", "k", "-v", "--lease", "7", "--expect-revision", "0"]).command {
+        match parse(&[
+            "kv",
+            "put",
+            "k",
+            "-v",
+            "--lease",
+            "7",
+            "--expect-revision",
+            "0",
+        ])
+        .command
+        {
             CtlCommand::Kv(KvCommand::Put {
                 key,
                 value,

@@ -46,7 +46,9 @@ pub enum ClientError {
     #[error("no pgquorum endpoints given: pass --endpoints host:port[,host:port...]")]
     NoEndpoints,
 
-    #[error("invalid endpoint {addr:?}: {reason}; endpoints are written host:port, without a scheme")]
+    #[error(
+        "invalid endpoint {addr:?}: {reason}; endpoints are written host:port, without a scheme"
+    )]
     InvalidEndpoint { addr: String, reason: String },
 
     #[error(
@@ -145,9 +147,10 @@ impl Client {
     }
 
     pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {
-        self.unary(pb::StatusRequest {}, |mut c, r| async move {
-            c.status(r).await
-        })
+        self.unary(
+            pb::StatusRequest {},
+            |mut c, r| async move { c.status(r).await },
+        )
         .await
     }
 
@@ -244,10 +247,15 @@ impl Client {
 
     /// Grants a lease of `ttl_ms`; `id` 0 lets the cluster choose the id.
     /// To know until when the lease is held, use [`LeaseKeeper`] instead.
-    pub async fn lease_grant(&self, ttl_ms: u64, id: u64) -> Result<pb::LeaseResponse, ClientError> {
-        self.unary(pb::LeaseGrantRequest { ttl_ms, id }, |mut c, r| async move {
-            c.lease_grant(r).await
-        })
+    pub async fn lease_grant(
+        &self,
+        ttl_ms: u64,
+        id: u64,
+    ) -> Result<pb::LeaseResponse, ClientError> {
+        self.unary(
+            pb::LeaseGrantRequest { ttl_ms, id },
+            |mut c, r| async move { c.lease_grant(r).await },
+        )
         .await
     }
 
@@ -283,7 +291,12 @@ impl Client {
 
     /// Runs one call with failover. `deadline_header` also tells the server our
     /// timeout (grpc-timeout), which must not be sent for streams.
-    async fn call<M, T, F, Fut>(&self, msg: M, deadline_header: bool, f: F) -> Result<T, ClientError>
+    async fn call<M, T, F, Fut>(
+        &self,
+        msg: M,
+        deadline_header: bool,
+        f: F,
+    ) -> Result<T, ClientError>
     where
         M: Clone,
         F: Fn(AdminClient<Channel>, tonic::Request<M>) -> Fut,
@@ -393,7 +406,10 @@ impl Client {
 
 fn normalize(addr: &str) -> String {
     let addr = addr.trim();
-    addr.strip_prefix("http://").unwrap_or(addr).trim_end_matches('/').to_owned()
+    addr.strip_prefix("http://")
+        .unwrap_or(addr)
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 fn make_target(addr: String) -> Result<Target, ClientError> {
@@ -450,12 +466,20 @@ fn describe(status: &Status) -> String {
 /// leader's by up to `drift` (a fraction), so we count only `ttl * (1 - drift)`,
 /// and subtract `margin` for the time between checking validity and acting on
 /// it. The result saturates at `sent` (lease not valid at all) when the margin
-/// eats the whole TTL, and also when the sum would overflow the clock.
+/// eats the whole TTL, and also when the TTL is too large to represent.
 ///
 /// `drift` is clamped to `[0, 1]`.
 pub fn lease_deadline(sent: Instant, ttl: Duration, drift: f64, margin: Duration) -> Instant {
-    let drift = if drift.is_nan() { 1.0 } else { drift.clamp(0.0, 1.0) };
-    let usable = ttl.mul_f64(1.0 - drift).saturating_sub(margin);
+    let drift = if drift.is_nan() {
+        1.0
+    } else {
+        drift.clamp(0.0, 1.0)
+    };
+    // `Duration::mul_f64` panics when the product does not fit; such a TTL is
+    // nonsense, so count nothing rather than crash the lease holder.
+    let discounted =
+        Duration::try_from_secs_f64(ttl.as_secs_f64() * (1.0 - drift)).unwrap_or(Duration::ZERO);
+    let usable = discounted.saturating_sub(margin);
     sent.checked_add(usable).unwrap_or(sent)
 }
 
@@ -591,7 +615,8 @@ impl LeaseKeeper {
             Err(err) if err.code() == Some(Code::NotFound) => Renewal::Gone,
             Err(_) => Renewal::Failed,
         };
-        self.valid_until = next_valid_until(self.valid_until, sent, renewal, self.drift, self.margin);
+        self.valid_until =
+            next_valid_until(self.valid_until, sent, renewal, self.drift, self.margin);
         result
     }
 
@@ -630,7 +655,10 @@ mod tests {
     #[test]
     fn deadline_without_drift_or_margin_is_ttl() {
         let sent = Instant::now();
-        assert_eq!(lease_deadline(sent, 3000 * MS, 0.0, Duration::ZERO) - sent, 3000 * MS);
+        assert_eq!(
+            lease_deadline(sent, 3000 * MS, 0.0, Duration::ZERO) - sent,
+            3000 * MS
+        );
     }
 
     #[test]
@@ -644,48 +672,87 @@ mod tests {
     fn deadline_clamps_bad_drift() {
         let sent = Instant::now();
         assert_eq!(lease_deadline(sent, 1000 * MS, 2.0, Duration::ZERO), sent);
-        assert_eq!(lease_deadline(sent, 1000 * MS, f64::NAN, Duration::ZERO), sent);
-        assert_eq!(lease_deadline(sent, 1000 * MS, -1.0, Duration::ZERO) - sent, 1000 * MS);
+        assert_eq!(
+            lease_deadline(sent, 1000 * MS, f64::NAN, Duration::ZERO),
+            sent
+        );
+        assert_eq!(
+            lease_deadline(sent, 1000 * MS, -1.0, Duration::ZERO) - sent,
+            1000 * MS
+        );
     }
 
     #[test]
     fn deadline_overflow_is_not_valid() {
         let sent = Instant::now();
-        assert_eq!(lease_deadline(sent, Duration::MAX, 0.0, Duration::ZERO), sent);
+        assert_eq!(
+            lease_deadline(sent, Duration::MAX, 0.0, Duration::ZERO),
+            sent
+        );
     }
 
     #[test]
     fn committed_renewal_counts_from_send_time() {
         let t0 = Instant::now();
         let sent = t0 + 500 * MS;
-        let v = next_valid_until(Some(t0), sent, Renewal::Committed { ttl: 1000 * MS }, 0.0, Duration::ZERO);
+        let v = next_valid_until(
+            Some(t0),
+            sent,
+            Renewal::Committed { ttl: 1000 * MS },
+            0.0,
+            Duration::ZERO,
+        );
         assert_eq!(v, Some(sent + 1000 * MS));
     }
 
     #[test]
     fn failed_renewal_never_extends() {
         let t0 = Instant::now();
-        let first = next_valid_until(None, t0, Renewal::Committed { ttl: 1000 * MS }, 0.05, 100 * MS);
+        let first = next_valid_until(
+            None,
+            t0,
+            Renewal::Committed { ttl: 1000 * MS },
+            0.05,
+            100 * MS,
+        );
         assert_eq!(first, Some(t0 + 850 * MS));
         // A later renewal that failed (its outcome unknown) must keep the old deadline
         // even though it was sent later.
         let after = next_valid_until(first, t0 + 600 * MS, Renewal::Failed, 0.05, 100 * MS);
         assert_eq!(after, first);
         // And with no deadline yet, a failure does not create one.
-        assert_eq!(next_valid_until(None, t0, Renewal::Failed, 0.05, 100 * MS), None);
+        assert_eq!(
+            next_valid_until(None, t0, Renewal::Failed, 0.05, 100 * MS),
+            None
+        );
     }
 
     #[test]
     fn gone_lease_clears_deadline() {
         let t0 = Instant::now();
-        assert_eq!(next_valid_until(Some(t0 + 1000 * MS), t0, Renewal::Gone, 0.05, 100 * MS), None);
+        assert_eq!(
+            next_valid_until(Some(t0 + 1000 * MS), t0, Renewal::Gone, 0.05, 100 * MS),
+            None
+        );
     }
 
     #[test]
     fn shorter_ttl_can_move_deadline_back() {
         let t0 = Instant::now();
-        let long = next_valid_until(None, t0, Renewal::Committed { ttl: 10_000 * MS }, 0.0, Duration::ZERO);
-        let short = next_valid_until(long, t0 + 10 * MS, Renewal::Committed { ttl: 1000 * MS }, 0.0, Duration::ZERO);
+        let long = next_valid_until(
+            None,
+            t0,
+            Renewal::Committed { ttl: 10_000 * MS },
+            0.0,
+            Duration::ZERO,
+        );
+        let short = next_valid_until(
+            long,
+            t0 + 10 * MS,
+            Renewal::Committed { ttl: 1000 * MS },
+            0.0,
+            Duration::ZERO,
+        );
         assert_eq!(short, Some(t0 + 1010 * MS));
     }
 
@@ -699,7 +766,10 @@ mod tests {
     #[test]
     fn client_rejects_empty_and_bad_endpoints() {
         assert!(matches!(Client::new(vec![]), Err(ClientError::NoEndpoints)));
-        assert!(matches!(Client::new(vec![" ".into()]), Err(ClientError::NoEndpoints)));
+        assert!(matches!(
+            Client::new(vec![" ".into()]),
+            Err(ClientError::NoEndpoints)
+        ));
         assert!(matches!(
             Client::new(vec!["grpc://a:1".into()]),
             Err(ClientError::InvalidEndpoint { .. })
