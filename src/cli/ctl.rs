@@ -179,6 +179,9 @@ pub enum CtlError {
     #[error("{0}")]
     BadInput(String),
 
+    #[error("cannot wait for Ctrl-C: {0}")]
+    Signal(std::io::Error),
+
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -400,15 +403,21 @@ async fn keep_alive(client: &Client, json: bool, id: u64) -> Result<(), CtlError
             Some(Code::NotFound) => CtlError::LeaseNotFound(id),
             _ => e.into(),
         })?;
-    let ttl = keeper.ttl();
     print_keepalive(json, &keeper)?;
-    let mut wait = ttl / 3;
+    // One listener for the whole loop: a Ctrl-C that arrives while a renewal is
+    // in flight is then still seen, and the renewal itself can be interrupted.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut wait = keeper.ttl() / 3;
     loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
-        }
-        match keeper.renew().await {
+        let renewed = tokio::select! {
+            res = &mut ctrl_c => return res.map_err(CtlError::Signal),
+            _ = tokio::time::sleep(wait) => tokio::select! {
+                res = &mut ctrl_c => return res.map_err(CtlError::Signal),
+                r = keeper.renew() => r,
+            },
+        };
+        match renewed {
             Ok(_) => {
                 print_keepalive(json, &keeper)?;
                 wait = keeper.ttl() / 3;
@@ -502,7 +511,7 @@ fn format_fields(fields: &[(&str, String)]) -> String {
     let width = fields.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     fields
         .iter()
-        .map(|(label, value)| format!("{label:<width$}  {value}\n"))
+        .map(|(label, value)| format!("{}\n", format!("{label:<width$}  {value}").trim_end()))
         .collect()
 }
 
