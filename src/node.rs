@@ -27,7 +27,9 @@ use crate::store::Lessor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("cannot listen on {addr}: {source}; is another process (or this node) already using it?")]
+    #[error(
+        "cannot listen on {addr}: {source}; is another process (or this node) already using it?"
+    )]
     Bind {
         addr: std::net::SocketAddr,
         #[source]
@@ -35,7 +37,9 @@ pub enum NodeError {
     },
     #[error(transparent)]
     DataDir(#[from] DataDirError),
-    #[error("cannot open Raft storage in {path}: {source}; the data dir may be damaged: keep it, restore a backup or re-add this member with an empty data_dir")]
+    #[error(
+        "cannot open Raft storage in {path}: {source}; the data dir may be damaged: keep it, restore a backup or re-add this member with an empty data_dir"
+    )]
     Storage {
         path: std::path::PathBuf,
         #[source]
@@ -147,7 +151,10 @@ async fn form_cluster(raft: &Raft, cfg: &NodeConfig) {
     }
     for m in cfg.initial_cluster.iter().filter(|m| m.id != cfg.node_id) {
         if peer_is_formed(&m.addr).await {
-            tracing::info!(peer = m.id, "the cluster already exists; waiting for its leader to contact this node");
+            tracing::info!(
+                peer = m.id,
+                "the cluster already exists; waiting for its leader to contact this node"
+            );
             return;
         }
     }
@@ -174,7 +181,9 @@ async fn peer_is_formed(addr: &str) -> bool {
     let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
         return false;
     };
-    let ep = ep.connect_timeout(Duration::from_millis(300)).timeout(Duration::from_millis(500));
+    let ep = ep
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_millis(500));
     let Ok(ch) = ep.connect().await else {
         return false;
     };

@@ -75,7 +75,9 @@ fn check_key(key: &str) -> Result<(), Status> {
         return Err(Status::invalid_argument("key must not be empty"));
     }
     if key.len() > MAX_KEY {
-        return Err(Status::invalid_argument(format!("key is longer than {MAX_KEY} bytes")));
+        return Err(Status::invalid_argument(format!(
+            "key is longer than {MAX_KEY} bytes"
+        )));
     }
     Ok(())
 }
@@ -124,11 +126,17 @@ impl AdminService {
                 Some(id) if id == self.node_id => return Ok(None),
                 Some(id) => {
                     let Some(leader) = leader else {
-                        return Err(unavailable(format!("leader {id} has no known address"), None));
+                        return Err(unavailable(
+                            format!("leader {id} has no known address"),
+                            None,
+                        ));
                     };
                     if req.metadata().get(FORWARDED).is_some() {
                         return Err(unavailable(
-                            format!("node {} is not the leader; the leader is node {id} at {}", self.node_id, leader.addr),
+                            format!(
+                                "node {} is not the leader; the leader is node {id} at {}",
+                                self.node_id, leader.addr
+                            ),
                             Some(&leader),
                         ));
                     }
@@ -169,7 +177,8 @@ impl AdminService {
 
     fn forwarded<T>(&self, req: Request<T>) -> Request<T> {
         let mut r = Request::new(req.into_inner());
-        r.metadata_mut().insert(FORWARDED, MetadataValue::from_static("1"));
+        r.metadata_mut()
+            .insert(FORWARDED, MetadataValue::from_static("1"));
         r.set_timeout(self.timeout);
         r
     }
@@ -182,7 +191,11 @@ impl AdminService {
             {
                 let (_, leader) = self.leader();
                 unavailable(
-                    format!("could not reach the Raft leader from node {}: {}", self.node_id, s.message()),
+                    format!(
+                        "could not reach the Raft leader from node {}: {}",
+                        self.node_id,
+                        s.message()
+                    ),
                     leader.as_ref(),
                 )
             }
@@ -201,7 +214,10 @@ impl AdminService {
             )),
             Ok(Ok(r)) => Ok(r.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(unavailable(
-                format!("leadership moved to {:?} during the request; retry", f.leader_id),
+                format!(
+                    "leadership moved to {:?} during the request; retry",
+                    f.leader_id
+                ),
                 f.leader_node.as_ref(),
             )),
             Ok(Err(e)) => Err(unavailable(format!("write failed: {e}"), None)),
@@ -209,14 +225,25 @@ impl AdminService {
     }
 
     async fn linearize(&self) -> Result<(), Status> {
-        match tokio::time::timeout(self.timeout, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+        match tokio::time::timeout(
+            self.timeout,
+            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 let (_, leader) = self.leader();
-                Err(unavailable(format!("cannot confirm leadership for a linearizable read: {e}"), leader.as_ref()))
+                Err(unavailable(
+                    format!("cannot confirm leadership for a linearizable read: {e}"),
+                    leader.as_ref(),
+                ))
             }
             Err(_) => Err(unavailable(
-                format!("could not reach a majority within {:?} for a linearizable read", self.timeout),
+                format!(
+                    "could not reach a majority within {:?} for a linearizable read",
+                    self.timeout
+                ),
                 None,
             )),
         }
@@ -232,7 +259,12 @@ impl AdminService {
                 id: *id,
                 name: n.name.clone(),
                 addr: n.addr.clone(),
-                role: if voters.contains(id) { "voter" } else { "learner" }.into(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
             })
             .collect();
         let leader_addr = m
@@ -256,12 +288,18 @@ impl AdminService {
     }
 
     async fn membership_change(&self, change: ChangeMembers<NodeId, Member>) -> Result<(), Status> {
-        match tokio::time::timeout(self.timeout * 6, self.raft.change_membership(change, false)).await {
-            Err(_) => Err(unavailable("membership change did not commit in time; check `ctl status`".into(), None)),
+        match tokio::time::timeout(self.timeout * 6, self.raft.change_membership(change, false))
+            .await
+        {
+            Err(_) => Err(unavailable(
+                "membership change did not commit in time; check `ctl status`".into(),
+                None,
+            )),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(unavailable("leadership moved during the request; retry".into(), f.leader_node.as_ref()))
-            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(unavailable(
+                "leadership moved during the request; retry".into(),
+                f.leader_node.as_ref(),
+            )),
             Ok(Err(RaftError::APIError(e))) => Err(Status::failed_precondition(e.to_string())),
             Ok(Err(e)) => Err(unavailable(e.to_string(), None)),
         }
@@ -270,17 +308,28 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(self.status_now()))
     }
 
-    async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let r = req.get_ref();
         if r.id == 0 || r.name.is_empty() || r.addr.rsplit_once(':').is_none() {
-            return Err(Status::invalid_argument("member add needs --id > 0, --name and --addr HOST:PORT"));
+            return Err(Status::invalid_argument(
+                "member add needs --id > 0, --name and --addr HOST:PORT",
+            ));
         }
         if let Some(mut c) = self.route(&req).await? {
-            return c.add_member(self.forwarded(req)).await.map_err(|s| self.forward_failed(s));
+            return c
+                .add_member(self.forwarded(req))
+                .await
+                .map_err(|s| self.forward_failed(s));
         }
         let r = req.into_inner();
         let m = self.raft.metrics().borrow_watched().clone();
@@ -293,55 +342,98 @@ impl Admin for AdminService {
                 r.id, existing.addr
             )));
         }
-        if let Some((id, _)) = membership.nodes().find(|(id, n)| n.addr == r.addr && **id != r.id) {
-            return Err(Status::already_exists(format!("address {} is already used by node {id}", r.addr)));
+        if let Some((id, _)) = membership
+            .nodes()
+            .find(|(id, n)| n.addr == r.addr && **id != r.id)
+        {
+            return Err(Status::already_exists(format!(
+                "address {} is already used by node {id}",
+                r.addr
+            )));
         }
-        let node = Member { name: r.name, addr: r.addr };
+        let node = Member {
+            name: r.name,
+            addr: r.addr,
+        };
         // Blocking: the learner catches up before it can be made a voter, so the
         // promotion never stalls commits waiting on an empty node.
-        match tokio::time::timeout(self.timeout * 6, self.raft.add_learner(r.id, node, true)).await {
-            Err(_) => return Err(unavailable("the new node did not catch up in time; is it running and reachable?".into(), None)),
+        match tokio::time::timeout(self.timeout * 6, self.raft.add_learner(r.id, node, true)).await
+        {
+            Err(_) => {
+                return Err(unavailable(
+                    "the new node did not catch up in time; is it running and reachable?".into(),
+                    None,
+                ));
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                return Err(unavailable("leadership moved during the request; retry".into(), f.leader_node.as_ref()));
+                return Err(unavailable(
+                    "leadership moved during the request; retry".into(),
+                    f.leader_node.as_ref(),
+                ));
             }
             Ok(Err(e)) => return Err(Status::failed_precondition(e.to_string())),
             Ok(Ok(_)) => {}
         }
         if !r.learner_only {
-            self.membership_change(ChangeMembers::AddVoterIds(BTreeSet::from([r.id]))).await?;
+            self.membership_change(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])))
+                .await?;
         }
         Ok(Response::new(self.status_now()))
     }
 
-    async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         if let Some(mut c) = self.route(&req).await? {
-            return c.remove_member(self.forwarded(req)).await.map_err(|s| self.forward_failed(s));
+            return c
+                .remove_member(self.forwarded(req))
+                .await
+                .map_err(|s| self.forward_failed(s));
         }
         let id = req.into_inner().id;
         let m = self.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         if membership.get_node(&id).is_none() {
-            return Err(Status::not_found(format!("node {id} is not a member; see `pgquorum ctl members`")));
+            return Err(Status::not_found(format!(
+                "node {id} is not a member; see `pgquorum ctl members`"
+            )));
         }
         let is_voter = membership.voter_ids().any(|v| v == id);
         if is_voter {
             if membership.voter_ids().count() == 1 {
                 return Err(Status::failed_precondition("cannot remove the last voter"));
             }
-            self.membership_change(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
+            self.membership_change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                .await?;
         }
-        let still_there = self.raft.metrics().borrow_watched().membership_config.membership().get_node(&id).is_some();
+        let still_there = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
         if still_there {
-            self.membership_change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
+            self.membership_change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                .await?;
         }
         Ok(Response::new(self.status_now()))
     }
 
-    async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
-        check_key(&req.get_ref().key).or_else(|e| if req.get_ref().prefix { Ok(()) } else { Err(e) })?;
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        check_key(&req.get_ref().key)
+            .or_else(|e| if req.get_ref().prefix { Ok(()) } else { Err(e) })?;
         if !req.get_ref().serializable {
             if let Some(mut c) = self.route(&req).await? {
-                return c.range(self.forwarded(req)).await.map_err(|s| self.forward_failed(s));
+                return c
+                    .range(self.forwarded(req))
+                    .await
+                    .map_err(|s| self.forward_failed(s));
             }
             self.linearize().await?;
         }
@@ -360,10 +452,15 @@ impl Admin for AdminService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         check_key(&req.get_ref().key)?;
         if req.get_ref().value.len() > MAX_VALUE {
-            return Err(Status::invalid_argument(format!("value is larger than {MAX_VALUE} bytes")));
+            return Err(Status::invalid_argument(format!(
+                "value is larger than {MAX_VALUE} bytes"
+            )));
         }
         if let Some(mut c) = self.route(&req).await? {
-            return c.put(self.forwarded(req)).await.map_err(|s| self.forward_failed(s));
+            return c
+                .put(self.forwarded(req))
+                .await
+                .map_err(|s| self.forward_failed(s));
         }
         let r = req.into_inner();
         let cmd = Command::Put {
@@ -378,24 +475,34 @@ impl Admin for AdminService {
                 revision,
                 prev: prev.as_ref().map(kv_to_pb),
             })),
-            store::Response::CompareFailed { revision, current } => Ok(Response::new(pb::PutResponse {
-                succeeded: false,
-                revision,
-                prev: current.as_ref().map(kv_to_pb),
-            })),
+            store::Response::CompareFailed { revision, current } => {
+                Ok(Response::new(pb::PutResponse {
+                    succeeded: false,
+                    revision,
+                    prev: current.as_ref().map(kv_to_pb),
+                }))
+            }
             store::Response::LeaseNotFound { id } => Err(lease_not_found(id)),
             other => Err(Status::internal(format!("unexpected result {other}"))),
         }
     }
 
-    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         if !req.get_ref().prefix {
             check_key(&req.get_ref().key)?;
         } else if req.get_ref().expect_mod_revision.is_some() {
-            return Err(Status::invalid_argument("a compare is not allowed with a prefix delete"));
+            return Err(Status::invalid_argument(
+                "a compare is not allowed with a prefix delete",
+            ));
         }
         if let Some(mut c) = self.route(&req).await? {
-            return c.delete(self.forwarded(req)).await.map_err(|s| self.forward_failed(s));
+            return c
+                .delete(self.forwarded(req))
+                .await
+                .map_err(|s| self.forward_failed(s));
         }
         let r = req.into_inner();
         let cmd = Command::Delete {
@@ -404,23 +511,30 @@ impl Admin for AdminService {
             expect_mod_revision: r.expect_mod_revision,
         };
         match self.write(cmd).await? {
-            store::Response::Deleted { revision, deleted } => Ok(Response::new(pb::DeleteResponse {
-                succeeded: true,
-                revision,
-                deleted,
-            })),
-            store::Response::CompareFailed { revision, .. } => Ok(Response::new(pb::DeleteResponse {
-                succeeded: false,
-                revision,
-                deleted: 0,
-            })),
+            store::Response::Deleted { revision, deleted } => {
+                Ok(Response::new(pb::DeleteResponse {
+                    succeeded: true,
+                    revision,
+                    deleted,
+                }))
+            }
+            store::Response::CompareFailed { revision, .. } => {
+                Ok(Response::new(pb::DeleteResponse {
+                    succeeded: false,
+                    revision,
+                    deleted: 0,
+                }))
+            }
             other => Err(Status::internal(format!("unexpected result {other}"))),
         }
     }
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let r = req.into_inner();
         let mut live = self.sm.subscribe();
         let mut last = if r.start_revision == 0 {
@@ -438,7 +552,9 @@ impl Admin for AdminService {
         let history = if r.start_revision == 0 {
             Vec::new()
         } else {
-            self.sm.history_from(r.start_revision).map_err(|e| Status::internal(e.to_string()))?
+            self.sm
+                .history_from(r.start_revision)
+                .map_err(|e| Status::internal(e.to_string()))?
         };
         let (tx, rx) = mpsc::channel(256);
         let prefix = r.prefix;
@@ -483,7 +599,10 @@ impl Admin for AdminService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn lease_grant(&self, req: Request<pb::LeaseGrantRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        req: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
         let ttl = req.get_ref().ttl_ms;
         if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&ttl) {
             return Err(Status::invalid_argument(format!(
@@ -491,31 +610,58 @@ impl Admin for AdminService {
             )));
         }
         if let Some(mut c) = self.route(&req).await? {
-            return c.lease_grant(self.forwarded(req)).await.map_err(|s| self.forward_failed(s));
+            return c
+                .lease_grant(self.forwarded(req))
+                .await
+                .map_err(|s| self.forward_failed(s));
         }
         let r = req.into_inner();
-        lease_response(self.write(Command::LeaseGrant { ttl_ms: r.ttl_ms, id: r.id }).await?)
+        lease_response(
+            self.write(Command::LeaseGrant {
+                ttl_ms: r.ttl_ms,
+                id: r.id,
+            })
+            .await?,
+        )
     }
 
-    async fn lease_renew(&self, req: Request<pb::LeaseIdRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+    async fn lease_renew(
+        &self,
+        req: Request<pb::LeaseIdRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
         if let Some(mut c) = self.route(&req).await? {
-            return c.lease_renew(self.forwarded(req)).await.map_err(|s| self.forward_failed(s));
+            return c
+                .lease_renew(self.forwarded(req))
+                .await
+                .map_err(|s| self.forward_failed(s));
         }
         let id = req.into_inner().id;
         lease_response(self.write(Command::LeaseRenew { id }).await?)
     }
 
-    async fn lease_revoke(&self, req: Request<pb::LeaseIdRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        req: Request<pb::LeaseIdRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
         if let Some(mut c) = self.route(&req).await? {
-            return c.lease_revoke(self.forwarded(req)).await.map_err(|s| self.forward_failed(s));
+            return c
+                .lease_revoke(self.forwarded(req))
+                .await
+                .map_err(|s| self.forward_failed(s));
         }
         let id = req.into_inner().id;
         lease_response(self.write(Command::LeaseRevoke { id }).await?)
     }
 
-    async fn lease_time_to_live(&self, req: Request<pb::LeaseIdRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+    async fn lease_time_to_live(
+        &self,
+        req: Request<pb::LeaseIdRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
         if let Some(mut c) = self.route(&req).await? {
-            return c.lease_time_to_live(self.forwarded(req)).await.map_err(|s| self.forward_failed(s));
+            return c
+                .lease_time_to_live(self.forwarded(req))
+                .await
+                .map_err(|s| self.forward_failed(s));
         }
         self.linearize().await?;
         let id = req.into_inner().id;
@@ -539,7 +685,11 @@ impl Admin for AdminService {
 
 fn lease_response(r: store::Response) -> Result<Response<pb::LeaseResponse>, Status> {
     match r {
-        store::Response::Lease { id, ttl_ms, revision } => Ok(Response::new(pb::LeaseResponse {
+        store::Response::Lease {
+            id,
+            ttl_ms,
+            revision,
+        } => Ok(Response::new(pb::LeaseResponse {
             id,
             ttl_ms,
             remaining_ms: ttl_ms,
@@ -547,7 +697,9 @@ fn lease_response(r: store::Response) -> Result<Response<pb::LeaseResponse>, Sta
             revision,
         })),
         store::Response::LeaseNotFound { id } => Err(lease_not_found(id)),
-        store::Response::LeaseExists { id } => Err(Status::already_exists(format!("lease {id} already exists"))),
+        store::Response::LeaseExists { id } => {
+            Err(Status::already_exists(format!("lease {id} already exists")))
+        }
         other => Err(Status::internal(format!("unexpected result {other}"))),
     }
 }

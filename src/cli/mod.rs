@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use crate::config::NodeConfig;
 
 #[derive(Parser, Debug)]
-#[command(name = "pgquorum", version, about = "PostgreSQL high availability in one binary")]
+#[command(
+    name = "pgquorum",
+    version,
+    about = "PostgreSQL high availability in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,12 +41,19 @@ enum Command {
 /// Entry point used by `main`; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGQUORUM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGQUORUM_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
+    });
     if matches!(cli.command, Command::Node { .. }) {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -53,11 +64,19 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Node { config } => {
                 let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
-                crate::node::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+                crate::node::run(cfg, shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Command::CheckConfig { config } => {
                 let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
-                println!("{}: ok (node {} of cluster {:?}, data dir {})", config.display(), cfg.node_id, cfg.cluster_name, cfg.data_dir.display());
+                println!(
+                    "{}: ok (node {} of cluster {:?}, data dir {})",
+                    config.display(),
+                    cfg.node_id,
+                    cfg.cluster_name,
+                    cfg.data_dir.display()
+                );
                 Ok(())
             }
             Command::Ctl(args) => ctl::run(args).await.map_err(|e| e.to_string()),

@@ -120,20 +120,30 @@ impl NodeConfig {
                 raw.listen_addr
             ))
         })?;
-        let advertise_addr = raw.advertise_addr.unwrap_or_else(|| raw.listen_addr.clone());
+        let advertise_addr = raw
+            .advertise_addr
+            .unwrap_or_else(|| raw.listen_addr.clone());
         check_host_port(&advertise_addr).map_err(|m| invalid(format!("advertise_addr: {m}")))?;
 
         let mut ids = HashSet::new();
         let mut addrs = HashSet::new();
         for m in &raw.initial_cluster {
             if m.id == 0 {
-                return Err(invalid("initial_cluster: member ids must be positive".into()));
+                return Err(invalid(
+                    "initial_cluster: member ids must be positive".into(),
+                ));
             }
             if !ids.insert(m.id) {
-                return Err(invalid(format!("initial_cluster: id {} appears twice", m.id)));
+                return Err(invalid(format!(
+                    "initial_cluster: id {} appears twice",
+                    m.id
+                )));
             }
             if !addrs.insert(m.addr.clone()) {
-                return Err(invalid(format!("initial_cluster: address {} appears twice", m.addr)));
+                return Err(invalid(format!(
+                    "initial_cluster: address {} appears twice",
+                    m.addr
+                )));
             }
             check_host_port(&m.addr)
                 .map_err(|e| invalid(format!("initial_cluster member {}: {e}", m.id)))?;
@@ -166,7 +176,8 @@ impl NodeConfig {
         }
         if t.election_timeout_max_ms <= t.election_timeout_min_ms {
             return Err(invalid(
-                "raft.election_timeout_max_ms must be greater than raft.election_timeout_min_ms".into(),
+                "raft.election_timeout_max_ms must be greater than raft.election_timeout_min_ms"
+                    .into(),
             ));
         }
         if t.lease_check_interval_ms == 0 || t.request_timeout_ms == 0 || t.snapshot_logs == 0 {
@@ -200,7 +211,9 @@ impl NodeConfig {
 
 fn check_host_port(s: &str) -> Result<(), String> {
     match s.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
         _ => Err(format!("{s:?} is not HOST:PORT")),
     }
 }
@@ -240,23 +253,45 @@ addr = "127.0.0.1:7002"
     #[test]
     fn rejects_bad_inputs_with_a_reason() {
         let cases = [
-            (GOOD.replace("node_id = 1", "node_id = 3"), "not in initial_cluster"),
+            (
+                GOOD.replace("node_id = 1", "node_id = 3"),
+                "not in initial_cluster",
+            ),
             (GOOD.replace("node_id = 1", "node_id = 0"), "positive"),
-            (GOOD.replace("listen_addr = \"127.0.0.1:7001\"", "listen_addr = \"nope\""), "listen_addr"),
+            (
+                GOOD.replace("listen_addr = \"127.0.0.1:7001\"", "listen_addr = \"nope\""),
+                "listen_addr",
+            ),
             (GOOD.replace("7002", "7001"), "appears twice"),
-            (GOOD.replace("name = \"n1\"\nlisten", "colour = 1\nname = \"n1\"\nlisten"), "unknown field"),
-            (format!("{GOOD}[raft]\nheartbeat_ms = 400\n"), "twice raft.heartbeat_ms"),
-            (GOOD.replace("id = 1\nname", "id = 2\nname"), "appears twice"),
+            (
+                GOOD.replace("name = \"n1\"\nlisten", "colour = 1\nname = \"n1\"\nlisten"),
+                "unknown field",
+            ),
+            (
+                format!("{GOOD}[raft]\nheartbeat_ms = 400\n"),
+                "twice raft.heartbeat_ms",
+            ),
+            (
+                GOOD.replace("id = 1\nname", "id = 2\nname"),
+                "appears twice",
+            ),
         ];
         for (text, want) in cases {
-            let err = parse(&text).err().unwrap_or_else(|| panic!("accepted: {text}"));
-            assert!(err.to_string().contains(want), "{err} should mention {want}");
+            let err = parse(&text)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {text}"));
+            assert!(
+                err.to_string().contains(want),
+                "{err} should mention {want}"
+            );
         }
     }
 
     #[test]
     fn join_mode_needs_no_initial_cluster_entry() {
-        let text = GOOD.replace("node_id = 1", "node_id = 4").replace("cluster_name", "join = true\ncluster_name");
+        let text = GOOD
+            .replace("node_id = 1", "node_id = 4")
+            .replace("cluster_name", "join = true\ncluster_name");
         let c = parse(&text).unwrap();
         assert!(c.join);
     }

@@ -18,10 +18,7 @@ use super::types::Raft;
 use crate::store::{Command, Lessor};
 
 /// Stamps lease updates with this member's monotonic clock as they are applied.
-pub async fn run_stamper(
-    lessor: Arc<Mutex<Lessor>>,
-    mut rx: mpsc::UnboundedReceiver<LeaseSignal>,
-) {
+pub async fn run_stamper(lessor: Arc<Mutex<Lessor>>, mut rx: mpsc::UnboundedReceiver<LeaseSignal>) {
     while let Some(sig) = rx.recv().await {
         let now = Instant::now();
         let mut l = lessor.lock().expect("lock");
@@ -63,7 +60,9 @@ pub async fn run_expiry(
         for (id, renewed_at) in expired {
             let cmd = Command::LeaseExpire { id, renewed_at };
             match tokio::time::timeout(timeout, raft.client_write(cmd)).await {
-                Ok(Ok(r)) => tracing::info!(lease = id, renewed_at, outcome = %r.data, "lease expired"),
+                Ok(Ok(r)) => {
+                    tracing::info!(lease = id, renewed_at, outcome = %r.data, "lease expired")
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(lease = id, error = %e, "could not propose lease expiry");
                     break;

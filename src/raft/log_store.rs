@@ -127,7 +127,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged: Option<LogId> = self.get_json(KEY_PURGED)?;
         let last = self.last_entry()?.map(|e| e.log_id);
         Ok(LogState {
-            last_purged_log_id: last_purged.clone(),
+            last_purged_log_id: last_purged,
             last_log_id: last.or(last_purged),
         })
     }
@@ -178,7 +178,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
-        self.put_json(KEY_PURGED, &Some(log_id.clone()))?;
+        self.put_json(KEY_PURGED, &Some(log_id))?;
         self.dir.sync().await?;
         let mut batch = sled::Batch::default();
         for k in self.log.range(..=key(log_id.index)).keys() {

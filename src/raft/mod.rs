@@ -19,7 +19,10 @@ pub use types::{Member, NodeId, Raft, TypeConfig};
 use crate::config::RaftTuning;
 
 /// openraft settings derived from the node config.
-pub fn raft_config(cluster: &str, t: &RaftTuning) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+pub fn raft_config(
+    cluster: &str,
+    t: &RaftTuning,
+) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
     let cfg = openraft::Config {
         cluster_name: cluster.to_string(),
         heartbeat_interval: t.heartbeat_ms,

@@ -92,7 +92,10 @@ fn net_err(e: impl ToString) -> NetworkError<TypeConfig> {
 /// Refused connections mean the peer is down: openraft backs off on `Unreachable`.
 fn status_to_rpc(target: NodeId, s: Status) -> RPCError {
     if s.code() == tonic::Code::Unavailable {
-        RPCError::Unreachable(Unreachable::from_string(format!("node {target}: {}", s.message())))
+        RPCError::Unreachable(Unreachable::from_string(format!(
+            "node {target}: {}",
+            s.message()
+        )))
     } else {
         RPCError::Network(net_err(format!("node {target}: {s}")))
     }
@@ -133,7 +136,8 @@ impl PeerClient {
             .await
             .map_err(|_| RPCError::Network(net_err(format!("node {}: timed out", self.target))))?
             .map_err(|s| status_to_rpc(self.target, s))?;
-        serde_json::from_slice(&reply.into_inner().payload).map_err(|e| RPCError::Network(net_err(e)))
+        serde_json::from_slice(&reply.into_inner().payload)
+            .map_err(|e| RPCError::Network(net_err(e)))
     }
 }
 
@@ -145,8 +149,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError> {
-        self.call(&rpc, &option, |mut c, r| async move { c.append_entries(r).await })
-            .await
+        self.call(&rpc, &option, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
     }
 
     async fn vote(
@@ -154,7 +160,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError> {
-        self.call(&rpc, &option, |mut c, r| async move { c.vote(r).await }).await
+        self.call(&rpc, &option, |mut c, r| async move { c.vote(r).await })
+            .await
     }
 
     async fn pre_vote(
@@ -162,7 +169,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError> {
-        self.call(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await }).await
+        self.call(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
+            .await
     }
 
     async fn full_snapshot(
@@ -196,7 +204,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             r = send => r.map_err(|s| StreamingError::Network(net_err(s)))?,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
-        serde_json::from_slice(&reply.into_inner().payload).map_err(|e| StreamingError::Network(net_err(e)))
+        serde_json::from_slice(&reply.into_inner().payload)
+            .map_err(|e| StreamingError::Network(net_err(e)))
     }
 }
 
@@ -257,7 +266,10 @@ impl pb::raft_service_server::RaftService for RaftGrpc {
         self.reply(self.raft.append_entries(rpc).await)
     }
 
-    async fn vote(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn vote(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let rpc: VoteRequest<TypeConfig> = self.decode(req.get_ref())?;
         self.reply(self.raft.vote(rpc).await)
     }

@@ -22,9 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 use super::storage::{DataDir, FORMAT_VERSION, sled_io, write_atomically};
-use super::types::{
-    LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
-};
+use super::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::store::{Effects, Event, Lease, LeaseUpdate, Response, State};
 
 const SNAPSHOT_FILE: &str = "current.snap";
@@ -90,10 +88,7 @@ fn json<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
 }
 
 impl SmStore {
-    pub fn open(
-        dir: &DataDir,
-        leases: mpsc::UnboundedSender<LeaseSignal>,
-    ) -> io::Result<Self> {
+    pub fn open(dir: &DataDir, leases: mpsc::UnboundedSender<LeaseSignal>) -> io::Result<Self> {
         let tree = dir.tree("sm")?;
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
@@ -105,11 +100,17 @@ impl SmStore {
             leases,
         });
         let sm = Self { shared };
-        if sm.shared.tree.get(b"m/installing").map_err(sled_io)?.is_some() {
+        if sm
+            .shared
+            .tree
+            .get(b"m/installing")
+            .map_err(sled_io)?
+            .is_some()
+        {
             // A snapshot install was cut short; its file was durable before it began.
-            let snap = sm
-                .read_snapshot_file()?
-                .ok_or_else(|| invalid("a snapshot install was interrupted and its file is missing"))?;
+            let snap = sm.read_snapshot_file()?.ok_or_else(|| {
+                invalid("a snapshot install was interrupted and its file is missing")
+            })?;
             let data: SmData = serde_json::from_slice(&snap.data).map_err(invalid)?;
             sm.replace_all(&data)?;
         }
@@ -125,12 +126,15 @@ impl SmStore {
                 if t.iter().next().is_some() {
                     return Err(invalid("state machine has data but no format marker"));
                 }
-                t.insert(b"m/format", json(&FORMAT_VERSION)?).map_err(sled_io)?;
+                t.insert(b"m/format", json(&FORMAT_VERSION)?)
+                    .map_err(sled_io)?;
             }
             Some(v) => {
                 let f: u32 = serde_json::from_slice(&v).map_err(invalid)?;
                 if f > FORMAT_VERSION {
-                    return Err(invalid(format!("state machine format {f} is newer than this build")));
+                    return Err(invalid(format!(
+                        "state machine format {f} is newer than this build"
+                    )));
                 }
             }
         }
@@ -173,7 +177,7 @@ impl SmStore {
     }
 
     pub fn last_applied(&self) -> Option<LogId> {
-        self.shared.data.read().expect("lock").last_applied.clone()
+        self.shared.data.read().expect("lock").last_applied
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -189,7 +193,11 @@ impl SmStore {
         self.shared
             .tree
             .range(event_key(from, 0)..)
-            .take_while(|r| r.as_ref().map(|(k, _)| k.starts_with(b"e/")).unwrap_or(true))
+            .take_while(|r| {
+                r.as_ref()
+                    .map(|(k, _)| k.starts_with(b"e/"))
+                    .unwrap_or(true)
+            })
             .map(|r| {
                 let (_, v) = r.map_err(sled_io)?;
                 serde_json::from_slice(&v).map_err(invalid)
@@ -223,7 +231,12 @@ impl SmStore {
         }
         let new_floor = revision - HISTORY_REVISIONS;
         let mut batch = sled::Batch::default();
-        for k in self.shared.tree.range(event_key(0, 0)..event_key(new_floor, 0)).keys() {
+        for k in self
+            .shared
+            .tree
+            .range(event_key(0, 0)..event_key(new_floor, 0))
+            .keys()
+        {
             batch.remove(k.map_err(sled_io)?);
         }
         self.shared.tree.apply_batch(batch).map_err(sled_io)?;
@@ -258,9 +271,9 @@ impl SmStore {
     fn read_snapshot_file(&self) -> io::Result<Option<SnapshotFile>> {
         let path = self.shared.dir.snapshot_dir().join(SNAPSHOT_FILE);
         match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-                invalid(format!("snapshot file {} is damaged: {e}", path.display()))
-            }),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| invalid(format!("snapshot file {} is damaged: {e}", path.display()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -272,7 +285,11 @@ impl SmStore {
             meta: meta.clone(),
             data: data.to_vec(),
         };
-        write_atomically(&self.shared.dir.snapshot_dir(), SNAPSHOT_FILE, &json(&file)?)
+        write_atomically(
+            &self.shared.dir.snapshot_dir(),
+            SNAPSHOT_FILE,
+            &json(&file)?,
+        )
     }
 }
 
@@ -285,7 +302,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
         let data = self.shared.data.read().expect("lock").clone();
         let bytes = json(&data)?;
         let meta = SnapshotMeta {
-            last_log_id: data.last_applied.clone(),
+            last_log_id: data.last_applied,
             last_membership: data.membership.clone(),
         };
         let (m, b) = (meta.clone(), bytes.clone());
@@ -306,7 +323,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let d = self.shared.data.read().expect("lock");
-        Ok((d.last_applied.clone(), d.membership.clone()))
+        Ok((d.last_applied, d.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
@@ -336,12 +353,12 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                         resp
                     }
                     EntryPayload::Membership(m) => {
-                        d.membership = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                        d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         batch.insert(b"m/membership", json(&d.membership)?);
                         Response::None
                     }
                 };
-                d.last_applied = Some(entry.log_id.clone());
+                d.last_applied = Some(entry.log_id);
                 if let Some(r) = responder {
                     responders.push((r, resp));
                 }
@@ -369,10 +386,14 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> io::Result<()> {
         let bytes = snapshot.into_inner();
         let mut data: SmData = serde_json::from_slice(&bytes).map_err(invalid)?;
-        data.last_applied = meta.last_log_id.clone();
+        data.last_applied = meta.last_log_id;
         data.membership = meta.last_membership.clone();
         let me = self.clone();
         let (m, b) = (meta.clone(), bytes.clone());

@@ -266,6 +266,9 @@ mod tests {
         fs::write(dir.path().join(IDENTITY_FILE), b"{garbage").unwrap();
         let err = DataDir::open(dir.path(), "a", 1).err().unwrap();
         assert!(err.to_string().contains("pgquorum.json"), "{err}");
-        assert_eq!(fs::read(dir.path().join(IDENTITY_FILE)).unwrap(), b"{garbage");
+        assert_eq!(
+            fs::read(dir.path().join(IDENTITY_FILE)).unwrap(),
+            b"{garbage"
+        );
     }
 }

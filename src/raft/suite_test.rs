@@ -13,7 +13,9 @@ use super::types::TypeConfig;
 struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, SmStore, tempfile::TempDir> for SledBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, SmStore), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, SmStore), StorageError<TypeConfig>> {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = DataDir::open(&tmp.path().join("d"), "suite", 1).expect("data dir");
         let (tx, rx) = mpsc::unbounded_channel();

@@ -7,4 +7,6 @@ pub mod lessor;
 pub mod state;
 
 pub use lessor::Lessor;
-pub use state::{Command, Effects, Event, EventKind, KeyValue, Lease, LeaseUpdate, Response, State};
+pub use state::{
+    Command, Effects, Event, EventKind, KeyValue, Lease, LeaseUpdate, Response, State,
+};

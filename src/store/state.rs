@@ -199,28 +199,26 @@ impl State {
             } => self.delete(key, *prefix, *expect_mod_revision, &mut fx),
             Command::LeaseGrant { ttl_ms, id } => {
                 let id = if *id == 0 { index } else { *id };
-                if self.leases.contains_key(&id) {
-                    Response::LeaseExists { id }
-                } else {
-                    self.leases.insert(
-                        id,
-                        Lease {
+                match self.leases.entry(id) {
+                    std::collections::btree_map::Entry::Occupied(_) => Response::LeaseExists { id },
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(Lease {
                             id,
                             ttl_ms: *ttl_ms,
                             renewed_at: index,
                             keys: BTreeSet::new(),
-                        },
-                    );
-                    fx.leases_changed.insert(id);
-                    fx.lease_updates.push(LeaseUpdate::Renewed {
-                        id,
-                        ttl_ms: *ttl_ms,
-                        renewed_at: index,
-                    });
-                    Response::Lease {
-                        id,
-                        ttl_ms: *ttl_ms,
-                        revision: self.revision,
+                        });
+                        fx.leases_changed.insert(id);
+                        fx.lease_updates.push(LeaseUpdate::Renewed {
+                            id,
+                            ttl_ms: *ttl_ms,
+                            renewed_at: index,
+                        });
+                        Response::Lease {
+                            id,
+                            ttl_ms: *ttl_ms,
+                            revision: self.revision,
+                        }
                     }
                 }
             }
@@ -321,7 +319,11 @@ impl State {
         let keys: Vec<String> = if prefix {
             self.range_prefix(key).map(|kv| kv.key.clone()).collect()
         } else {
-            self.kv.get(key).map(|kv| kv.key.clone()).into_iter().collect()
+            self.kv
+                .get(key)
+                .map(|kv| kv.key.clone())
+                .into_iter()
+                .collect()
         };
         if keys.is_empty() {
             return Response::Deleted {
@@ -355,7 +357,12 @@ impl State {
         }
     }
 
-    fn remove_lease(&mut self, id: u64, expect_renewed_at: Option<u64>, fx: &mut Effects) -> Response {
+    fn remove_lease(
+        &mut self,
+        id: u64,
+        expect_renewed_at: Option<u64>,
+        fx: &mut Effects,
+    ) -> Response {
         let Some(lease) = self.leases.get(&id) else {
             return Response::LeaseNotFound { id };
         };
@@ -399,7 +406,13 @@ mod tests {
     fn put_bumps_revision_and_version() {
         let mut s = State::default();
         let (r, fx) = s.apply(1, &put("a", "1"));
-        assert_eq!(r, Response::Put { revision: 1, prev: None });
+        assert_eq!(
+            r,
+            Response::Put {
+                revision: 1,
+                prev: None
+            }
+        );
         assert_eq!(fx.events.len(), 1);
         s.apply(2, &put("a", "2"));
         let kv = s.get("a").unwrap();
@@ -416,13 +429,25 @@ mod tests {
             lease: 0,
             expect_mod_revision: Some(e),
         };
-        assert!(matches!(s.apply(1, &cas(0)).0, Response::Put { revision: 1, .. }));
+        assert!(matches!(
+            s.apply(1, &cas(0)).0,
+            Response::Put { revision: 1, .. }
+        ));
         // Must-not-exist fails now.
         let (r, fx) = s.apply(2, &cas(0));
-        assert!(matches!(r, Response::CompareFailed { revision: 1, current: Some(_) }));
+        assert!(matches!(
+            r,
+            Response::CompareFailed {
+                revision: 1,
+                current: Some(_)
+            }
+        ));
         assert!(fx.events.is_empty());
         assert_eq!(s.revision, 1);
-        assert!(matches!(s.apply(3, &cas(1)).0, Response::Put { revision: 2, .. }));
+        assert!(matches!(
+            s.apply(3, &cas(1)).0,
+            Response::Put { revision: 2, .. }
+        ));
     }
 
     #[test]
@@ -438,16 +463,25 @@ mod tests {
         };
         assert_eq!(
             s.apply(4, &del("a/", true)).0,
-            Response::Deleted { revision: 4, deleted: 2 }
+            Response::Deleted {
+                revision: 4,
+                deleted: 2
+            }
         );
         assert_eq!(s.kv.len(), 1);
         assert_eq!(
             s.apply(5, &del("zzz", false)).0,
-            Response::Deleted { revision: 4, deleted: 0 }
+            Response::Deleted {
+                revision: 4,
+                deleted: 0
+            }
         );
         assert_eq!(
             s.apply(6, &del("b/1", false)).0,
-            Response::Deleted { revision: 5, deleted: 1 }
+            Response::Deleted {
+                revision: 5,
+                deleted: 1
+            }
         );
         assert!(s.kv.is_empty());
     }
@@ -465,8 +499,21 @@ mod tests {
     #[test]
     fn lease_keys_vanish_with_the_lease() {
         let mut s = State::default();
-        let (r, _) = s.apply(7, &Command::LeaseGrant { ttl_ms: 1000, id: 0 });
-        assert_eq!(r, Response::Lease { id: 7, ttl_ms: 1000, revision: 0 });
+        let (r, _) = s.apply(
+            7,
+            &Command::LeaseGrant {
+                ttl_ms: 1000,
+                id: 0,
+            },
+        );
+        assert_eq!(
+            r,
+            Response::Lease {
+                id: 7,
+                ttl_ms: 1000,
+                revision: 0
+            }
+        );
         let attach = Command::Put {
             key: "leader".into(),
             value: b"n1".to_vec(),
@@ -503,11 +550,23 @@ mod tests {
         // The leader judged the lease (renewed at 3) expired, but a renewal
         // committed first at index 4.
         s.apply(4, &Command::LeaseRenew { id: 3 });
-        let (r, fx) = s.apply(5, &Command::LeaseExpire { id: 3, renewed_at: 3 });
+        let (r, fx) = s.apply(
+            5,
+            &Command::LeaseExpire {
+                id: 3,
+                renewed_at: 3,
+            },
+        );
         assert_eq!(r, Response::LeaseRenewedMeanwhile { id: 3 });
         assert!(fx.lease_updates.is_empty());
         assert!(s.leases.contains_key(&3));
-        let (r, _) = s.apply(6, &Command::LeaseExpire { id: 3, renewed_at: 4 });
+        let (r, _) = s.apply(
+            6,
+            &Command::LeaseExpire {
+                id: 3,
+                renewed_at: 4,
+            },
+        );
         assert!(matches!(r, Response::Lease { id: 3, .. }));
         assert!(s.leases.is_empty());
     }
@@ -533,7 +592,7 @@ mod tests {
 
     #[test]
     fn apply_is_deterministic() {
-        let cmds = vec![
+        let cmds = [
             Command::LeaseGrant { ttl_ms: 10, id: 0 },
             put("x", "1"),
             Command::Put {
@@ -543,7 +602,10 @@ mod tests {
                 expect_mod_revision: None,
             },
             Command::LeaseRenew { id: 1 },
-            Command::LeaseExpire { id: 1, renewed_at: 4 },
+            Command::LeaseExpire {
+                id: 1,
+                renewed_at: 4,
+            },
         ];
         let run = || {
             let mut s = State::default();
