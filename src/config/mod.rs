@@ -72,6 +72,125 @@ struct RawConfig {
     initial_cluster: Vec<InitialMember>,
     #[serde(default)]
     raft: RaftTuning,
+    postgresql: Option<RawPostgres>,
+    #[serde(default)]
+    ha: HaSettings,
+    #[serde(default)]
+    tags: crate::ha::model::Tags,
+    rest_listen_addr: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Option<String>,
+    /// A file holding the password (first line); wins over `password`.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Credentials {
+    /// The password, read from `password_file` when one is set. Never logged.
+    pub fn password(&self) -> Result<String, std::io::Error> {
+        match &self.password_file {
+            Some(f) => Ok(std::fs::read_to_string(f)?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()),
+            None => Ok(self.password.clone().unwrap_or_default()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    bin_dir: Option<PathBuf>,
+    data_dir: PathBuf,
+    #[serde(default = "default_host")]
+    listen_host: String,
+    port: u16,
+    connect_host: Option<String>,
+    #[serde(default = "default_os_user")]
+    os_user: String,
+    superuser: Credentials,
+    replication: Credentials,
+    #[serde(default)]
+    parameters: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pg_hba: Vec<String>,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+
+fn default_os_user() -> String {
+    "postgres".into()
+}
+
+/// The `[postgresql]` section, validated; paths resolved.
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    pub bin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub listen_host: String,
+    pub port: u16,
+    pub connect_host: String,
+    /// The OS user PostgreSQL runs as when pgquorum runs as root.
+    pub os_user: String,
+    pub superuser: Credentials,
+    pub replication: Credentials,
+    pub parameters: std::collections::BTreeMap<String, String>,
+    pub pg_hba: Vec<String>,
+}
+
+/// HA timing and policy. Written to the store at bootstrap as the cluster-wide
+/// defaults; see `crate::ha` for how each is used.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaSettings {
+    /// Leader lease time-to-live.
+    pub ttl_ms: u64,
+    /// One HA cycle; the primary renews its lease every cycle.
+    pub loop_wait_ms: u64,
+    /// A replica further behind the last known primary position than this is never promoted.
+    pub maximum_lag_on_failover: u64,
+    pub synchronous_mode: bool,
+    /// How long a crashed primary may take to start again before it gives up the lease.
+    pub primary_start_timeout_ms: u64,
+}
+
+impl Default for HaSettings {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 3000,
+            loop_wait_ms: 500,
+            maximum_lag_on_failover: 1024 * 1024,
+            synchronous_mode: false,
+            primary_start_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl HaSettings {
+    /// The rule that makes self-fencing possible: a primary must be able to miss a
+    /// renewal, retry, and still fence itself before the lease can expire elsewhere.
+    pub fn validate(&self, election_timeout_max_ms: u64) -> Result<(), String> {
+        if self.loop_wait_ms < 50 {
+            return Err("ha.loop_wait_ms must be at least 50".into());
+        }
+        if self.ttl_ms < 2 * self.loop_wait_ms + election_timeout_max_ms {
+            return Err(format!(
+                "ha.ttl_ms ({}) must be at least 2 * ha.loop_wait_ms + raft.election_timeout_max_ms ({}): \
+                 a primary must survive one missed renewal and one Raft election without fencing itself",
+                self.ttl_ms,
+                2 * self.loop_wait_ms + election_timeout_max_ms
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A validated node configuration.
@@ -88,6 +207,11 @@ pub struct NodeConfig {
     pub join: bool,
     pub initial_cluster: Vec<InitialMember>,
     pub raft: RaftTuning,
+    /// Absent: this node runs only the Raft store (no PostgreSQL supervision).
+    pub postgresql: Option<PostgresConfig>,
+    pub ha: HaSettings,
+    pub tags: crate::ha::model::Tags,
+    pub rest_listen_addr: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -191,7 +315,26 @@ impl NodeConfig {
         } else {
             path.parent().unwrap_or(Path::new(".")).join(raw.data_dir)
         };
+        raw.ha
+            .validate(t.election_timeout_max_ms)
+            .map_err(invalid)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let postgresql = match raw.postgresql {
+            None => None,
+            Some(p) => Some(postgres_config(p, base).map_err(invalid)?),
+        };
+        let rest_listen_addr = match &raw.rest_listen_addr {
+            None => None,
+            Some(a) => Some(
+                a.parse()
+                    .map_err(|e| invalid(format!("rest_listen_addr {a:?} is not IP:PORT ({e})")))?,
+            ),
+        };
         Ok(Self {
+            postgresql,
+            ha: raw.ha,
+            tags: raw.tags,
+            rest_listen_addr,
             cluster_name: raw.cluster_name,
             node_id: raw.node_id,
             name: raw.name,
@@ -207,6 +350,67 @@ impl NodeConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.raft.request_timeout_ms)
     }
+}
+
+fn postgres_config(p: RawPostgres, base: &Path) -> Result<PostgresConfig, String> {
+    let bin_dir = match p.bin_dir {
+        Some(b) => b,
+        None => find_pg_bin_dir().ok_or(
+            "postgresql.bin_dir is not set and no PostgreSQL server was found under \
+             /usr/lib/postgresql/*/bin; install PostgreSQL or set bin_dir",
+        )?,
+    };
+    if !bin_dir.join("postgres").exists() {
+        return Err(format!(
+            "postgresql.bin_dir {} has no `postgres` binary",
+            bin_dir.display()
+        ));
+    }
+    if p.port == 0 {
+        return Err("postgresql.port must be positive".into());
+    }
+    for (name, c) in [("superuser", &p.superuser), ("replication", &p.replication)] {
+        if c.username.is_empty() {
+            return Err(format!("postgresql.{name}.username must not be empty"));
+        }
+        if c.password.is_none() && c.password_file.is_none() {
+            return Err(format!(
+                "postgresql.{name} needs a password or a password_file"
+            ));
+        }
+    }
+    let data_dir = if p.data_dir.is_absolute() {
+        p.data_dir
+    } else {
+        base.join(p.data_dir)
+    };
+    Ok(PostgresConfig {
+        bin_dir,
+        data_dir,
+        connect_host: p.connect_host.unwrap_or_else(|| p.listen_host.clone()),
+        listen_host: p.listen_host,
+        port: p.port,
+        os_user: p.os_user,
+        superuser: p.superuser,
+        replication: p.replication,
+        parameters: p.parameters,
+        pg_hba: p.pg_hba,
+    })
+}
+
+/// The newest PostgreSQL server under /usr/lib/postgresql (Debian layout).
+pub fn find_pg_bin_dir() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, b)| b)
 }
 
 fn check_host_port(s: &str) -> Result<(), String> {

@@ -1,0 +1,4 @@
+//! High availability decisions. `model` holds the data kept in the store;
+//! `decide` is the pure HA function; the supervisor (IO) lives in `crate::supervisor`.
+
+pub mod model;
