@@ -1,4 +1,5 @@
 //! High availability decisions. `model` holds the data kept in the store;
 //! `decide` is the pure HA function; the supervisor (IO) lives in `crate::supervisor`.
 
+pub mod decide;
 pub mod model;

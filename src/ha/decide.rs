@@ -1,0 +1,550 @@
+//! The HA decision: a pure function from what one member observes to what it
+//! should do next. No IO, no clock: time arrives as numbers in the observation.
+//!
+//! The loop is level-triggered: each cycle looks at the whole situation afresh,
+//! so an action that failed or was cut short is simply decided again next cycle.
+//!
+//! Invariants (tested below):
+//! - PostgreSQL runs as primary only while this member holds a valid leader lease;
+//!   a primary without one is stopped immediately.
+//! - A member acquires the lease only if it is the best eligible candidate: not tagged
+//!   `nofailover`, within `maximum_lag_on_failover` of the last known primary position,
+//!   and, in synchronous mode, the recorded synchronous standby.
+//! - Data is never removed by a decision: a foreign or invalid data dir is reported.
+
+use std::fmt;
+
+use super::model::{MemberStatus, PgRunState, Role, SyncState, Tags};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataState {
+    Missing,
+    Initialized { system_id: u64 },
+    Invalid(String),
+}
+
+/// This member's PostgreSQL, as probed this cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgView {
+    pub data: DataState,
+    pub running: bool,
+    /// Answers SQL; `role` is only known when it does.
+    pub accepting: bool,
+    pub role: Option<Role>,
+    pub timeline: u64,
+    /// Primary: write position; replica: received position.
+    pub lsn: u64,
+    /// The member this replica was last started to follow (the supervisor knows: it
+    /// configured it); `None` for a standby started without an upstream.
+    pub following: Option<String>,
+    /// The data dir was last run as a primary (no standby.signal): it may have
+    /// diverged from the new primary and must be rewound before following it.
+    pub was_primary: bool,
+    /// Milliseconds PostgreSQL has been down while it should run (for restart give-up).
+    pub down_for_ms: Option<u64>,
+    /// `synchronous_standby_names` currently configured (primary).
+    pub sync_standby_names: Option<String>,
+    /// Standbys streaming from this primary: (application_name = member name, is sync).
+    pub streaming_replicas: Vec<(String, bool)>,
+}
+
+/// The cluster as read from the Raft store this cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreView {
+    pub leader: Option<String>,
+    pub system_id: Option<u64>,
+    /// Other members' published statuses (this member excluded).
+    pub members: Vec<MemberStatus>,
+    pub optime: Option<u64>,
+    pub sync: Option<SyncState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub maximum_lag_on_failover: u64,
+    pub synchronous_mode: bool,
+    pub primary_start_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub me: String,
+    pub tags: Tags,
+    pub policy: Policy,
+    pub paused: bool,
+    /// `None`: the store could not be read (no quorum reachable).
+    pub store: Option<StoreView>,
+    /// This member holds the leader lease and its holder-side deadline has not passed.
+    pub lease_held: bool,
+    pub pg: PgView,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopKind {
+    /// Clean shutdown (checkpoint): for demotion and planned stops.
+    Fast,
+    /// At once: fencing.
+    Immediate,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    AcquireLease,
+    RenewLease,
+    ReleaseLease,
+    /// initdb, start as primary, create roles.
+    Bootstrap,
+    RecordSystemId,
+    StartPrimary,
+    /// Start as a standby of `leader`; `None`: no upstream (recover local WAL only).
+    StartReplica {
+        leader: Option<String>,
+    },
+    Stop(StopKind),
+    Promote,
+    /// Restart the replica with `leader` as its upstream.
+    Follow {
+        leader: String,
+    },
+    Rewind {
+        leader: String,
+    },
+    Clone {
+        leader: String,
+    },
+    PublishOptime,
+    /// Physical slots on the primary, one per other member.
+    EnsureSlots {
+        members: Vec<String>,
+    },
+    /// Configure PostgreSQL's synchronous_standby_names.
+    SetSyncStandby(Option<String>),
+    /// Record the synchronous standby in the store.
+    RecordSync(Option<String>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    StoreUnreachablePrimaryKeeps,
+    StoreUnreachableNoLease,
+    StoreUnreachable,
+    Paused,
+    InvalidDataDir(String),
+    ForeignSystemId { ours: u64, cluster: u64 },
+    BootstrapTakeLease,
+    Bootstrapping,
+    RecordingSystemId,
+    WaitingForBootstrap(String),
+    HealthyPrimary,
+    StartingPrimary,
+    PrimaryStartTimedOut,
+    PrimaryDataMissing,
+    Promoting,
+    PrimaryWithoutLease,
+    Demoting(String),
+    Cloning(String),
+    Rewinding(String),
+    StartingReplica(String),
+    Refollowing(String),
+    HealthyReplica(String),
+    ReplicaStarting(String),
+    TakingOver,
+    NotEligible(&'static str),
+    WaitingForBetterCandidate(String),
+    NoDataNoLeader,
+    StandbyForElection,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Reason::*;
+        match self {
+            StoreUnreachablePrimaryKeeps => write!(
+                f,
+                "store unreachable; primary keeps running until its lease deadline"
+            ),
+            StoreUnreachableNoLease => write!(
+                f,
+                "store unreachable and the lease is no longer valid: fencing the primary"
+            ),
+            StoreUnreachable => write!(f, "store unreachable; no change"),
+            Paused => write!(f, "cluster is paused: no automatic actions"),
+            InvalidDataDir(why) => write!(
+                f,
+                "PostgreSQL data dir is unusable ({why}); not touching it"
+            ),
+            ForeignSystemId { ours, cluster } => write!(
+                f,
+                "data dir has system identifier {ours} but the cluster's is {cluster}; refusing to join (move the data dir aside to re-clone)"
+            ),
+            BootstrapTakeLease => write!(
+                f,
+                "cluster not initialized: taking the leader lease to bootstrap"
+            ),
+            Bootstrapping => write!(f, "holding the lease: bootstrapping a new cluster"),
+            RecordingSystemId => write!(f, "recording the new cluster's system identifier"),
+            WaitingForBootstrap(l) => write!(f, "waiting for {l} to bootstrap the cluster"),
+            HealthyPrimary => write!(f, "healthy primary holding the leader lease"),
+            StartingPrimary => write!(f, "holding the lease: starting PostgreSQL as primary"),
+            PrimaryStartTimedOut => {
+                write!(f, "PostgreSQL did not start in time: releasing the lease")
+            }
+            PrimaryDataMissing => write!(
+                f,
+                "holding the lease but the data dir is empty: releasing the lease"
+            ),
+            Promoting => write!(f, "acquired the leader lease: promoting"),
+            PrimaryWithoutLease => write!(f, "running as primary without a valid lease: fencing"),
+            Demoting(l) => write!(f, "{l} holds the leader lease: demoting"),
+            Cloning(l) => write!(f, "no data: cloning from {l}"),
+            Rewinding(l) => write!(
+                f,
+                "former primary: rewinding against {l} before following it"
+            ),
+            StartingReplica(l) => write!(f, "starting as a replica of {l}"),
+            Refollowing(l) => write!(f, "replica follows the wrong upstream: switching to {l}"),
+            HealthyReplica(l) => write!(f, "healthy replica streaming from {l}"),
+            ReplicaStarting(l) => write!(f, "replica of {l} is starting"),
+            TakingOver => write!(
+                f,
+                "no leader: this member is the best candidate, acquiring the lease"
+            ),
+            NotEligible(why) => write!(f, "no leader, and this member may not take over: {why}"),
+            WaitingForBetterCandidate(m) => {
+                write!(f, "no leader: waiting for the better candidate {m}")
+            }
+            NoDataNoLeader => write!(
+                f,
+                "no leader and no data: waiting for a primary to clone from"
+            ),
+            StandbyForElection => write!(
+                f,
+                "no leader: starting PostgreSQL as a standby to take part in the election"
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    pub reason: Reason,
+}
+
+fn decision(actions: Vec<Action>, reason: Reason) -> Decision {
+    Decision { actions, reason }
+}
+
+fn is_primary(pg: &PgView) -> bool {
+    pg.running && pg.role == Some(Role::Primary)
+}
+
+pub fn decide(o: &Observation) -> Decision {
+    let pg = &o.pg;
+    let Some(store) = &o.store else {
+        // Without the store nothing can be decided; the lease deadline (enforced
+        // by the guard process too) decides how long a primary may keep going.
+        return if is_primary(pg) && o.lease_held {
+            decision(
+                vec![Action::RenewLease],
+                Reason::StoreUnreachablePrimaryKeeps,
+            )
+        } else if is_primary(pg) {
+            decision(
+                vec![Action::Stop(StopKind::Immediate)],
+                Reason::StoreUnreachableNoLease,
+            )
+        } else {
+            decision(vec![], Reason::StoreUnreachable)
+        };
+    };
+    let i_lead = o.lease_held && store.leader.as_deref() == Some(o.me.as_str());
+
+    // Fencing comes before everything, pause included.
+    if is_primary(pg) && !i_lead {
+        let mut actions = vec![Action::Stop(StopKind::Immediate)];
+        if let Some(l) = &store.leader
+            && l != &o.me
+        {
+            return decision(actions, Reason::Demoting(l.clone()));
+        }
+        if o.lease_held {
+            actions.push(Action::ReleaseLease);
+        }
+        return decision(actions, Reason::PrimaryWithoutLease);
+    }
+    if o.paused {
+        let actions = if i_lead {
+            vec![Action::RenewLease]
+        } else {
+            vec![]
+        };
+        return decision(actions, Reason::Paused);
+    }
+    if let DataState::Invalid(why) = &pg.data {
+        let actions = if i_lead {
+            vec![Action::ReleaseLease]
+        } else {
+            vec![]
+        };
+        return decision(actions, Reason::InvalidDataDir(why.clone()));
+    }
+    if let (Some(cluster), DataState::Initialized { system_id }) = (store.system_id, &pg.data)
+        && cluster != *system_id
+    {
+        let actions = if i_lead {
+            vec![Action::ReleaseLease]
+        } else {
+            vec![]
+        };
+        return decision(
+            actions,
+            Reason::ForeignSystemId {
+                ours: *system_id,
+                cluster,
+            },
+        );
+    }
+
+    if store.system_id.is_none() {
+        return bootstrap(o, store, i_lead);
+    }
+    if i_lead {
+        return lead(o, store);
+    }
+    match &store.leader {
+        Some(l) => follow(o, l),
+        None => no_leader(o, store),
+    }
+}
+
+fn bootstrap(o: &Observation, store: &StoreView, i_lead: bool) -> Decision {
+    let pg = &o.pg;
+    if i_lead {
+        return match (&pg.data, is_primary(pg)) {
+            (DataState::Missing, _) => decision(
+                vec![Action::RenewLease, Action::Bootstrap],
+                Reason::Bootstrapping,
+            ),
+            (DataState::Initialized { .. }, true) => decision(
+                vec![Action::RenewLease, Action::RecordSystemId],
+                Reason::RecordingSystemId,
+            ),
+            (DataState::Initialized { .. }, false) => decision(
+                vec![Action::RenewLease, Action::StartPrimary],
+                Reason::StartingPrimary,
+            ),
+            (DataState::Invalid(_), _) => unreachable!("handled in decide"),
+        };
+    }
+    match &store.leader {
+        Some(l) => decision(vec![], Reason::WaitingForBootstrap(l.clone())),
+        None if o.tags.nofailover => decision(vec![], Reason::NotEligible("tagged nofailover")),
+        None => decision(vec![Action::AcquireLease], Reason::BootstrapTakeLease),
+    }
+}
+
+fn lead(o: &Observation, store: &StoreView) -> Decision {
+    let pg = &o.pg;
+    if pg.data == DataState::Missing {
+        return decision(vec![Action::ReleaseLease], Reason::PrimaryDataMissing);
+    }
+    if !pg.running {
+        if pg.down_for_ms.unwrap_or(0) > o.policy.primary_start_timeout_ms {
+            return decision(
+                vec![Action::Stop(StopKind::Immediate), Action::ReleaseLease],
+                Reason::PrimaryStartTimedOut,
+            );
+        }
+        return decision(
+            vec![Action::RenewLease, Action::StartPrimary],
+            Reason::StartingPrimary,
+        );
+    }
+    match pg.role {
+        Some(Role::Replica) => {
+            decision(vec![Action::RenewLease, Action::Promote], Reason::Promoting)
+        }
+        Some(Role::Primary) => {
+            let mut actions = vec![Action::RenewLease, Action::PublishOptime];
+            let mut others: Vec<String> = store.members.iter().map(|m| m.name.clone()).collect();
+            others.sort();
+            actions.push(Action::EnsureSlots { members: others });
+            actions.extend(sync_actions(o, store));
+            decision(actions, Reason::HealthyPrimary)
+        }
+        // Running but not answering yet: keep the lease while it starts.
+        _ => decision(vec![Action::RenewLease], Reason::StartingPrimary),
+    }
+}
+
+/// Synchronous standby management on the primary. The store record is what a
+/// failover trusts, so: a standby is recorded only after PostgreSQL confirms it
+/// synchronous, and the record is cleared before PostgreSQL stops waiting for it.
+fn sync_actions(o: &Observation, store: &StoreView) -> Vec<Action> {
+    let pg = &o.pg;
+    let recorded = store
+        .sync
+        .as_ref()
+        .filter(|s| s.leader == o.me)
+        .and_then(|s| s.sync_standby.clone());
+    let configured = pg.sync_standby_names.clone().filter(|s| !s.is_empty());
+    if !o.policy.synchronous_mode {
+        let mut a = Vec::new();
+        if store
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.sync_standby.is_some())
+        {
+            a.push(Action::RecordSync(None));
+        }
+        if configured.is_some() {
+            a.push(Action::SetSyncStandby(None));
+        }
+        return a;
+    }
+    let streaming = |name: &str| pg.streaming_replicas.iter().any(|(n, _)| n == name);
+    let confirmed = |name: &str| pg.streaming_replicas.iter().any(|(n, s)| n == name && *s);
+    if let Some(r) = &recorded {
+        if streaming(r) {
+            return if configured.as_deref() != Some(r.as_str()) {
+                vec![Action::SetSyncStandby(Some(r.clone()))]
+            } else {
+                vec![]
+            };
+        }
+        // The recorded standby is gone: un-record first, then release PostgreSQL.
+        return vec![Action::RecordSync(None), Action::SetSyncStandby(None)];
+    }
+    let eligible = |name: &str| {
+        store
+            .members
+            .iter()
+            .any(|m| m.name == name && !m.tags.nofailover)
+    };
+    let candidate = configured
+        .clone()
+        .filter(|c| streaming(c) && eligible(c))
+        .or_else(|| {
+            pg.streaming_replicas
+                .iter()
+                .map(|(n, _)| n.clone())
+                .filter(|n| eligible(n))
+                .min()
+        });
+    match candidate {
+        Some(c) if configured.as_deref() != Some(c.as_str()) => {
+            vec![Action::SetSyncStandby(Some(c))]
+        }
+        Some(c) if confirmed(&c) => vec![Action::RecordSync(Some(c))],
+        Some(_) => vec![],
+        None if configured.is_some() => vec![Action::SetSyncStandby(None)],
+        None => vec![],
+    }
+}
+
+fn follow(o: &Observation, leader: &str) -> Decision {
+    let pg = &o.pg;
+    let l = leader.to_string();
+    if pg.data == DataState::Missing {
+        return decision(
+            vec![Action::Clone { leader: l.clone() }],
+            Reason::Cloning(l),
+        );
+    }
+    if !pg.running {
+        if pg.was_primary {
+            return decision(
+                vec![
+                    Action::Rewind { leader: l.clone() },
+                    Action::StartReplica {
+                        leader: Some(l.clone()),
+                    },
+                ],
+                Reason::Rewinding(l),
+            );
+        }
+        return decision(
+            vec![Action::StartReplica {
+                leader: Some(l.clone()),
+            }],
+            Reason::StartingReplica(l),
+        );
+    }
+    if pg.role != Some(Role::Replica) {
+        return decision(vec![], Reason::ReplicaStarting(l));
+    }
+    // A replica keeps retrying its configured upstream by itself; only a different
+    // upstream needs a restart.
+    match &pg.following {
+        Some(up) if up == leader => decision(vec![], Reason::HealthyReplica(l)),
+        _ => decision(
+            vec![Action::Follow { leader: l.clone() }],
+            Reason::Refollowing(l),
+        ),
+    }
+}
+
+fn no_leader(o: &Observation, store: &StoreView) -> Decision {
+    let pg = &o.pg;
+    if pg.data == DataState::Missing {
+        return decision(vec![], Reason::NoDataNoLeader);
+    }
+    if !pg.running {
+        // Never as primary without the lease: start as a standby of nobody, which
+        // replays local WAL and makes this member's position known.
+        return decision(
+            vec![Action::StartReplica { leader: None }],
+            Reason::StandbyForElection,
+        );
+    }
+    if pg.role != Some(Role::Replica) {
+        return decision(vec![], Reason::NotEligible("PostgreSQL is still starting"));
+    }
+    if o.tags.nofailover {
+        return decision(vec![], Reason::NotEligible("tagged nofailover"));
+    }
+    if o.policy.synchronous_mode {
+        let recorded = store.sync.as_ref().and_then(|s| s.sync_standby.as_deref());
+        if recorded != Some(o.me.as_str()) {
+            return decision(
+                vec![],
+                Reason::NotEligible("synchronous mode: not the recorded synchronous standby"),
+            );
+        }
+    }
+    if let Some(optime) = store.optime
+        && optime.saturating_sub(pg.lsn) > o.policy.maximum_lag_on_failover
+    {
+        return decision(
+            vec![],
+            Reason::NotEligible(
+                "lags the last known primary position by more than maximum_lag_on_failover",
+            ),
+        );
+    }
+    // The best candidate: highest WAL position, then failover_priority, then name.
+    let mine = (pg.lsn, o.tags.failover_priority);
+    let better = store
+        .members
+        .iter()
+        .filter(|m| m.role == Role::Replica && m.state == PgRunState::Running && !m.tags.nofailover)
+        .filter(|m| {
+            !o.policy.synchronous_mode
+                || store.sync.as_ref().and_then(|s| s.sync_standby.as_deref())
+                    == Some(m.name.as_str())
+        })
+        .filter(|m| {
+            let theirs = (m.receive_lsn, m.tags.failover_priority);
+            theirs > mine || (theirs == mine && m.name < o.me)
+        })
+        .map(|m| m.name.clone())
+        .min();
+    match better {
+        Some(m) => decision(vec![], Reason::WaitingForBetterCandidate(m)),
+        None => decision(vec![Action::AcquireLease], Reason::TakingOver),
+    }
+}
+
+#[cfg(test)]
+mod tests;

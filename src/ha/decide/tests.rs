@@ -1,0 +1,557 @@
+//! Table-driven tests: each case is an observation and the exact decision.
+
+use super::*;
+
+const SYS: u64 = 7_000_000_000_000_000_001;
+
+fn member(name: &str, role: Role, lsn: u64) -> MemberStatus {
+    MemberStatus {
+        name: name.into(),
+        role,
+        state: PgRunState::Running,
+        pg_addr: format!("{name}:5432"),
+        api_url: format!("http://{name}:8008"),
+        timeline: 1,
+        receive_lsn: lsn,
+        replay_lsn: lsn,
+        following: None,
+        tags: Tags::default(),
+        sync_standby: false,
+        node_id: 0,
+    }
+}
+
+fn pg_primary() -> PgView {
+    PgView {
+        data: DataState::Initialized { system_id: SYS },
+        running: true,
+        accepting: true,
+        role: Some(Role::Primary),
+        timeline: 1,
+        lsn: 1000,
+        following: None,
+        was_primary: true,
+        down_for_ms: None,
+        sync_standby_names: None,
+        streaming_replicas: vec![("b".into(), false), ("c".into(), false)],
+    }
+}
+
+fn pg_replica(following: Option<&str>, lsn: u64) -> PgView {
+    PgView {
+        role: Some(Role::Replica),
+        lsn,
+        following: following.map(String::from),
+        was_primary: false,
+        streaming_replicas: vec![],
+        ..pg_primary()
+    }
+}
+
+fn pg_stopped(was_primary: bool) -> PgView {
+    PgView {
+        running: false,
+        accepting: false,
+        role: None,
+        lsn: 0,
+        was_primary,
+        down_for_ms: Some(0),
+        streaming_replicas: vec![],
+        ..pg_primary()
+    }
+}
+
+fn store(leader: Option<&str>) -> StoreView {
+    StoreView {
+        leader: leader.map(String::from),
+        system_id: Some(SYS),
+        members: vec![],
+        optime: Some(1000),
+        sync: None,
+    }
+}
+
+/// Member "a" as the healthy primary of a three-member cluster.
+fn obs_primary() -> Observation {
+    Observation {
+        me: "a".into(),
+        tags: Tags::default(),
+        policy: Policy {
+            maximum_lag_on_failover: 100,
+            synchronous_mode: false,
+            primary_start_timeout_ms: 10_000,
+        },
+        paused: false,
+        store: Some(StoreView {
+            members: vec![
+                member("b", Role::Replica, 1000),
+                member("c", Role::Replica, 1000),
+            ],
+            ..store(Some("a"))
+        }),
+        lease_held: true,
+        pg: pg_primary(),
+    }
+}
+
+/// Member "b" as a healthy replica of "a".
+fn obs_replica() -> Observation {
+    Observation {
+        me: "b".into(),
+        lease_held: false,
+        store: Some(StoreView {
+            members: vec![
+                member("a", Role::Primary, 1000),
+                member("c", Role::Replica, 990),
+            ],
+            ..store(Some("a"))
+        }),
+        pg: pg_replica(Some("a"), 1000),
+        ..obs_primary()
+    }
+}
+
+/// Replica "b" after the leader lease of "a" ended.
+fn obs_failover() -> Observation {
+    let mut o = obs_replica();
+    let s = o.store.as_mut().unwrap();
+    s.leader = None;
+    s.members = vec![member("c", Role::Replica, 990)];
+    o
+}
+
+fn slots() -> Action {
+    Action::EnsureSlots {
+        members: vec!["b".into(), "c".into()],
+    }
+}
+
+fn with<T>(mut v: T, f: impl FnOnce(&mut T)) -> T {
+    f(&mut v);
+    v
+}
+
+#[test]
+fn decisions() {
+    use Action::*;
+    let a = || Some("a".to_string());
+    let cases: Vec<(&str, Observation, Vec<Action>, Reason)> = vec![
+        // Bootstrap.
+        (
+            "fresh cluster, no leader: take the lease",
+            with(obs_primary(), |o| {
+                o.lease_held = false;
+                o.store = Some(StoreView {
+                    system_id: None,
+                    leader: None,
+                    optime: None,
+                    ..store(None)
+                });
+                o.pg = PgView {
+                    data: DataState::Missing,
+                    ..pg_stopped(false)
+                };
+            }),
+            vec![AcquireLease],
+            Reason::BootstrapTakeLease,
+        ),
+        (
+            "fresh cluster, lease held: bootstrap",
+            with(obs_primary(), |o| {
+                o.store = Some(StoreView {
+                    system_id: None,
+                    optime: None,
+                    ..store(Some("a"))
+                });
+                o.pg = PgView {
+                    data: DataState::Missing,
+                    ..pg_stopped(false)
+                };
+            }),
+            vec![RenewLease, Bootstrap],
+            Reason::Bootstrapping,
+        ),
+        (
+            "bootstrapped primary records the system id",
+            with(obs_primary(), |o| {
+                o.store.as_mut().unwrap().system_id = None
+            }),
+            vec![RenewLease, RecordSystemId],
+            Reason::RecordingSystemId,
+        ),
+        (
+            "another member is bootstrapping",
+            with(obs_replica(), |o| {
+                o.store.as_mut().unwrap().system_id = None;
+                o.pg = PgView {
+                    data: DataState::Missing,
+                    ..pg_stopped(false)
+                };
+            }),
+            vec![],
+            Reason::WaitingForBootstrap("a".into()),
+        ),
+        (
+            "nofailover member never bootstraps",
+            with(obs_replica(), |o| {
+                o.tags.nofailover = true;
+                o.store = Some(StoreView {
+                    system_id: None,
+                    ..store(None)
+                });
+                o.pg = PgView {
+                    data: DataState::Missing,
+                    ..pg_stopped(false)
+                };
+            }),
+            vec![],
+            Reason::NotEligible("tagged nofailover"),
+        ),
+        // Primary.
+        (
+            "healthy primary",
+            obs_primary(),
+            vec![RenewLease, PublishOptime, slots()],
+            Reason::HealthyPrimary,
+        ),
+        (
+            "primary PostgreSQL crashed: restart in place",
+            with(obs_primary(), |o| {
+                o.pg = with(pg_stopped(true), |p| p.down_for_ms = Some(2_000))
+            }),
+            vec![RenewLease, StartPrimary],
+            Reason::StartingPrimary,
+        ),
+        (
+            "primary did not come back in time: give up the lease",
+            with(obs_primary(), |o| {
+                o.pg = with(pg_stopped(true), |p| p.down_for_ms = Some(10_001))
+            }),
+            vec![Stop(StopKind::Immediate), ReleaseLease],
+            Reason::PrimaryStartTimedOut,
+        ),
+        (
+            "lease held but data dir empty",
+            with(obs_primary(), |o| {
+                o.pg = PgView {
+                    data: DataState::Missing,
+                    ..pg_stopped(true)
+                }
+            }),
+            vec![ReleaseLease],
+            Reason::PrimaryDataMissing,
+        ),
+        (
+            "lease lost (deadline passed): fence at once",
+            with(obs_primary(), |o| o.lease_held = false),
+            vec![Stop(StopKind::Immediate)],
+            Reason::PrimaryWithoutLease,
+        ),
+        (
+            "another member holds the lease: demote",
+            with(obs_primary(), |o| {
+                o.lease_held = false;
+                o.store.as_mut().unwrap().leader = Some("b".into());
+            }),
+            vec![Stop(StopKind::Immediate)],
+            Reason::Demoting("b".into()),
+        ),
+        (
+            "no store, lease still valid: keep renewing",
+            with(obs_primary(), |o| o.store = None),
+            vec![RenewLease],
+            Reason::StoreUnreachablePrimaryKeeps,
+        ),
+        (
+            "no store, lease deadline passed: fence",
+            with(obs_primary(), |o| {
+                o.store = None;
+                o.lease_held = false;
+            }),
+            vec![Stop(StopKind::Immediate)],
+            Reason::StoreUnreachableNoLease,
+        ),
+        (
+            "no store on a replica: nothing to do",
+            with(obs_replica(), |o| o.store = None),
+            vec![],
+            Reason::StoreUnreachable,
+        ),
+        (
+            "paused cluster: the primary only renews",
+            with(obs_primary(), |o| o.paused = true),
+            vec![RenewLease],
+            Reason::Paused,
+        ),
+        (
+            "paused cluster: a replica does nothing even without a leader",
+            with(obs_failover(), |o| o.paused = true),
+            vec![],
+            Reason::Paused,
+        ),
+        // Replica.
+        (
+            "healthy replica",
+            obs_replica(),
+            vec![],
+            Reason::HealthyReplica("a".into()),
+        ),
+        (
+            "replica follows the wrong upstream",
+            with(obs_replica(), |o| o.pg.following = Some("c".into())),
+            vec![Follow { leader: "a".into() }],
+            Reason::Refollowing("a".into()),
+        ),
+        (
+            "no data: clone from the primary",
+            with(obs_replica(), |o| {
+                o.pg = PgView {
+                    data: DataState::Missing,
+                    ..pg_stopped(false)
+                }
+            }),
+            vec![Clone { leader: "a".into() }],
+            Reason::Cloning("a".into()),
+        ),
+        (
+            "stopped replica starts following the leader",
+            with(obs_replica(), |o| o.pg = pg_stopped(false)),
+            vec![StartReplica { leader: a() }],
+            Reason::StartingReplica("a".into()),
+        ),
+        (
+            "diverged former primary: rewind, then follow",
+            with(obs_replica(), |o| o.pg = pg_stopped(true)),
+            vec![Rewind { leader: "a".into() }, StartReplica { leader: a() }],
+            Reason::Rewinding("a".into()),
+        ),
+        (
+            "foreign system identifier: refuse, touch nothing",
+            with(obs_replica(), |o| {
+                o.pg.data = DataState::Initialized { system_id: 42 }
+            }),
+            vec![],
+            Reason::ForeignSystemId {
+                ours: 42,
+                cluster: SYS,
+            },
+        ),
+        (
+            "invalid data dir: report",
+            with(obs_replica(), |o| {
+                o.pg.data = DataState::Invalid("no PG_VERSION".into())
+            }),
+            vec![],
+            Reason::InvalidDataDir("no PG_VERSION".into()),
+        ),
+        // Failover.
+        (
+            "no leader: the best replica takes over",
+            obs_failover(),
+            vec![AcquireLease],
+            Reason::TakingOver,
+        ),
+        (
+            "lease acquired by a replica: promote",
+            with(obs_replica(), |o| {
+                o.lease_held = true;
+                o.store.as_mut().unwrap().leader = Some("b".into());
+            }),
+            vec![RenewLease, Promote],
+            Reason::Promoting,
+        ),
+        (
+            "no leader: a more advanced replica exists",
+            with(obs_failover(), |o| {
+                o.store.as_mut().unwrap().members = vec![member("c", Role::Replica, 1001)]
+            }),
+            vec![],
+            Reason::WaitingForBetterCandidate("c".into()),
+        ),
+        (
+            "no leader: equal position, higher failover_priority wins",
+            with(obs_failover(), |o| {
+                let mut c = member("c", Role::Replica, 1000);
+                c.tags.failover_priority = 5;
+                o.store.as_mut().unwrap().members = vec![c];
+            }),
+            vec![],
+            Reason::WaitingForBetterCandidate("c".into()),
+        ),
+        (
+            "no leader: a better but nofailover replica does not count",
+            with(obs_failover(), |o| {
+                let mut c = member("c", Role::Replica, 5000);
+                c.tags.nofailover = true;
+                o.store.as_mut().unwrap().members = vec![c];
+            }),
+            vec![AcquireLease],
+            Reason::TakingOver,
+        ),
+        (
+            "lagging candidate is not eligible",
+            with(obs_failover(), |o| o.pg.lsn = 899),
+            vec![],
+            Reason::NotEligible(
+                "lags the last known primary position by more than maximum_lag_on_failover",
+            ),
+        ),
+        (
+            "nofailover replica never takes over",
+            with(obs_failover(), |o| o.tags.nofailover = true),
+            vec![],
+            Reason::NotEligible("tagged nofailover"),
+        ),
+        (
+            "no leader, PostgreSQL stopped: start as a standby first",
+            with(obs_failover(), |o| o.pg = pg_stopped(true)),
+            vec![StartReplica { leader: None }],
+            Reason::StandbyForElection,
+        ),
+        (
+            "no leader, no data: wait",
+            with(obs_failover(), |o| {
+                o.pg = PgView {
+                    data: DataState::Missing,
+                    ..pg_stopped(false)
+                }
+            }),
+            vec![],
+            Reason::NoDataNoLeader,
+        ),
+        // Synchronous mode.
+        (
+            "sync mode: only the recorded standby may take over",
+            with(obs_failover(), |o| {
+                o.policy.synchronous_mode = true;
+                o.store.as_mut().unwrap().sync = Some(SyncState {
+                    leader: "a".into(),
+                    sync_standby: Some("c".into()),
+                });
+            }),
+            vec![],
+            Reason::NotEligible("synchronous mode: not the recorded synchronous standby"),
+        ),
+        (
+            "sync mode: the recorded standby takes over even if another is ahead",
+            with(obs_failover(), |o| {
+                o.policy.synchronous_mode = true;
+                let s = o.store.as_mut().unwrap();
+                s.sync = Some(SyncState {
+                    leader: "a".into(),
+                    sync_standby: Some("b".into()),
+                });
+                s.members = vec![member("c", Role::Replica, 1001)];
+            }),
+            vec![AcquireLease],
+            Reason::TakingOver,
+        ),
+        (
+            "sync mode primary: configure a standby first",
+            with(obs_primary(), |o| o.policy.synchronous_mode = true),
+            vec![
+                RenewLease,
+                PublishOptime,
+                slots(),
+                SetSyncStandby(Some("b".into())),
+            ],
+            Reason::HealthyPrimary,
+        ),
+        (
+            "sync mode primary: record the standby once PostgreSQL confirms it",
+            with(obs_primary(), |o| {
+                o.policy.synchronous_mode = true;
+                o.pg.sync_standby_names = Some("b".into());
+                o.pg.streaming_replicas = vec![("b".into(), true), ("c".into(), false)];
+            }),
+            vec![
+                RenewLease,
+                PublishOptime,
+                slots(),
+                RecordSync(Some("b".into())),
+            ],
+            Reason::HealthyPrimary,
+        ),
+        (
+            "sync mode primary: recorded standby gone, un-record before releasing PostgreSQL",
+            with(obs_primary(), |o| {
+                o.policy.synchronous_mode = true;
+                o.pg.sync_standby_names = Some("b".into());
+                o.pg.streaming_replicas = vec![("c".into(), false)];
+                o.store.as_mut().unwrap().sync = Some(SyncState {
+                    leader: "a".into(),
+                    sync_standby: Some("b".into()),
+                });
+            }),
+            vec![
+                RenewLease,
+                PublishOptime,
+                slots(),
+                RecordSync(None),
+                SetSyncStandby(None),
+            ],
+            Reason::HealthyPrimary,
+        ),
+        (
+            "sync mode off: clear leftovers",
+            with(obs_primary(), |o| {
+                o.pg.sync_standby_names = Some("b".into());
+                o.store.as_mut().unwrap().sync = Some(SyncState {
+                    leader: "a".into(),
+                    sync_standby: Some("b".into()),
+                });
+            }),
+            vec![
+                RenewLease,
+                PublishOptime,
+                slots(),
+                RecordSync(None),
+                SetSyncStandby(None),
+            ],
+            Reason::HealthyPrimary,
+        ),
+    ];
+    for (name, obs, actions, reason) in cases {
+        let d = decide(&obs);
+        assert_eq!(d, Decision { actions, reason }, "case: {name}");
+    }
+}
+
+/// Property over a grid of observations: a decision never leaves PostgreSQL
+/// running as primary (or promotes it) without a valid lease held by this member.
+#[test]
+fn never_primary_without_the_lease() {
+    let roles = [
+        pg_primary(),
+        pg_replica(Some("a"), 1000),
+        pg_stopped(true),
+        pg_stopped(false),
+    ];
+    for pg in roles {
+        for lease_held in [false, true] {
+            for leader in [None, Some("a"), Some("b")] {
+                for store_up in [false, true] {
+                    let o = Observation {
+                        me: "a".into(),
+                        lease_held,
+                        pg: pg.clone(),
+                        store: store_up.then(|| store(leader)),
+                        ..obs_primary()
+                    };
+                    let d = decide(&o);
+                    let i_lead = lease_held && (leader == Some("a") || !store_up);
+                    let makes_primary = d.actions.iter().any(|a| {
+                        matches!(
+                            a,
+                            Action::Promote | Action::StartPrimary | Action::Bootstrap
+                        )
+                    });
+                    assert!(!makes_primary || i_lead, "{o:?} -> {d:?}");
+                    let keeps_primary =
+                        is_primary(&pg) && !d.actions.contains(&Action::Stop(StopKind::Immediate));
+                    assert!(!keeps_primary || i_lead, "{o:?} -> {d:?}");
+                }
+            }
+        }
+    }
+}
