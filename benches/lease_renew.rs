@@ -86,7 +86,9 @@ async fn put_loop(client: Client, prefix: String, until: Instant) -> usize {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
     let bin = env!("CARGO_BIN_EXE_pgquorum");
     let mut nodes = Nodes(Vec::new());
     for id in 1..=3u64 {
@@ -127,7 +129,10 @@ async fn main() {
 
     let t = Instant::now();
     for i in 0..PUTS_SINGLE {
-        client.put(&format!("single/{i}"), b"value".to_vec(), 0, None).await.expect("put");
+        client
+            .put(&format!("single/{i}"), b"value".to_vec(), 0, None)
+            .await
+            .expect("put");
     }
     let el = t.elapsed();
     println!(

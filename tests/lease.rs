@@ -25,7 +25,9 @@ async fn renewed_lease_never_expires() {
     c.wait_for_leader().await;
     let client = c.client();
     let ttl = Duration::from_millis(1500);
-    let mut keeper = LeaseKeeper::grant(client.clone(), ttl).await.expect("grant");
+    let mut keeper = LeaseKeeper::grant(client.clone(), ttl)
+        .await
+        .expect("grant");
     client
         .put("/svc/leader", b"n1".to_vec(), keeper.id(), None)
         .await
@@ -41,10 +43,17 @@ async fn renewed_lease_never_expires() {
             .unwrap_or_else(|e| panic!("renewal {renewals} failed: {e}\n{}", c.logs()));
         renewals += 1;
     }
-    let ttl_now = client.lease_ttl(keeper.id()).await.expect("lease still there");
+    let ttl_now = client
+        .lease_ttl(keeper.id())
+        .await
+        .expect("lease still there");
     assert_eq!(ttl_now.keys, vec!["/svc/leader".to_string()]);
     let kv = client.get("/svc/leader", false, false).await.expect("get");
-    assert_eq!(kv.kvs.len(), 1, "the key attached to a renewed lease vanished");
+    assert_eq!(
+        kv.kvs.len(),
+        1,
+        "the key attached to a renewed lease vanished"
+    );
     println!("{renewals} renewals, lease alive throughout");
 }
 
@@ -54,22 +63,31 @@ async fn unrenewed_lease_expires_after_ttl_never_before_holder_deadline() {
     c.wait_for_leader().await;
     let client = c.client();
     let ttl = Duration::from_millis(1500);
-    let mut keeper = LeaseKeeper::grant(client.clone(), ttl).await.expect("grant");
+    let mut keeper = LeaseKeeper::grant(client.clone(), ttl)
+        .await
+        .expect("grant");
     client
         .put("/svc/leader", b"n1".to_vec(), keeper.id(), None)
         .await
         .expect("attach key");
     let sent = Instant::now();
     keeper.renew().await.expect("last renewal");
-    let holder_deadline = keeper.valid_until().expect("a committed renewal sets a deadline");
-    assert!(holder_deadline > sent, "deadline counts from the send instant");
+    let holder_deadline = keeper
+        .valid_until()
+        .expect("a committed renewal sets a deadline");
+    assert!(
+        holder_deadline > sent,
+        "deadline counts from the send instant"
+    );
 
     // Poll until the lease is gone. A "gone" answer received at `r` means the expiry
     // committed before `r`, so `r` must not be earlier than the holder's deadline.
     let id = keeper.id();
     let gone_at = c
-        .wait_for("the unrenewed lease to expire", WAIT, async || {
-            match client.lease_ttl(id).await {
+        .wait_for(
+            "the unrenewed lease to expire",
+            WAIT,
+            async || match client.lease_ttl(id).await {
                 Ok(_) => bail!("lease {id} still alive"),
                 Err(e) if e.code() == Some(Code::NotFound) => {
                     let r = Instant::now();
@@ -81,21 +99,33 @@ async fn unrenewed_lease_expires_after_ttl_never_before_holder_deadline() {
                     Ok(r)
                 }
                 Err(e) => bail!("lease ttl: {e}"),
-            }
-        })
+            },
+        )
         .await;
     let after = gone_at - sent;
     println!(
         "lease expired {after:?} after the last renewal was sent (ttl {ttl:?}, check interval {CHECK_INTERVAL:?})"
     );
-    assert!(after >= ttl, "expired {after:?} after its last renewal, ttl is {ttl:?}");
+    assert!(
+        after >= ttl,
+        "expired {after:?} after its last renewal, ttl is {ttl:?}"
+    );
     // Liveness: TTL + one check interval, plus slack for a commit and for scheduling
     // on a loaded CI machine; a lease that never expires fails this.
     let bound = ttl + CHECK_INTERVAL + Duration::from_millis(1500);
-    assert!(after <= bound, "expired only {after:?} after its last renewal (bound {bound:?})");
+    assert!(
+        after <= bound,
+        "expired only {after:?} after its last renewal (bound {bound:?})"
+    );
     let kv = client.get("/svc/leader", false, false).await.expect("get");
-    assert!(kv.kvs.is_empty(), "the key attached to the expired lease is still there");
-    let err = keeper.renew().await.expect_err("renewing an expired lease fails");
+    assert!(
+        kv.kvs.is_empty(),
+        "the key attached to the expired lease is still there"
+    );
+    let err = keeper
+        .renew()
+        .await
+        .expect_err("renewing an expired lease fails");
     assert_eq!(err.code(), Some(Code::NotFound));
 }
 
@@ -105,7 +135,9 @@ async fn leader_kill_never_expires_a_renewed_lease() {
     c.wait_for_leader().await;
     let client = c.client();
     let ttl = Duration::from_millis(4000);
-    let keeper = LeaseKeeper::grant(client.clone(), ttl).await.expect("grant");
+    let keeper = LeaseKeeper::grant(client.clone(), ttl)
+        .await
+        .expect("grant");
     let id = keeper.id();
     let stop = Arc::new(AtomicBool::new(false));
     let not_found = Arc::new(AtomicU64::new(0));

@@ -148,7 +148,7 @@ pub struct PostgresConfig {
 
 /// HA timing and policy. Written to the store at bootstrap as the cluster-wide
 /// defaults; see `crate::ha` for how each is used.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HaSettings {
     /// Leader lease time-to-live.

@@ -8,6 +8,9 @@
 //!   attached to the member's own status lease (gone when the member stops publishing).
 //! - `/pg/optime` — last WAL position (LSN as u64) the primary reported.
 //! - `/pg/sync` — `SyncState` JSON: the standby the primary runs synchronous with.
+//! - `/pg/config` — cluster-wide HA settings, written at bootstrap from the
+//!   bootstrapping node's config; every member uses them over its own file's.
+//! - `/pg/pause` — present while automatic actions are paused.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +22,10 @@ pub const INITIALIZE_KEY: &str = "/pg/initialize";
 pub const MEMBERS_PREFIX: &str = "/pg/members/";
 pub const OPTIME_KEY: &str = "/pg/optime";
 pub const SYNC_KEY: &str = "/pg/sync";
+/// Cluster-wide HA settings (`config::HaSettings` JSON); validated by the store on write.
+pub const CONFIG_KEY: &str = "/pg/config";
+/// Present while the cluster is paused: members take no automatic action.
+pub const PAUSE_KEY: &str = "/pg/pause";
 
 pub fn member_key(name: &str) -> String {
     format!("{MEMBERS_PREFIX}{name}")
@@ -94,6 +101,8 @@ pub struct ClusterView {
     pub members: BTreeMap<String, MemberStatus>,
     pub optime: Option<u64>,
     pub sync: Option<SyncState>,
+    pub config: Option<crate::config::HaSettings>,
+    pub paused: bool,
 }
 
 /// Formats an LSN as PostgreSQL does (`16/B374D848`).
@@ -117,5 +126,32 @@ mod tests {
             assert_eq!(format_lsn(parse_lsn(s).unwrap()), s);
         }
         assert_eq!(parse_lsn("nope"), None);
+    }
+}
+
+impl ClusterView {
+    /// Decodes the `/pg/` keys. A malformed member record is skipped rather than
+    /// failing the whole view: one member's bad write must not blind the others.
+    pub fn from_kvs<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> (ClusterView, Option<u64>) {
+        let mut view = ClusterView::default();
+        let mut system_id = None;
+        for (key, value) in kvs {
+            let text = String::from_utf8_lossy(value);
+            match key {
+                LEADER_KEY => view.leader = Some(text.into_owned()),
+                OPTIME_KEY => view.optime = text.trim().parse().ok(),
+                INITIALIZE_KEY => system_id = text.trim().parse().ok(),
+                SYNC_KEY => view.sync = serde_json::from_slice(value).ok(),
+                CONFIG_KEY => view.config = serde_json::from_slice(value).ok(),
+                PAUSE_KEY => view.paused = true,
+                k if k.starts_with(MEMBERS_PREFIX) => {
+                    if let Ok(m) = serde_json::from_slice::<MemberStatus>(value) {
+                        view.members.insert(m.name.clone(), m);
+                    }
+                }
+                _ => {}
+            }
+        }
+        (view, system_id)
     }
 }
