@@ -456,6 +456,13 @@ impl Admin for AdminService {
                 "value is larger than {MAX_VALUE} bytes"
             )));
         }
+        if req.get_ref().key == crate::ha::model::CONFIG_KEY {
+            let max = self.raft.config().election_timeout_max;
+            serde_json::from_slice::<crate::config::HaSettings>(&req.get_ref().value)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate(max))
+                .map_err(|e| Status::invalid_argument(format!("rejected cluster HA settings: {e}")))?;
+        }
         if let Some(mut c) = self.route(&req).await? {
             return c
                 .put(self.forwarded(req))
