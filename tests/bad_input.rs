@@ -192,8 +192,6 @@ async fn refuses_damaged_sled(damage: impl FnOnce(&Path)) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "src bug: sled's recovery in DataDir::open rewrites the damaged sled/db \
-            (zeroes the segment tail) before pgquorum refuses; see the test report"]
 async fn refuses_a_sled_db_with_garbage_in_the_middle() {
     refuses_damaged_sled(|db| {
         let len = fs::metadata(db).expect("sled db").len();
@@ -213,9 +211,6 @@ async fn refuses_a_sled_db_with_garbage_in_the_middle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "src bug: a sled/db truncated to half is rewritten by sled's recovery and, in \
-            about 1 of 3 runs, opens as an empty store and the node starts (data lost); \
-            see the test report"]
 async fn refuses_a_sled_db_truncated_to_half() {
     refuses_damaged_sled(|db| {
         let len = fs::metadata(db).expect("sled db").len();

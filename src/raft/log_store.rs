@@ -138,7 +138,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         self.put_json(KEY_VOTE, vote)?;
-        self.dir.sync().await
+        self.dir.sync().await?;
+        self.dir.mark_has_state()
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 pub const FORMAT_VERSION: u32 = 1;
 const IDENTITY_FILE: &str = "pgquorum.json";
+/// Created once this node has durably voted: from then on an empty Raft state
+/// means damage, never a fresh node.
+const STATE_MARKER: &str = "raft-state";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
@@ -148,6 +151,9 @@ impl DataDir {
         fs::create_dir_all(path.join("snapshots")).map_err(io_err)?;
 
         let sled_path = path.join("sled");
+        if sled_path.join("db").exists() {
+            verify_sled(&sled_path, path.join(STATE_MARKER).exists())?;
+        }
         let cfg = sled::Config::new()
             .path(&sled_path)
             .cache_capacity(64 * 1024 * 1024)
@@ -185,6 +191,18 @@ impl DataDir {
         })
     }
 
+    /// Records that this node holds Raft state (see `STATE_MARKER`). Idempotent.
+    pub fn mark_has_state(&self) -> io::Result<()> {
+        if self.path.join(STATE_MARKER).exists() {
+            return Ok(());
+        }
+        write_atomically(
+            &self.path,
+            STATE_MARKER,
+            b"this node has voted; an empty sled here is damage\n",
+        )
+    }
+
     pub fn tree(&self, name: &str) -> io::Result<sled::Tree> {
         self.db.open_tree(name).map_err(sled_io)
     }
@@ -201,6 +219,68 @@ impl DataDir {
     pub fn snapshot_dir(&self) -> PathBuf {
         self.path.join("snapshots")
     }
+}
+
+/// sled 0.34's recovery rewrites a damaged database in place (it marks the rest of
+/// a segment "corrupted") before it fails or, worse, opens with the tail cut off.
+/// So sled first opens a scratch copy; the original is handed to sled only if the
+/// copy opened cleanly and still holds the vote this node is known to have cast.
+fn verify_sled(sled_path: &Path, must_have_vote: bool) -> Result<(), DataDirError> {
+    let damaged = |reason: String| DataDirError::Damaged {
+        path: sled_path.to_path_buf(),
+        reason,
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("pgquorum-verify-")
+        .tempdir()
+        .map_err(|source| DataDirError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let copy = scratch.path().join("sled");
+    copy_dir(sled_path, &copy).map_err(|source| DataDirError::Io {
+        path: sled_path.to_path_buf(),
+        source,
+    })?;
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sled::Config::new()
+            .path(&copy)
+            .cache_capacity(16 * 1024 * 1024)
+            .open()
+    }));
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(e)) => return Err(damaged(e.to_string())),
+        Err(_) => return Err(damaged("sled panicked while reading it".into())),
+    };
+    if must_have_vote {
+        let has_vote = db
+            .open_tree("raft")
+            .and_then(|t| t.contains_key(b"vote"))
+            .map_err(|e| damaged(e.to_string()))?;
+        if !has_vote {
+            return Err(damaged(
+                "the Raft vote and log are missing although this node has voted before \
+                 (the database was truncated or replaced)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 pub fn sled_io(e: sled::Error) -> io::Error {
