@@ -461,7 +461,9 @@ impl Admin for AdminService {
             serde_json::from_slice::<crate::config::HaSettings>(&req.get_ref().value)
                 .map_err(|e| e.to_string())
                 .and_then(|c| c.validate(max))
-                .map_err(|e| Status::invalid_argument(format!("rejected cluster HA settings: {e}")))?;
+                .map_err(|e| {
+                    Status::invalid_argument(format!("rejected cluster HA settings: {e}"))
+                })?;
         }
         if let Some(mut c) = self.route(&req).await? {
             return c

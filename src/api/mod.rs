@@ -2,6 +2,7 @@
 //! Errors from the inner modules are mapped to gRPC status codes here, once.
 
 pub mod admin;
+pub mod rest;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod pb {

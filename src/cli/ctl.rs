@@ -14,7 +14,9 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::api::pb;
+use crate::api::rest::{ClusterRole, cluster_role, lag_bytes, member_state, split_host_port};
 use crate::client::{Client, ClientError, LeaseKeeper};
+use crate::ha::model::{self, ClusterView, MemberStatus, format_lsn};
 
 #[derive(Args, Debug)]
 pub struct CtlArgs {
@@ -50,6 +52,8 @@ pub enum CtlCommand {
     Status,
     /// List the cluster members.
     Members,
+    /// List the PostgreSQL members and their replication state, like `patronictl list`.
+    List,
     /// Add or remove cluster members.
     #[command(subcommand)]
     Member(MemberCommand),
@@ -204,6 +208,15 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             let st = client.status().await?;
             emit(json, json!({ "members": members_json(&st) }), || {
                 format_members(&st)
+            })
+        }
+        CtlCommand::List => {
+            // The status call only supplies the cluster name for the title.
+            let st = client.status().await?;
+            let resp = client.get(model::PREFIX, true, false).await?;
+            let listing = PgListing::from_kvs(&resp.kvs);
+            emit(json, list_json(&st.cluster, &listing), || {
+                format_list(&st.cluster, &listing)
             })
         }
         CtlCommand::Member(cmd) => member(&client, json, cmd).await,
@@ -708,6 +721,256 @@ pub fn lease_json(resp: &pb::LeaseResponse) -> Value {
     })
 }
 
+/// Decodes the `/pg/` keys into a [`ClusterView`]; malformed records are
+/// skipped (see [`PgListing`] for the members that were).
+pub fn cluster_view_from_kvs(kvs: &[pb::KeyValue]) -> ClusterView {
+    PgListing::from_kvs(kvs).view
+}
+
+/// What `ctl list` shows: the decoded cluster plus the members whose record
+/// could not be decoded, so that a bad record shows up as `unknown` instead of
+/// hiding the member or failing the whole listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PgListing {
+    pub view: ClusterView,
+    pub system_identifier: Option<u64>,
+    /// Names (from the key) of members whose record is not `MemberStatus` JSON.
+    pub unreadable: Vec<String>,
+}
+
+impl PgListing {
+    pub fn from_kvs(kvs: &[pb::KeyValue]) -> Self {
+        let (view, system_identifier) =
+            ClusterView::from_kvs(kvs.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())));
+        let unreadable = kvs
+            .iter()
+            .filter_map(|kv| {
+                let name = kv.key.strip_prefix(model::MEMBERS_PREFIX)?;
+                let bad = serde_json::from_slice::<MemberStatus>(&kv.value).is_err();
+                (bad && !name.is_empty() && !view.members.contains_key(name))
+                    .then(|| name.to_owned())
+            })
+            .collect();
+        Self {
+            view,
+            system_identifier,
+            unreadable,
+        }
+    }
+}
+
+/// One line of `ctl list`; empty strings are blank cells.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListRow {
+    pub member: String,
+    pub host: String,
+    pub role: ClusterRole,
+    pub state: String,
+    pub timeline: Option<u64>,
+    pub receive_lsn: String,
+    /// Megabytes behind `/pg/optime`, rounded as patronictl does.
+    pub receive_lag_mb: Option<u64>,
+    pub replay_lsn: String,
+    pub replay_lag_mb: Option<u64>,
+}
+
+/// Bytes to whole MiB, rounding half to even like Python's `round`.
+fn mib_rounded(bytes: u64) -> u64 {
+    (bytes as f64 / (1024.0 * 1024.0)).round_ties_even() as u64
+}
+
+/// The rows of `ctl list`, by member name, computed as patronictl does from
+/// Patroni's `cluster_as_json`: the leader has no LSN columns; a replica's
+/// unknown (0) position shows `unknown` with a blank lag.
+pub fn list_rows(listing: &PgListing) -> Vec<ListRow> {
+    let view = &listing.view;
+    let hosts: Vec<(String, Option<u16>)> = view
+        .members
+        .values()
+        .map(|s| split_host_port(&s.pg_addr))
+        .filter(|(h, _)| !h.is_empty())
+        .collect();
+    // patronictl shows host:port only when the port tells members apart or is
+    // not the default.
+    let distinct: std::collections::BTreeSet<&str> =
+        hosts.iter().map(|(h, _)| h.as_str()).collect();
+    let append_port =
+        hosts.iter().any(|(_, p)| p.is_some_and(|p| p != 5432)) || distinct.len() < hosts.len();
+
+    let position = |role: ClusterRole, lsn: u64| -> (String, Option<u64>) {
+        if role == ClusterRole::Leader {
+            (String::new(), None)
+        } else if lsn == 0 {
+            ("unknown".to_owned(), None)
+        } else {
+            (
+                format_lsn(lsn),
+                lag_bytes(view.optime, lsn).map(mib_rounded),
+            )
+        }
+    };
+    let mut rows: Vec<ListRow> = view
+        .members
+        .iter()
+        .map(|(name, s)| {
+            let role = cluster_role(view, name);
+            let (host, port) = split_host_port(&s.pg_addr);
+            let host = match port {
+                Some(port) if append_port && !host.is_empty() => format!("{host}:{port}"),
+                _ => host,
+            };
+            let (receive_lsn, receive_lag_mb) = position(role, s.receive_lsn);
+            let (replay_lsn, replay_lag_mb) = position(role, s.replay_lsn);
+            ListRow {
+                member: name.clone(),
+                host,
+                role,
+                state: member_state(role, s).to_owned(),
+                timeline: (s.timeline != 0).then_some(s.timeline),
+                receive_lsn,
+                receive_lag_mb,
+                replay_lsn,
+                replay_lag_mb,
+            }
+        })
+        .collect();
+    rows.extend(listing.unreadable.iter().map(|name| ListRow {
+        member: name.clone(),
+        host: String::new(),
+        role: cluster_role(view, name),
+        state: "unknown".to_owned(),
+        timeline: None,
+        receive_lsn: String::new(),
+        receive_lag_mb: None,
+        replay_lsn: String::new(),
+        replay_lag_mb: None,
+    }));
+    rows.sort_by(|a, b| a.member.cmp(&b.member));
+    rows
+}
+
+fn opt_cell(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// The `patronictl list` table (its 4.1 layout):
+///
+/// ```text
+/// + Cluster: prod (7277694203142172922) -+-----------+----+-------------+-----+------------+-----+
+/// | Member | Host           | Role    | State     | TL | Receive LSN | Lag | Replay LSN | Lag |
+/// ```
+pub fn format_list(cluster: &str, listing: &PgListing) -> String {
+    let headers = [
+        "Member",
+        "Host",
+        "Role",
+        "State",
+        "TL",
+        "Receive LSN",
+        "Lag",
+        "Replay LSN",
+        "Lag",
+    ];
+    // TL, the LSNs and the lags are right-aligned, as in patronictl.
+    let right = [false, false, false, false, true, true, true, true, true];
+    let rows: Vec<Vec<String>> = list_rows(listing)
+        .into_iter()
+        .map(|r| {
+            vec![
+                r.member,
+                r.host,
+                r.role.title().to_owned(),
+                r.state,
+                opt_cell(r.timeline),
+                r.receive_lsn,
+                opt_cell(r.receive_lag_mb),
+                r.replay_lsn,
+                opt_cell(r.replay_lag_mb),
+            ]
+        })
+        .collect();
+    let sysid = listing
+        .system_identifier
+        .map_or_else(|| "uninitialized".to_owned(), |id| id.to_string());
+    let title = format!(" Cluster: {cluster} ({sysid}) ");
+    format_framed_table(&title, &headers, &right, &rows)
+}
+
+/// A table framed like Python's PrettyTable, with `title` written over the
+/// start of the top border (cut to fit) as patronictl does.
+fn format_framed_table(
+    title: &str,
+    headers: &[&str],
+    right: &[bool],
+    rows: &[Vec<String>],
+) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let border: String = std::iter::once("+".to_owned())
+        .chain(widths.iter().map(|w| format!("{}+", "-".repeat(w + 2))))
+        .collect();
+    let line = |cells: &[&str]| -> String {
+        let mut out = String::from("|");
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            let pad = " ".repeat(w.saturating_sub(cell.chars().count()));
+            if right.get(i).copied().unwrap_or(false) {
+                out.push_str(&format!(" {pad}{cell} |"));
+            } else {
+                out.push_str(&format!(" {cell}{pad} |"));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let border_len = border.chars().count();
+    let title: String = title.chars().take(border_len.saturating_sub(2)).collect();
+    let top: String = std::iter::once('+')
+        .chain(title.chars())
+        .chain(border.chars().skip(1 + title.chars().count()))
+        .collect();
+    let mut out = format!("{top}\n");
+    out.push_str(&line(headers));
+    out.push_str(&border);
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
+    out.push_str(&border);
+    out.push('\n');
+    out
+}
+
+/// `patronictl list -f json`: one object per member keyed by column name,
+/// blank cells left out, lags in MB.
+pub fn list_json(cluster: &str, listing: &PgListing) -> Value {
+    list_rows(listing)
+        .into_iter()
+        .map(|r| {
+            let mut m = serde_json::Map::new();
+            let mut put = |k: &str, v: Value| {
+                if v != json!("") && !v.is_null() {
+                    m.insert(k.to_owned(), v);
+                }
+            };
+            put("Cluster", json!(cluster));
+            put("Member", json!(r.member));
+            put("Host", json!(r.host));
+            put("Role", json!(r.role.title()));
+            put("State", json!(r.state));
+            put("TL", json!(r.timeline));
+            put("Receive LSN", json!(r.receive_lsn));
+            put("Receive Lag", json!(r.receive_lag_mb));
+            put("Replay LSN", json!(r.replay_lsn));
+            put("Replay Lag", json!(r.replay_lag_mb));
+            Value::Object(m)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -764,6 +1027,203 @@ mod tests {
             version: 1,
             lease: 0,
         }
+    }
+
+    fn member_json(name: &str, role: &str, state: &str, addr: &str, lsns: (u64, u64)) -> Vec<u8> {
+        json!({
+            "name": name,
+            "role": role,
+            "state": state,
+            "pg_addr": addr,
+            "api_url": format!("http://{name}:8008"),
+            "timeline": 5,
+            "receive_lsn": lsns.0,
+            "replay_lsn": lsns.1,
+            "following": if role == "replica" { Some("pg1") } else { None },
+            "node_id": 1,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    const OPTIME: u64 = 0x4_0400_04E8;
+
+    /// pg1 leads, pg2 is the streaming sync standby, pg3 lags 3 MiB (receive)
+    /// and 40 MiB (replay), pg4 is stopped with no position, pg5's record is garbage.
+    fn pg_kvs() -> Vec<pb::KeyValue> {
+        let mib = 1024 * 1024;
+        vec![
+            kv("/pg/initialize", b"7277694203142172922", 1),
+            kv("/pg/leader", b"pg1", 2),
+            kv(
+                "/pg/members/pg1",
+                &member_json(
+                    "pg1",
+                    "primary",
+                    "running",
+                    "10.0.0.1:5432",
+                    (OPTIME, OPTIME),
+                ),
+                3,
+            ),
+            kv(
+                "/pg/members/pg2",
+                &member_json(
+                    "pg2",
+                    "replica",
+                    "running",
+                    "10.0.0.2:5432",
+                    (OPTIME, OPTIME),
+                ),
+                3,
+            ),
+            kv(
+                "/pg/members/pg3",
+                &member_json(
+                    "pg3",
+                    "replica",
+                    "running",
+                    "10.0.0.3:5432",
+                    (OPTIME - 3 * mib, OPTIME - 40 * mib),
+                ),
+                3,
+            ),
+            kv(
+                "/pg/members/pg4",
+                &member_json("pg4", "replica", "stopped", "10.0.0.4:5432", (0, 0)),
+                3,
+            ),
+            kv("/pg/members/pg5", b"{\"name\": \"pg5\", \"role\": ", 3),
+            kv("/pg/optime", OPTIME.to_string().as_bytes(), 4),
+            kv("/pg/sync", br#"{"leader":"pg1","sync_standby":"pg2"}"#, 5),
+        ]
+    }
+
+    #[test]
+    fn list_command_parses() {
+        assert!(matches!(parse(&["list"]).command, CtlCommand::List));
+    }
+
+    #[test]
+    fn pg_keys_decode() {
+        let listing = PgListing::from_kvs(&pg_kvs());
+        assert_eq!(listing.view.leader.as_deref(), Some("pg1"));
+        assert_eq!(listing.view.optime, Some(OPTIME));
+        assert_eq!(
+            listing
+                .view
+                .sync
+                .as_ref()
+                .and_then(|s| s.sync_standby.as_deref()),
+            Some("pg2")
+        );
+        assert_eq!(
+            listing.view.members.keys().collect::<Vec<_>>(),
+            ["pg1", "pg2", "pg3", "pg4"]
+        );
+        assert_eq!(listing.unreadable, ["pg5"]);
+        assert_eq!(listing.system_identifier, Some(7277694203142172922));
+        assert_eq!(cluster_view_from_kvs(&pg_kvs()), listing.view);
+    }
+
+    #[test]
+    fn malformed_pg_keys_do_not_fail_the_listing() {
+        let kvs = [
+            kv("/pg/optime", b"not a number", 1),
+            kv("/pg/sync", b"[1,2", 1),
+            kv("/pg/members/x", b"\xff\xfe", 1),
+            kv("/pg/members/", b"{}", 1),
+        ];
+        let listing = PgListing::from_kvs(&kvs);
+        assert_eq!(listing.view.optime, None);
+        assert_eq!(listing.view.sync, None);
+        assert_eq!(listing.unreadable, ["x"]);
+        let text = format_list("prod", &listing);
+        assert!(
+            text.contains("| x      |      | Replica | unknown |"),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("+ Cluster: prod (uninitialized) "),
+            "{text}"
+        );
+        // Nothing at all: just the frame.
+        let empty = format_list("prod", &PgListing::default());
+        assert_eq!(empty.lines().count(), 4, "{empty}");
+    }
+
+    #[test]
+    fn list_table() {
+        let text = format_list("prod", &PgListing::from_kvs(&pg_kvs()));
+        let expected = "\
++ Cluster: prod (7277694203142172922) ---------+----+-------------+-----+------------+-----+
+| Member | Host     | Role         | State     | TL | Receive LSN | Lag | Replay LSN | Lag |
++--------+----------+--------------+-----------+----+-------------+-----+------------+-----+
+| pg1    | 10.0.0.1 | Leader       | running   |  5 |             |     |            |     |
+| pg2    | 10.0.0.2 | Sync Standby | streaming |  5 |   4/40004E8 |   0 |  4/40004E8 |   0 |
+| pg3    | 10.0.0.3 | Replica      | streaming |  5 |   4/3D004E8 |   3 |  4/18004E8 |  40 |
+| pg4    | 10.0.0.4 | Replica      | stopped   |  5 |     unknown |     |    unknown |     |
+| pg5    |          | Replica      | unknown   |    |             |     |            |     |
++--------+----------+--------------+-----------+----+-------------+-----+------------+-----+
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn list_shows_ports_when_hosts_repeat() {
+        let kvs = [
+            kv("/pg/leader", b"a", 1),
+            kv(
+                "/pg/members/a",
+                &member_json("a", "primary", "running", "127.0.0.1:5432", (9, 9)),
+                1,
+            ),
+            kv(
+                "/pg/members/b",
+                &member_json("b", "replica", "running", "127.0.0.1:5433", (9, 9)),
+                1,
+            ),
+        ];
+        let rows = list_rows(&PgListing::from_kvs(&kvs));
+        let hosts: Vec<&str> = rows.iter().map(|r| r.host.as_str()).collect();
+        assert_eq!(hosts, ["127.0.0.1:5432", "127.0.0.1:5433"]);
+        // No /pg/optime: the lag is not known, not 0.
+        assert_eq!(rows[1].receive_lsn, "0/9");
+        assert_eq!(rows[1].receive_lag_mb, None);
+    }
+
+    #[test]
+    fn lag_rounds_like_patronictl() {
+        let mib = 1024 * 1024;
+        assert_eq!(mib_rounded(0), 0);
+        assert_eq!(mib_rounded(mib / 2), 0);
+        assert_eq!(mib_rounded(mib / 2 + 1), 1);
+        assert_eq!(mib_rounded(3 * mib / 2), 2);
+        assert_eq!(mib_rounded(5 * mib / 2), 2);
+    }
+
+    #[test]
+    fn list_json_like_patronictl() {
+        let doc = list_json("prod", &PgListing::from_kvs(&pg_kvs()));
+        let rows = doc.as_array().unwrap();
+        assert_eq!(rows.len(), 5);
+        assert_eq!(
+            rows[0],
+            json!({"Cluster":"prod","Member":"pg1","Host":"10.0.0.1","Role":"Leader","State":"running","TL":5})
+        );
+        assert_eq!(
+            rows[2],
+            json!({
+                "Cluster":"prod","Member":"pg3","Host":"10.0.0.3","Role":"Replica","State":"streaming","TL":5,
+                "Receive LSN":"4/3D004E8","Receive Lag":3,"Replay LSN":"4/18004E8","Replay Lag":40,
+            })
+        );
+        assert_eq!(rows[3]["Receive LSN"], "unknown");
+        assert!(rows[3].get("Receive Lag").is_none());
+        assert_eq!(
+            rows[4],
+            json!({"Cluster":"prod","Member":"pg5","Role":"Replica","State":"unknown"})
+        );
     }
 
     #[test]

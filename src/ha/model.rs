@@ -116,23 +116,12 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsn_round_trips() {
-        for s in ["0/0", "16/B374D848", "FFFFFFFF/FFFFFFFF"] {
-            assert_eq!(format_lsn(parse_lsn(s).unwrap()), s);
-        }
-        assert_eq!(parse_lsn("nope"), None);
-    }
-}
-
 impl ClusterView {
     /// Decodes the `/pg/` keys. A malformed member record is skipped rather than
     /// failing the whole view: one member's bad write must not blind the others.
-    pub fn from_kvs<'a>(kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> (ClusterView, Option<u64>) {
+    pub fn from_kvs<'a>(
+        kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> (ClusterView, Option<u64>) {
         let mut view = ClusterView::default();
         let mut system_id = None;
         for (key, value) in kvs {
@@ -153,5 +142,18 @@ impl ClusterView {
             }
         }
         (view, system_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trips() {
+        for s in ["0/0", "16/B374D848", "FFFFFFFF/FFFFFFFF"] {
+            assert_eq!(format_lsn(parse_lsn(s).unwrap()), s);
+        }
+        assert_eq!(parse_lsn("nope"), None);
     }
 }
