@@ -10,5 +10,6 @@ pub mod client;
 pub mod config;
 pub mod ha;
 pub mod node;
+pub mod postgres;
 pub mod raft;
 pub mod store;

@@ -292,7 +292,10 @@ async fn netns_isolated_leader_cannot_commit_majority_keeps_working() {
     net.set_link(leader, true);
     if let Err(e) = poll_until("the healed node to catch up", WAIT, async || {
         let seen = leader_seen_by(&net, leader)?;
-        ensure!(seen == new_leader, "node {leader} follows {seen}, not the new leader {new_leader}");
+        ensure!(
+            seen == new_leader,
+            "node {leader} follows {seen}, not the new leader {new_leader}"
+        );
         let v = json(&ctl(
             &net,
             leader,

@@ -36,11 +36,23 @@ enum Command {
     },
     /// Administer a running cluster.
     Ctl(ctl::CtlArgs),
+    /// Internal: supervises one postmaster for `node` (see src/postgres/guard.rs).
+    #[command(hide = true)]
+    PgGuard {
+        /// Read by the guard itself from argv.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Entry point used by `main`; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::PgGuard { .. }) {
+        // Single-threaded and before any runtime exists: the guard forks the postmaster
+        // and must not be starved by, or share locks with, other threads.
+        return crate::postgres::guard::main();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGQUORUM_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
     });
@@ -80,6 +92,8 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Command::Ctl(args) => ctl::run(args).await.map_err(|e| e.to_string()),
+            // Handled before the runtime was built.
+            Command::PgGuard { .. } => Ok(()),
         }
     });
     match result {

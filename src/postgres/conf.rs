@@ -1,0 +1,397 @@
+//! Pure renderers for the files pgquorum writes into (and beside) a data directory,
+//! and the quoting rules of each format. No IO here, so every rule is unit-tested.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The file holding pgquorum's settings, included at the end of `postgresql.conf`.
+pub const CONF_FILE: &str = "pgquorum.conf";
+/// The line appended (once) to `postgresql.conf`.
+pub const INCLUDE_LINE: &str = "include 'pgquorum.conf'";
+
+/// Settings pgquorum owns: an operator value for one of these would break supervision
+/// (wrong port or socket, a second replication source, sync standbys behind the HA
+/// layer's back, replicas that never accept connections, config in other places).
+pub const RESERVED_PARAMETERS: &[&str] = &[
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "primary_conninfo",
+    "primary_slot_name",
+    "synchronous_standby_names",
+    "hot_standby",
+    "config_file",
+    "data_directory",
+    "hba_file",
+];
+
+/// A value in `postgresql.conf` (and `-c`): single-quoted; the GUC lexer processes
+/// backslash escapes inside quotes, so `\` is doubled as well as `'`.
+pub fn conf_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A value in a libpq connection string.
+pub fn conninfo_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A field of a `.pgpass` line.
+pub fn pgpass_escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+/// A SQL string literal. `E'...'` escapes backslashes whatever
+/// `standard_conforming_strings` says, so the result is correct under both settings.
+pub fn sql_literal(v: &str) -> String {
+    format!("E'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A SQL identifier (also the quoting `synchronous_standby_names` understands).
+pub fn sql_ident(v: &str) -> String {
+    format!("\"{}\"", v.replace('"', "\"\""))
+}
+
+/// `pgq_` + the member name lowercased, every other character than `[a-z0-9_]`
+/// replaced by `_`. Names longer than PostgreSQL's 63-byte limit keep a prefix plus a
+/// hash of the full name, so two long names never share a slot.
+pub fn slot_name(member: &str) -> String {
+    let clean: String = member
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let full = format!("pgq_{clean}");
+    if full.len() <= 63 {
+        return full;
+    }
+    // FNV-1a: stable across versions and platforms (std's hasher is not).
+    let mut h: u32 = 0x811c_9dc5;
+    for b in member.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{}_{h:08x}", &full[..54])
+}
+
+/// Slot names pgquorum may create or drop: `[a-z0-9_]`, 1..=63 bytes.
+pub fn valid_slot_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Rejects what cannot be written safely into a one-line-per-entry file.
+pub fn check_line_value(what: &str, v: &str) -> Result<(), String> {
+    if v.contains(['\n', '\r', '\0']) {
+        return Err(format!("{what} must not contain line breaks or NUL"));
+    }
+    Ok(())
+}
+
+/// Checks the operator's `postgresql.parameters`.
+pub fn check_parameters(params: &BTreeMap<String, String>) -> Result<(), String> {
+    for (k, v) in params {
+        let key_ok = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !key_ok {
+            return Err(format!(
+                "postgresql.parameters: {k:?} is not a PostgreSQL parameter name"
+            ));
+        }
+        if RESERVED_PARAMETERS.contains(&k.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "postgresql.parameters: {k} is managed by pgquorum and cannot be set here \
+                 (port and listen address come from postgresql.port and postgresql.listen_host)"
+            ));
+        }
+        if k.eq_ignore_ascii_case("wal_level") && !matches!(v.as_str(), "replica" | "logical") {
+            return Err(format!(
+                "postgresql.parameters: wal_level = {v:?} cannot feed replicas; use replica or logical"
+            ));
+        }
+        check_line_value(&format!("postgresql.parameters.{k}"), v)?;
+    }
+    Ok(())
+}
+
+/// Checks a role name for use in `pg_hba.conf` (double-quoted there).
+pub fn check_role_name(what: &str, v: &str) -> Result<(), String> {
+    if v.is_empty() || v.contains(['"', '\n', '\r', '\0']) {
+        return Err(format!(
+            "{what} {v:?} must be non-empty and contain no double quote or line break"
+        ));
+    }
+    Ok(())
+}
+
+/// Replica part of `pgquorum.conf`.
+#[derive(Clone, Debug)]
+pub struct ReplicaConf<'a> {
+    /// Upstream host and port; `None` = standby without upstream.
+    pub primary: Option<(&'a str, u16)>,
+    pub user: &'a str,
+    pub passfile: &'a Path,
+    pub slot: Option<&'a str>,
+}
+
+/// The upstream connection string for `primary_conninfo`. The password is in the
+/// passfile, never here: the conninfo is visible in `pg_stat_wal_receiver`.
+pub fn primary_conninfo(
+    host: &str,
+    port: u16,
+    user: &str,
+    member: &str,
+    passfile: &Path,
+) -> String {
+    format!(
+        "host={} port={port} user={} application_name={} passfile={} connect_timeout=5",
+        conninfo_quote(host),
+        conninfo_quote(user),
+        conninfo_quote(member),
+        conninfo_quote(&passfile.to_string_lossy()),
+    )
+}
+
+/// `pgquorum.conf`. pgquorum's settings first, then the operator's parameters, which
+/// win because the last occurrence of a setting counts. Keys this file owns are always
+/// written (empty when unused) so values copied from another member by pg_basebackup
+/// or pg_rewind never linger.
+pub fn render_pgquorum_conf(
+    listen_host: &str,
+    port: u16,
+    member: &str,
+    parameters: &BTreeMap<String, String>,
+    replica: Option<&ReplicaConf<'_>>,
+) -> String {
+    let mut out = String::from(
+        "# Written by pgquorum at every start; edits are lost.\n\
+         # Set parameters in the [postgresql.parameters] table of the pgquorum config.\n",
+    );
+    let mut set = |k: &str, v: String| {
+        out.push_str(k);
+        out.push_str(" = ");
+        out.push_str(&v);
+        out.push('\n');
+    };
+    set("listen_addresses", conf_quote(listen_host));
+    set("port", port.to_string());
+    // TCP only: no socket directory to create, own or clean up.
+    set("unix_socket_directories", conf_quote(""));
+    set("wal_level", "replica".into());
+    set("hot_standby", "on".into());
+    set("max_wal_senders", "10".into());
+    set("max_replication_slots", "10".into());
+    // pg_rewind needs hint bits in WAL (checksums also do, but a cloned old cluster may lack them).
+    set("wal_log_hints", "on".into());
+    set("hot_standby_feedback", "on".into());
+    set("wal_keep_size", conf_quote("128MB"));
+    set("cluster_name", conf_quote(member));
+    match replica {
+        Some(ReplicaConf {
+            primary: Some((host, p)),
+            user,
+            passfile,
+            slot,
+        }) => {
+            set(
+                "primary_conninfo",
+                conf_quote(&primary_conninfo(host, *p, user, member, passfile)),
+            );
+            set("primary_slot_name", conf_quote(slot.unwrap_or("")));
+        }
+        _ => {
+            set("primary_conninfo", conf_quote(""));
+            set("primary_slot_name", conf_quote(""));
+        }
+    }
+    if !parameters.is_empty() {
+        out.push_str("# From the pgquorum config (postgresql.parameters):\n");
+        for (k, v) in parameters {
+            out.push_str(&format!("{k} = {}\n", conf_quote(v)));
+        }
+    }
+    out
+}
+
+/// `postgresql.conf` with the include line appended, or `None` when it is there already.
+pub fn with_include(postgresql_conf: &str) -> Option<String> {
+    if postgresql_conf.lines().any(|l| l.trim() == INCLUDE_LINE) {
+        return None;
+    }
+    let mut s = postgresql_conf.to_string();
+    if !s.is_empty() && !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s.push_str("\n# Added by pgquorum; settings in pgquorum.conf win over the ones above.\n");
+    s.push_str(INCLUDE_LINE);
+    s.push('\n');
+    Some(s)
+}
+
+/// `pg_hba.conf`: the operator's lines first (the first matching line wins), then
+/// pgquorum's. Everything is password-authenticated over TCP; no local socket exists.
+pub fn render_pg_hba(operator_lines: &[String], superuser: &str, replication: &str) -> String {
+    let mut out = String::from(
+        "# Written by pgquorum at every start; edits are lost.\n\
+         # Add lines with postgresql.pg_hba in the pgquorum config; they come first.\n",
+    );
+    for l in operator_lines {
+        out.push_str(l);
+        out.push('\n');
+    }
+    let su = sql_ident(superuser);
+    let repl = sql_ident(replication);
+    for line in [
+        format!("host all {su} 127.0.0.1/32 scram-sha-256"),
+        format!("host all {su} ::1/128 scram-sha-256"),
+        format!("host replication {repl} 0.0.0.0/0 scram-sha-256"),
+        format!("host replication {repl} ::/0 scram-sha-256"),
+        "host all all 0.0.0.0/0 scram-sha-256".to_string(),
+        "host all all ::/0 scram-sha-256".to_string(),
+    ] {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// One `.pgpass` line matching any host, port and database for `user`.
+pub fn pgpass_line(user: &str, password: &str) -> String {
+    format!(
+        "*:*:*:{}:{}\n",
+        pgpass_escape(user),
+        pgpass_escape(password)
+    )
+}
+
+/// `Database cluster state` from `pg_controldata` output (run with `LC_ALL=C`).
+pub fn controldata_state(output: &str) -> Option<&str> {
+    output.lines().find_map(|l| {
+        l.strip_prefix("Database cluster state:")
+            .map(|rest| rest.trim())
+    })
+}
+
+/// Whether a `Database cluster state` needs no crash recovery before pg_rewind.
+pub fn is_clean_shutdown(state: &str) -> bool {
+    matches!(state, "shut down" | "shut down in recovery")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(conf_quote(r"a'b\c"), r"'a''b\\c'");
+        assert_eq!(conninfo_quote(r"a'b\c d"), r"'a\'b\\c d'");
+        assert_eq!(pgpass_escape(r"p:w\x"), r"p\:w\\x");
+        assert_eq!(sql_literal(r"it's \n"), r"E'it''s \\n'");
+        assert_eq!(sql_ident(r#"we"ird"#), r#""we""ird""#);
+    }
+
+    #[test]
+    fn slot_names_are_sanitized_and_bounded() {
+        assert_eq!(slot_name("Node-1.eu"), "pgq_node_1_eu");
+        assert_eq!(slot_name("n1"), "pgq_n1");
+        let long_a = slot_name(&"a".repeat(100));
+        let long_b = slot_name(&format!("{}b", "a".repeat(99)));
+        assert!(long_a.len() <= 63 && valid_slot_name(&long_a), "{long_a}");
+        assert_ne!(long_a, long_b);
+        assert!(valid_slot_name("pgq_n1"));
+        assert!(!valid_slot_name("pgq-n1"));
+        assert!(!valid_slot_name(""));
+    }
+
+    #[test]
+    fn parameters_are_checked() {
+        let mut p = BTreeMap::new();
+        p.insert("shared_buffers".to_string(), "256MB".to_string());
+        assert!(check_parameters(&p).is_ok());
+        for (k, v, want) in [
+            ("Port", "5", "managed by pgquorum"),
+            ("primary_conninfo", "x", "managed by pgquorum"),
+            ("wal_level", "minimal", "cannot feed replicas"),
+            ("work_mem\nport", "1", "not a PostgreSQL parameter"),
+            ("work_mem", "1\nport = 2", "line breaks"),
+        ] {
+            let mut p = BTreeMap::new();
+            p.insert(k.to_string(), v.to_string());
+            let e = check_parameters(&p).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn conf_for_a_replica_has_conninfo_and_operator_values_last() {
+        let mut p = BTreeMap::new();
+        p.insert("wal_keep_size".to_string(), "1GB".to_string());
+        let r = ReplicaConf {
+            primary: Some(("10.0.0.1", 5433)),
+            user: "repl",
+            passfile: Path::new("/var/lib/pg/pgquorum.pgpass"),
+            slot: Some("pgq_n2"),
+        };
+        let c = render_pgquorum_conf("0.0.0.0", 5432, "n2", &p, Some(&r));
+        assert!(c.contains("port = 5432\n"));
+        assert!(c.contains("unix_socket_directories = ''\n"));
+        assert!(c.contains(
+            "primary_conninfo = 'host=''10.0.0.1'' port=5433 user=''repl'' application_name=''n2'' \
+             passfile=''/var/lib/pg/pgquorum.pgpass'' connect_timeout=5'\n"
+        ));
+        assert!(c.contains("primary_slot_name = 'pgq_n2'\n"));
+        let ours = c.find("wal_keep_size = '128MB'").unwrap();
+        let theirs = c.find("wal_keep_size = '1GB'").unwrap();
+        assert!(ours < theirs, "operator values must come last");
+
+        let primary = render_pgquorum_conf("127.0.0.1", 5432, "n1", &BTreeMap::new(), None);
+        assert!(primary.contains("primary_conninfo = ''\n"));
+        assert!(primary.contains("primary_slot_name = ''\n"));
+    }
+
+    #[test]
+    fn include_is_appended_once() {
+        let once = with_include("max_connections = 100").unwrap();
+        assert!(once.ends_with("include 'pgquorum.conf'\n"));
+        assert!(once.starts_with("max_connections = 100\n"));
+        assert_eq!(with_include(&once), None);
+    }
+
+    #[test]
+    fn hba_puts_operator_lines_first() {
+        let h = render_pg_hba(
+            &["hostssl all all 10.0.0.0/8 cert".into()],
+            "postgres",
+            "repl",
+        );
+        let op = h.find("hostssl all all 10.0.0.0/8 cert").unwrap();
+        let su = h
+            .find("host all \"postgres\" 127.0.0.1/32 scram-sha-256")
+            .unwrap();
+        assert!(op < su);
+        assert!(h.contains("host replication \"repl\" 0.0.0.0/0 scram-sha-256\n"));
+        assert!(h.contains("host all all 0.0.0.0/0 scram-sha-256\n"));
+    }
+
+    #[test]
+    fn pgpass_and_controldata() {
+        assert_eq!(pgpass_line("repl", "a:b"), "*:*:*:repl:a\\:b\n");
+        let out = "pg_control version number:            1300\n\
+                   Database cluster state:               in production\n";
+        assert_eq!(controldata_state(out), Some("in production"));
+        assert!(!is_clean_shutdown("in production"));
+        assert!(is_clean_shutdown("shut down in recovery"));
+    }
+}

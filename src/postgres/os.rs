@@ -1,0 +1,465 @@
+//! The OS side of running PostgreSQL: the unprivileged user, directory permissions,
+//! files written with the right owner, the monotonic clock, and spawning children
+//! that cannot outlive pgquorum.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+
+/// The user PostgreSQL runs as when pgquorum runs as root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Looks `name` up in the password database (getpwnam_r: thread-safe).
+pub fn lookup_user(name: &str) -> io::Result<Option<RunAs>> {
+    let cname = CString::new(name).map_err(|_| io::Error::other("user name contains NUL"))?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: passwd is plain data; getpwnam_r fills it and points its strings
+        // into `buf`, which outlives every use below.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getpwnam_r(
+                cname.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if result.is_null() {
+            return Ok(None);
+        }
+        let home = if pwd.pw_dir.is_null() {
+            PathBuf::from("/")
+        } else {
+            // SAFETY: non-null, NUL-terminated, inside `buf`.
+            PathBuf::from(OsStr::from_bytes(
+                unsafe { CStr::from_ptr(pwd.pw_dir) }.to_bytes(),
+            ))
+        };
+        return Ok(Some(RunAs {
+            name: name.to_string(),
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+            home,
+        }));
+    }
+}
+
+/// Whether a process running as `uid`/`gid` with no supplementary groups (how pgquorum
+/// starts PostgreSQL binaries) may search a directory with this `mode` and owner.
+pub fn may_traverse(mode: u32, owner: u32, group: u32, uid: u32, gid: u32) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    if owner == uid {
+        mode & 0o100 != 0
+    } else if group == gid {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
+    }
+}
+
+/// The first existing ancestor of `path` (exclusive) that `user` cannot search.
+/// ACLs are not consulted: a directory opened to the user only by an ACL is reported.
+pub fn first_blocked_ancestor(path: &Path, user: &RunAs) -> Option<(PathBuf, u32, u32)> {
+    let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
+    ancestors.reverse();
+    for dir in ancestors {
+        let Ok(md) = fs::metadata(dir) else { continue };
+        if !may_traverse(md.mode(), md.uid(), md.gid(), user.uid, user.gid) {
+            return Some((dir.to_path_buf(), md.mode() & 0o7777, md.uid()));
+        }
+    }
+    None
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `std::time::Instant` on Linux and of the
+/// guard's deadline.
+pub fn mono_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Writes `contents` to `path` atomically (temp file, fsync, rename) with `mode`,
+/// owned by `owner` when given. Used for every file PostgreSQL reads.
+pub fn write_file(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<&RunAs>,
+) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.pgquorum-tmp"));
+    let _ = fs::remove_file(&tmp);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        if let Some(u) = owner {
+            std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid))?;
+        }
+        // The umask may have narrowed the mode; the file is ours, so set it exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Opens (creating with `mode`) a file for appending, as root, in a directory the
+/// PostgreSQL user may control. Refuses a symlink (O_NOFOLLOW), anything but a regular
+/// file, a file with other hard links, or one owned by neither root nor `pg_uid`: else
+/// that user could point root's writes, and PostgreSQL's own log output through the fd
+/// root hands over, at any file on the system.
+pub fn open_append_safe(path: &Path, mode: u32, pg_uid: Option<u32>) -> io::Result<fs::File> {
+    let f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let md = f.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !md.is_file() || md.nlink() != 1 || !(md.uid() == me || Some(md.uid()) == pg_uid) {
+        return Err(io::Error::other(
+            "refusing to write: not a plain file owned by pgquorum or the PostgreSQL user",
+        ));
+    }
+    Ok(f)
+}
+
+/// Creates `path` (mode `mode`) if absent and gives it to `owner` (see [`open_append_safe`]).
+pub fn ensure_owned_file(path: &Path, mode: u32, owner: Option<&RunAs>) -> io::Result<()> {
+    let f = open_append_safe(path, mode, owner.map(|u| u.uid))?;
+    if let Some(u) = owner {
+        std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid))?;
+    }
+    Ok(())
+}
+
+/// Reads a file without following a symlink in its last component: files inside the
+/// data directory are the PostgreSQL user's to replace, and root must not be tricked
+/// into copying, say, /etc/shadow into a file that user can read.
+pub fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Opens the data directory, without letting the PostgreSQL user redirect root: a
+/// symlinked data directory is followed only when the link belongs to root (an
+/// operator's choice). Owner and mode are then read and changed through this fd.
+pub fn open_data_dir(path: &Path) -> io::Result<fs::File> {
+    let open = |follow: bool| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | if follow { 0 } else { libc::O_NOFOLLOW })
+            .open(path)
+    };
+    match open(false) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            let link = fs::symlink_metadata(path)?;
+            if link.uid() != 0 {
+                return Err(io::Error::other(format!(
+                    "it is a symlink owned by uid {}; only a root-owned symlink is trusted",
+                    link.uid()
+                )));
+            }
+            open(true)
+        }
+        other => other,
+    }
+}
+
+/// Makes the data directory 0700 and owned by `owner` (see [`open_data_dir`]).
+pub fn take_data_dir(path: &Path, owner: Option<&RunAs>) -> io::Result<()> {
+    let dir = open_data_dir(path)?;
+    dir.set_permissions(fs::Permissions::from_mode(0o700))?;
+    if let Some(u) = owner {
+        std::os::unix::fs::fchown(&dir, Some(u.uid), Some(u.gid))?;
+    }
+    Ok(())
+}
+
+/// A secret file (0600, owned by the PostgreSQL user) that is removed when dropped.
+pub struct TempSecret {
+    pub path: PathBuf,
+}
+
+impl TempSecret {
+    pub fn create(
+        dir: &Path,
+        label: &str,
+        contents: &str,
+        owner: Option<&RunAs>,
+    ) -> io::Result<Self> {
+        let path = dir.join(format!(
+            ".pgquorum-{label}-{}-{}",
+            std::process::id(),
+            mono_now_ns()
+        ));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let this = Self { path };
+        if let Some(u) = owner {
+            std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid))?;
+        }
+        f.write_all(contents.as_bytes())?;
+        Ok(this)
+    }
+}
+
+impl Drop for TempSecret {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// A pipe for the guard's control channel: both ends close-on-exec so no other child
+/// inherits the write end (that would keep the guard from ever seeing EOF); the write
+/// end is non-blocking so a wedged guard can never block the supervisor.
+pub fn control_pipe() -> io::Result<(std::os::fd::OwnedFd, fs::File)> {
+    use std::os::fd::FromRawFd as _;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds is a valid 2-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (r, w) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let fl = libc::fcntl(fds[1], libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fds[1], libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((r, w))
+}
+
+/// Sends `sig` to process group `pgid`. `false` when the group no longer exists.
+pub fn kill_group(pgid: i32, sig: libc::c_int) -> bool {
+    // SAFETY: kill has no memory preconditions; pgid > 1 is checked so we can never
+    // signal "every process" (-1) or our own group (0).
+    pgid > 1 && unsafe { libc::kill(-pgid, sig) } == 0
+}
+
+/// Whether any process (zombies included) is still in group `pgid`.
+pub fn group_alive(pgid: i32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence.
+    let rc = unsafe { libc::kill(-pgid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Lets a child die with pgquorum: `PR_SET_PDEATHSIG` in the forked child, after std
+/// has changed its uid/gid (a credential change clears the setting, and std runs
+/// `pre_exec` closures last). If pgquorum already died before the prctl, exit at once.
+///
+/// The death signal fires when the *thread* that forked the child exits, so such
+/// children must be spawned on [`spawn`]'s dedicated thread, never on a tokio
+/// thread that may be retired.
+pub fn die_with_parent(cmd: &mut tokio::process::Command, sig: libc::c_int) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The thread every PostgreSQL-related child is forked from. It never exits, so a
+/// parent-death signal tied to it fires only when the pgquorum process itself dies.
+fn spawner() -> Option<&'static mpsc::Sender<Job>> {
+    static SPAWNER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    SPAWNER
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("pgquorum-spawner".into())
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        })
+        .as_ref()
+}
+
+/// Spawns `cmd` on the dedicated spawner thread (see [`die_with_parent`]), registered
+/// with the caller's tokio runtime.
+pub async fn spawn(mut cmd: tokio::process::Command) -> io::Result<tokio::process::Child> {
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _rt = handle.enter();
+        let _ = tx.send(cmd.spawn());
+    });
+    spawner()
+        .ok_or_else(|| io::Error::other("cannot start the process spawner thread"))?
+        .send(job)
+        .map_err(|_| io::Error::other("the process spawner thread is gone"))?;
+    rx.await
+        .map_err(|_| io::Error::other("the process spawner thread dropped a request"))?
+}
+
+/// The last `max_lines` lines of `path` from byte `from` on (at most 16 KiB read).
+pub fn log_tail(path: &Path, from: u64, max_lines: usize) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    else {
+        return format!("(cannot read {})", path.display());
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = from.max(len.saturating_sub(16 * 1024));
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.read_to_end(&mut buf).is_err() {
+        return format!("(cannot read {})", path.display());
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(max_lines)..];
+    if tail.is_empty() {
+        "(no output)".into()
+    } else {
+        tail.join("\n")
+    }
+}
+
+/// The postmaster pid in `<data_dir>/postmaster.pid`, if the file exists.
+pub fn lock_file_pid(data_dir: &Path) -> Option<i32> {
+    let bytes = read_nofollow(&data_dir.join("postmaster.pid")).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    text.lines().next()?.trim().parse().ok().filter(|p| *p > 0)
+}
+
+/// Whether process `pid` exists and has `data_dir` as its working directory (a
+/// postmaster chdirs into its data directory before it writes the lock file).
+pub fn process_runs_in(pid: i32, data_dir: &Path) -> bool {
+    let Ok(cwd) = fs::read_link(format!("/proc/{pid}/cwd")) else {
+        return false;
+    };
+    let want = fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    cwd == want
+}
+
+pub fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traverse_rules() {
+        // owner, group, other
+        assert!(may_traverse(0o700, 5, 5, 5, 9));
+        assert!(!may_traverse(0o700, 1, 5, 5, 5));
+        assert!(may_traverse(0o710, 1, 5, 5, 5));
+        assert!(!may_traverse(0o750, 1, 2, 5, 5));
+        assert!(may_traverse(0o751, 1, 2, 5, 5));
+        // Owner bits decide for the owner even if "other" would allow.
+        assert!(!may_traverse(0o601, 5, 2, 5, 5));
+        assert!(may_traverse(0o000, 1, 1, 0, 0));
+    }
+
+    #[test]
+    fn root_writes_never_follow_links() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("target");
+        fs::write(&target, "keep").unwrap();
+        let link = d.path().join("postgresql.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(open_append_safe(&link, 0o640, None).is_err());
+        assert!(read_nofollow(&link).is_err());
+        let hard = d.path().join("hard.log");
+        fs::hard_link(&target, &hard).unwrap();
+        assert!(open_append_safe(&hard, 0o640, None).is_err());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+        let plain = d.path().join("plain.log");
+        assert!(open_append_safe(&plain, 0o640, None).is_ok());
+        assert!(take_data_dir(&link, None).is_err(), "not a directory");
+    }
+
+    #[test]
+    fn looks_up_root_and_rejects_unknown() {
+        let root = lookup_user("root").unwrap().unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(lookup_user("no-such-user-pgquorum").unwrap(), None);
+    }
+}

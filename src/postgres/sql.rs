@@ -1,0 +1,188 @@
+//! One cached SQL session over TCP (tokio-postgres), every call bounded by a deadline.
+//! A call that times out is cancelled on the server and its connection dropped, so a
+//! stuck query never blocks the next one.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{CancelToken, Client, NoTls, Row, SimpleQueryMessage};
+
+use super::PgError;
+use crate::config::Credentials;
+
+/// Connecting never takes longer than this, whatever the call's own timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Conn {
+    client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The connection task owns the socket; ending it closes the session.
+        self.task.abort();
+    }
+}
+
+/// Rows of a simple query as text (`None` = SQL NULL).
+pub type TextRows = Vec<Vec<Option<String>>>;
+
+pub struct Session {
+    host: String,
+    port: u16,
+    creds: Credentials,
+    conn: Option<Conn>,
+}
+
+impl Session {
+    pub fn new(host: &str, port: u16, creds: Credentials) -> Self {
+        Self {
+            host: host.to_string(),
+            port,
+            creds,
+            conn: None,
+        }
+    }
+
+    /// Forgets the cached connection (after a restart, or when PostgreSQL stops).
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+
+    async fn client(&mut self, deadline: Instant) -> Result<&Client, PgError> {
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let password = self.creds.password().map_err(|source| PgError::Password {
+                user: self.creds.username.clone(),
+                source,
+            })?;
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host(&self.host)
+                .port(self.port)
+                .user(&self.creds.username)
+                .password(password)
+                .dbname("postgres")
+                .application_name("pgquorum")
+                .connect_timeout(CONNECT_TIMEOUT)
+                .ssl_mode(SslMode::Disable)
+                .keepalives(true)
+                .keepalives_idle(Duration::from_secs(5));
+            let limit = deadline.min(Instant::now() + CONNECT_TIMEOUT);
+            let (client, connection) = tokio::time::timeout_at(limit, cfg.connect(NoTls))
+                .await
+                .map_err(|_| PgError::SqlTimeout {
+                    what: format!("connecting to {}:{}", self.host, self.port),
+                })?
+                .map_err(|e| {
+                    PgError::sql(format!("connecting to {}:{}", self.host, self.port), &e)
+                })?;
+            let task = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            self.conn = Some(Conn { client, task });
+        }
+        match &self.conn {
+            Some(c) => Ok(&c.client),
+            None => Err(PgError::SqlTimeout {
+                what: "connecting".into(),
+            }),
+        }
+    }
+
+    fn settle<T>(
+        &mut self,
+        what: &str,
+        token: CancelToken,
+        res: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<T, PgError> {
+        match res {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if e.is_closed() || self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+                    self.conn = None;
+                }
+                Err(PgError::sql(what.to_string(), &e))
+            }
+            Err(_) => {
+                // Cancel server-side, in the background: the caller must not wait for it.
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(CONNECT_TIMEOUT, token.cancel_query(NoTls)).await;
+                });
+                self.conn = None;
+                Err(PgError::SqlTimeout {
+                    what: what.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Runs `sql` with the simple protocol; all values come back as text.
+    pub async fn simple(
+        &mut self,
+        what: &str,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<TextRows, PgError> {
+        let deadline = Instant::now() + timeout;
+        let client = self.client(deadline).await?;
+        let token = client.cancel_token();
+        let res = tokio::time::timeout_at(deadline, client.simple_query(sql)).await;
+        let msgs = self.settle(what, token, res)?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Runs a parameterised statement.
+    pub async fn query(
+        &mut self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        timeout: Duration,
+    ) -> Result<Vec<Row>, PgError> {
+        let deadline = Instant::now() + timeout;
+        let client = self.client(deadline).await?;
+        let token = client.cancel_token();
+        let res = tokio::time::timeout_at(deadline, client.query(sql, params)).await;
+        self.settle(what, token, res)
+    }
+}
+
+/// A tokio-postgres error as an operator reads it: the server's message, SQLSTATE,
+/// detail and hint, or the chain of causes for connection errors.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+        if let Some(d) = db.detail() {
+            s.push_str(&format!("; {d}"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!("; hint: {h}"));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(x) = src {
+        s.push_str(&format!(": {x}"));
+        src = x.source();
+    }
+    s
+}
