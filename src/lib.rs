@@ -1,7 +1,8 @@
 //! pgquorum: PostgreSQL high availability in one binary.
 //!
 //! Each node is a Raft member (`raft`, `store`) holding the cluster's keys and
-//! leases, serving a gRPC admin API (`api`). See ARCHITECTURE.md for the code map
+//! leases, serving a gRPC admin API (`api`); with `[postgresql]` it also supervises
+//! the local PostgreSQL (`postgres`) by the pure HA decision (`ha`) run by `supervisor`. See ARCHITECTURE.md for the code map
 //! and the invariants every change must keep.
 
 pub mod api;
@@ -13,3 +14,4 @@ pub mod node;
 pub mod postgres;
 pub mod raft;
 pub mod store;
+pub mod supervisor;

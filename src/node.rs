@@ -3,7 +3,9 @@
 //! Start-up order: validate config (done by the caller) -> bind the port -> open
 //! the data dir -> start Raft -> serve gRPC -> form the cluster if this is its
 //! first start. Any failure before Raft starts leaves the data dir untouched.
-//! Shutdown order: stop serving -> stop Raft -> make sled durable.
+//! With `[postgresql]`, the REST API and the PostgreSQL supervisor run beside it.
+//! Shutdown order: stop the supervisor (PostgreSQL down, leader lease released,
+//! while Raft still commits) -> stop serving -> stop Raft -> make sled durable.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -17,13 +19,16 @@ use tonic::transport::Server;
 
 use crate::api::admin::AdminService;
 use crate::api::pb;
+use crate::api::rest::Health;
 use crate::config::NodeConfig;
+use crate::postgres::Postgres;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, RaftGrpc};
 use crate::raft::sm_store::SmStore;
 use crate::raft::storage::{DataDir, DataDirError};
 use crate::raft::{Member, Raft, expiry};
 use crate::store::Lessor;
+use crate::supervisor::Supervisor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -51,6 +56,16 @@ pub enum NodeError {
     RaftStart(String),
     #[error("gRPC server failed: {0}")]
     Serve(String),
+    #[error("[postgresql]: {0}")]
+    Postgres(#[from] crate::postgres::PgError),
+    #[error("PostgreSQL supervisor: {0}")]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
+    #[error("cannot listen for the REST API on {addr}: {source}; is another process using it?")]
+    RestBind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs the node until `shutdown` resolves.
@@ -61,6 +76,19 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             addr: cfg.listen_addr,
             source,
         })?;
+    // Everything that can fail on bad input is checked before the data dir is opened.
+    let rest_listener = match cfg.rest_listen_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::RestBind { addr, source })?,
+        ),
+        None => None,
+    };
+    let pg = match &cfg.postgresql {
+        Some(pgc) => Some(Postgres::new(pgc.clone(), cfg.name.clone())?),
+        None => None,
+    };
     let raft_cfg = crate::raft::raft_config(&cfg.cluster_name, &cfg.raft)
         .map_err(|e| NodeError::RaftConfig(e.to_string()))?;
     let dir = DataDir::open(&cfg.data_dir, &cfg.cluster_name, cfg.node_id)?;
@@ -116,13 +144,41 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     ));
     tracing::info!(node = cfg.node_id, addr = %cfg.listen_addr, data_dir = %cfg.data_dir.display(), "pgquorum node started");
 
+    let (health_tx, health_rx) = watch::channel(Health::default());
+    if let Some(listener) = rest_listener {
+        let mut rest_stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = rest_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::api::rest::serve(listener, health_rx, stop).await {
+                tracing::error!(error = %e, "REST API stopped");
+            }
+        });
+    }
+    // The supervisor stops first at shutdown (PostgreSQL down, lease released) while
+    // Raft still runs, so the release commits and a replica takes over at once.
+    let (sup_stop_tx, sup_stop_rx) = watch::channel(false);
+    let supervisor = match pg {
+        Some(pg) => {
+            let sup = Supervisor::new(&cfg, pg, health_tx)?;
+            Some(tokio::spawn(sup.run(sup_stop_rx)))
+        }
+        None => None,
+    };
+
     if !cfg.join {
         form_cluster(&raft, &cfg).await;
     }
 
+    let mut server = server;
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
-        r = server => {
+        r = &mut server => {
+            let _ = sup_stop_tx.send(true);
+            if let Some(s) = supervisor {
+                let _ = s.await;
+            }
             let _ = raft.shutdown().await;
             return Err(NodeError::Serve(match r {
                 Ok(Ok(())) => "server stopped".into(),
@@ -131,7 +187,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             }));
         }
     }
+    let _ = sup_stop_tx.send(true);
+    if let Some(s) = supervisor {
+        let _ = s.await;
+    }
     let _ = stop_tx.send(true);
+    let _ = server.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }

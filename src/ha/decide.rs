@@ -478,6 +478,18 @@ fn follow(o: &Observation, leader: &str) -> Decision {
     // upstream needs a restart.
     match &pg.following {
         Some(up) if up == leader => decision(vec![], Reason::HealthyReplica(l)),
+        // A former primary started as a standby without upstream (during an election
+        // it lost) may hold WAL the new primary never had.
+        _ if pg.was_primary => decision(
+            vec![
+                Action::Stop(StopKind::Fast),
+                Action::Rewind { leader: l.clone() },
+                Action::StartReplica {
+                    leader: Some(l.clone()),
+                },
+            ],
+            Reason::Rewinding(l),
+        ),
         _ => decision(
             vec![Action::Follow { leader: l.clone() }],
             Reason::Refollowing(l),

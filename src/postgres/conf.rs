@@ -52,6 +52,19 @@ pub fn sql_ident(v: &str) -> String {
     format!("\"{}\"", v.replace('"', "\"\""))
 }
 
+/// The one member named by a `synchronous_standby_names` value as written by
+/// `set_synchronous_standby` (`"name"`), or a bare name; `None` when empty.
+pub fn unquote_standby_name(v: &str) -> Option<String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return None;
+    }
+    match v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(inner) => Some(inner.replace("\"\"", "\"")),
+        None => Some(v.to_string()),
+    }
+}
+
 /// `pgq_` + the member name lowercased, every other character than `[a-z0-9_]`
 /// replaced by `_`. Names longer than PostgreSQL's 63-byte limit keep a prefix plus a
 /// hash of the full name, so two long names never share a slot.

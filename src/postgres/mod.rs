@@ -136,6 +136,9 @@ pub struct PgProbe {
     /// Primary: `pg_stat_replication` (includes pg_basebackup sessions, by name
     /// `pgquorum_basebackup`).
     pub replicas: Vec<ReplicaInfo>,
+    /// Primary: the member named by `synchronous_standby_names` (unquoted), `None`
+    /// when it is empty.
+    pub synchronous_standby_names: Option<String>,
     /// Postmaster pid (= process group id) while running.
     pub postmaster_pid: Option<i32>,
     /// Why the last run ended; `None` while running or before the first start.
@@ -434,6 +437,37 @@ impl Postgres {
         &self.log_path
     }
 
+    /// The data directory may hold WAL that no other member has: it ran as a primary
+    /// since it was last cloned or rewound (a marker beside the data directory, set
+    /// before every start as primary and every promotion), or it is a data directory
+    /// pgquorum did not create and that is not a standby's. Such a directory must be
+    /// rewound before it follows another member.
+    pub fn was_primary(&self) -> bool {
+        if !matches!(self.data_dir_state(), DataDirState::Initialized { .. }) {
+            return false;
+        }
+        self.primary_marker().exists()
+            || !(self.data_dir.join("standby.signal").exists()
+                || self.data_dir.join("backup_label").exists())
+    }
+
+    fn primary_marker(&self) -> PathBuf {
+        self.parent().join("pgquorum.ran-as-primary")
+    }
+
+    fn set_primary_marker(&self, on: bool) -> Result<(), PgError> {
+        let p = self.primary_marker();
+        if on {
+            os::write_file(&p, b"", 0o600, None).map_err(PgError::io("write", &p))
+        } else {
+            match fs::remove_file(&p) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(PgError::io("remove", &p)(e)),
+            }
+        }
+    }
+
     pub fn postmaster_pid(&self) -> Option<i32> {
         self.guard.as_ref().map(|g| g.pgid)
     }
@@ -516,7 +550,8 @@ impl Postgres {
             .sql
             .simple(
                 "probe primary",
-                "SELECT pg_current_wal_lsn(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+                "SELECT pg_current_wal_lsn(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8), \
+                        current_setting('synchronous_standby_names')",
                 SQL_TIMEOUT,
             )
             .await
@@ -525,6 +560,7 @@ impl Postgres {
             p.timeline = cell(&rows, 0, 1)
                 .and_then(|t| u64::from_str_radix(t, 16).ok())
                 .unwrap_or(0);
+            p.synchronous_standby_names = cell(&rows, 0, 2).and_then(conf::unquote_standby_name);
         }
         if let Ok(rows) = self
             .sql
@@ -718,6 +754,9 @@ impl Postgres {
         self.prepare_dirs(false)?;
         self.check_data_dir_owner()?;
         self.clear_stale_lock()?;
+        if mode == StartMode::Primary {
+            self.set_primary_marker(true)?;
+        }
         self.write_config(&mode)?;
         let log_from = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0);
         self.spawn_guard(log_from).await?;
@@ -808,6 +847,7 @@ impl Postgres {
         if cell(&rows, 0, 0) == Some("f") {
             return Ok(());
         }
+        self.set_primary_marker(true)?;
         tracing::info!("promoting PostgreSQL");
         let rows = self
             .sql
@@ -859,7 +899,8 @@ impl Postgres {
             cmd.args(["-S", slot]);
         }
         tracing::info!(%from, slot = use_slot.then_some(slot), "cloning with pg_basebackup");
-        self.run_logged(cmd, "pg_basebackup").await
+        self.run_logged(cmd, "pg_basebackup").await?;
+        self.set_primary_marker(false)
     }
 
     async fn source_has_slot(&self, from: &ConnTarget, slot: &str) -> bool {
@@ -946,7 +987,8 @@ impl Postgres {
             .arg("--no-ensure-shutdown")
             .env("PGPASSFILE", &secret.path);
         tracing::info!(%from, "running pg_rewind");
-        self.run_logged(cmd, "pg_rewind").await
+        self.run_logged(cmd, "pg_rewind").await?;
+        self.set_primary_marker(false)
     }
 
     /// For when rewind fails: moves the data directory aside to

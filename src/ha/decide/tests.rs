@@ -303,6 +303,21 @@ fn decisions() {
             Reason::Refollowing("a".into()),
         ),
         (
+            "former primary running as a standby: rewind before following",
+            with(obs_replica(), |o| {
+                o.pg.following = None;
+                o.pg.was_primary = true;
+            }),
+            vec![
+                Stop(StopKind::Fast),
+                Rewind { leader: "a".into() },
+                StartReplica {
+                    leader: Some("a".into()),
+                },
+            ],
+            Reason::Rewinding("a".into()),
+        ),
+        (
             "no data: clone from the primary",
             with(obs_replica(), |o| {
                 o.pg = PgView {

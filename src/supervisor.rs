@@ -1,0 +1,598 @@
+//! The HA executor: every `loop_wait` it reads the cluster from the Raft store,
+//! probes PostgreSQL, asks `ha::decide` what to do, does it, and publishes this
+//! member's status. All IO of the HA layer happens here or in `postgres/`.
+//!
+//! Fencing does not depend on this loop being scheduled: every lease renewal that
+//! commits moves the deadline of the guard process that owns the postmaster
+//! (`postgres::guard`), which kills PostgreSQL by itself when the deadline passes.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tonic::Code;
+
+use crate::api::rest::Health;
+use crate::client::{Client, ClientError, LeaseKeeper};
+use crate::config::{HaSettings, NodeConfig};
+use crate::ha::decide::{
+    self, Action, DataState, Decision, Observation, PgView, Policy, StopKind, StoreView,
+};
+use crate::ha::model::{
+    self, ClusterView, INITIALIZE_KEY, LEADER_KEY, MemberStatus, OPTIME_KEY, PgRunState, Role,
+    SYNC_KEY, SyncState, Tags,
+};
+use crate::postgres::{ConnTarget, DataDirState, PgError, PgProbe, Postgres, StartMode, StopMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("store: {0}")]
+    Store(#[from] ClientError),
+    #[error("postgres: {0}")]
+    Pg(#[from] PgError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct Supervisor {
+    me: String,
+    node_id: u64,
+    scope: String,
+    tags: Tags,
+    ha: HaSettings,
+    client: Client,
+    pg: Postgres,
+    pg_addr: String,
+    api_url: String,
+    leader_lease: Option<LeaseKeeper>,
+    status_lease: Option<LeaseKeeper>,
+    last_published: Option<MemberStatus>,
+    following: Option<String>,
+    down_since: Option<Instant>,
+    /// PostgreSQL should be running (we started it and did not stop it).
+    should_run: bool,
+    last_reason: String,
+    health: watch::Sender<Health>,
+}
+
+impl Supervisor {
+    pub fn new(
+        cfg: &NodeConfig,
+        pg: Postgres,
+        health: watch::Sender<Health>,
+    ) -> Result<Self, SupervisorError> {
+        let pgc = cfg
+            .postgresql
+            .as_ref()
+            .ok_or_else(|| SupervisorError::Other("no [postgresql] section".into()))?;
+        let mut endpoints = vec![cfg.advertise_addr.clone()];
+        endpoints.extend(
+            cfg.initial_cluster
+                .iter()
+                .map(|m| m.addr.clone())
+                .filter(|a| *a != cfg.advertise_addr),
+        );
+        // A cycle must not hang on a partitioned store: fencing is the guard's job,
+        // but the loop should keep observing.
+        let client =
+            Client::new(endpoints)?.with_timeout(Duration::from_millis(cfg.ha.loop_wait_ms * 2));
+        let api_url = cfg
+            .rest_listen_addr
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
+        Ok(Self {
+            me: cfg.name.clone(),
+            node_id: cfg.node_id,
+            scope: cfg.cluster_name.clone(),
+            tags: cfg.tags.clone(),
+            ha: cfg.ha.clone(),
+            client,
+            pg,
+            pg_addr: format!("{}:{}", pgc.connect_host, pgc.port),
+            api_url,
+            leader_lease: None,
+            status_lease: None,
+            last_published: None,
+            following: None,
+            down_since: None,
+            should_run: false,
+            last_reason: String::new(),
+            health,
+        })
+    }
+
+    /// Runs HA cycles until `shutdown` turns true, then stops PostgreSQL and hands
+    /// the lease back at once so a planned stop fails over without waiting for expiry.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let wait = Duration::from_millis(self.ha.loop_wait_ms);
+        loop {
+            let started = Instant::now();
+            let again = self.cycle().await;
+            if *shutdown.borrow() {
+                break;
+            }
+            if again {
+                continue;
+            }
+            let next = wait.saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(next) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        tracing::info!("stopping PostgreSQL for shutdown");
+        if let Err(e) = self.pg.stop(StopMode::Fast).await {
+            tracing::warn!(error = %e, "clean stop failed; stopping immediately");
+            let _ = self.pg.stop(StopMode::Immediate).await;
+        }
+        if let Some(l) = self.leader_lease.take() {
+            // PostgreSQL is down: releasing now lets a replica take over within a cycle.
+            match self.client.lease_revoke(l.id()).await {
+                Ok(_) => tracing::info!("leader lease released"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release the leader lease; it will expire")
+                }
+            }
+        }
+        if let Some(s) = self.status_lease.take() {
+            let _ = self.client.lease_revoke(s.id()).await;
+        }
+        let _ = self.pg.set_fence_deadline(None);
+    }
+
+    /// One HA cycle. Returns true when another cycle should follow at once
+    /// (the lease was just acquired: promote without waiting a loop).
+    async fn cycle(&mut self) -> bool {
+        let store = self.read_store().await;
+        let probe = self.pg.probe().await;
+        let now = Instant::now();
+        let pg = self.pg_view(&probe, now);
+        let (view, store_view) = match &store {
+            Ok((view, sysid)) => (Some(view.clone()), Some(self.store_view(view, *sysid))),
+            Err(e) => {
+                tracing::debug!(error = %e, "store unreachable");
+                (None, None)
+            }
+        };
+        if let Some(Some(c)) = view.as_ref().map(|v| v.config.clone())
+            && c != self.ha
+        {
+            tracing::info!(settings = ?c, "using the cluster-wide HA settings from the store");
+            self.ha = c;
+        }
+        let lease_valid = self
+            .leader_lease
+            .as_ref()
+            .is_some_and(|l| l.is_valid(tokio::time::Instant::now()));
+        if !lease_valid && self.leader_lease.is_some() {
+            self.leader_lease = None;
+        }
+        let obs = Observation {
+            me: self.me.clone(),
+            tags: self.tags.clone(),
+            policy: Policy {
+                maximum_lag_on_failover: self.ha.maximum_lag_on_failover,
+                synchronous_mode: self.ha.synchronous_mode,
+                primary_start_timeout_ms: self.ha.primary_start_timeout_ms,
+            },
+            paused: view.as_ref().is_some_and(|v| v.paused),
+            store: store_view,
+            lease_held: lease_valid,
+            pg,
+        };
+        let Decision { actions, reason } = decide::decide(&obs);
+        let reason_text = reason.to_string();
+        if reason_text != self.last_reason {
+            tracing::info!(reason = %reason_text, ?actions, "HA decision");
+            self.last_reason = reason_text;
+        } else {
+            tracing::debug!(reason = %reason, ?actions, "HA decision");
+        }
+        let mut acquired = false;
+        for a in actions {
+            let was_acquire = a == Action::AcquireLease;
+            match self.execute(a.clone(), view.as_ref(), &probe).await {
+                Ok(()) => acquired |= was_acquire && self.leader_lease.is_some(),
+                Err(e) => {
+                    tracing::warn!(action = ?a, error = %e, "HA action failed");
+                    break;
+                }
+            }
+        }
+        if let Some(v) = &view {
+            self.publish(v).await;
+        }
+        self.update_health(view, store.as_ref().ok().and_then(|(_, id)| *id));
+        acquired
+    }
+
+    async fn read_store(&self) -> Result<(ClusterView, Option<u64>), ClientError> {
+        let r = self.client.get(model::PREFIX, true, false).await?;
+        Ok(ClusterView::from_kvs(
+            r.kvs
+                .iter()
+                .map(|kv| (kv.key.as_str(), kv.value.as_slice())),
+        ))
+    }
+
+    fn store_view(&self, view: &ClusterView, system_id: Option<u64>) -> StoreView {
+        StoreView {
+            leader: view.leader.clone(),
+            system_id,
+            members: view
+                .members
+                .values()
+                .filter(|m| m.name != self.me)
+                .cloned()
+                .collect(),
+            optime: view.optime,
+            sync: view.sync.clone(),
+        }
+    }
+
+    fn pg_view(&mut self, p: &PgProbe, now: Instant) -> PgView {
+        let role = match p.in_recovery {
+            Some(true) => Some(Role::Replica),
+            Some(false) => Some(Role::Primary),
+            None => None,
+        };
+        if p.running {
+            self.down_since = None;
+        } else if self.should_run {
+            self.down_since.get_or_insert(now);
+        }
+        PgView {
+            data: match &p.data_dir {
+                DataDirState::Missing => DataState::Missing,
+                DataDirState::Initialized { system_id } => DataState::Initialized {
+                    system_id: *system_id,
+                },
+                DataDirState::Invalid(why) => DataState::Invalid(why.clone()),
+            },
+            running: p.running,
+            accepting: p.accepting,
+            role,
+            timeline: p.timeline,
+            lsn: if role == Some(Role::Primary) {
+                p.write_lsn
+            } else {
+                p.receive_lsn.max(p.replay_lsn)
+            },
+            following: if p.running {
+                self.following.clone()
+            } else {
+                None
+            },
+            was_primary: self.pg.was_primary(),
+            down_for_ms: self
+                .down_since
+                .map(|t| now.duration_since(t).as_millis() as u64),
+            sync_standby_names: p.synchronous_standby_names.clone(),
+            streaming_replicas: p
+                .replicas
+                .iter()
+                .filter(|r| r.state == "streaming")
+                .map(|r| (r.application_name.clone(), r.sync_state == "sync"))
+                .collect(),
+        }
+    }
+
+    fn target(view: Option<&ClusterView>, leader: &str) -> Result<ConnTarget, SupervisorError> {
+        let m = view.and_then(|v| v.members.get(leader)).ok_or_else(|| {
+            SupervisorError::Other(format!("leader {leader} has not published its address yet"))
+        })?;
+        let (host, port) = m
+            .pg_addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
+            .ok_or_else(|| {
+                SupervisorError::Other(format!(
+                    "leader {leader} published a bad address {:?}",
+                    m.pg_addr
+                ))
+            })?;
+        Ok(ConnTarget { host, port })
+    }
+
+    fn fence_deadline(&mut self) -> Result<(), SupervisorError> {
+        let d = self
+            .leader_lease
+            .as_ref()
+            .and_then(|l| l.valid_until())
+            .map(|t| t.into_std());
+        self.pg.set_fence_deadline(d)?;
+        Ok(())
+    }
+
+    async fn execute(
+        &mut self,
+        action: Action,
+        view: Option<&ClusterView>,
+        probe: &PgProbe,
+    ) -> Result<(), SupervisorError> {
+        let ttl = Duration::from_millis(self.ha.ttl_ms);
+        match action {
+            Action::AcquireLease => {
+                let keeper = LeaseKeeper::grant(self.client.clone(), ttl).await?;
+                let put = self
+                    .client
+                    .put(
+                        LEADER_KEY,
+                        self.me.clone().into_bytes(),
+                        keeper.id(),
+                        Some(0),
+                    )
+                    .await;
+                match put {
+                    Ok(r) if r.succeeded => {
+                        tracing::info!(lease = keeper.id(), "acquired the leader lease");
+                        self.leader_lease = Some(keeper);
+                        self.fence_deadline()?;
+                    }
+                    other => {
+                        let _ = self.client.lease_revoke(keeper.id()).await;
+                        if let Err(e) = other {
+                            return Err(e.into());
+                        }
+                        tracing::info!("another member took the leader lease first");
+                    }
+                }
+            }
+            Action::RenewLease => {
+                let Some(l) = self.leader_lease.as_mut() else {
+                    return Err(SupervisorError::Other("no leader lease to renew".into()));
+                };
+                match l.renew().await {
+                    Ok(_) => self.fence_deadline()?,
+                    Err(e) if e.code() == Some(Code::NotFound) => {
+                        tracing::warn!("the leader lease is gone");
+                        self.leader_lease = None;
+                        return Err(e.into());
+                    }
+                    // The deadline did not move; the guard fences if this goes on.
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Action::ReleaseLease => {
+                if let Some(l) = self.leader_lease.take() {
+                    let _ = self.client.lease_revoke(l.id()).await;
+                }
+                self.pg.set_fence_deadline(None)?;
+            }
+            Action::Bootstrap => {
+                self.fence_deadline()?;
+                self.should_run = true;
+                let sysid = self.pg.bootstrap().await?;
+                tracing::info!(system_id = sysid, "bootstrapped a new PostgreSQL cluster");
+                self.following = None;
+            }
+            Action::RecordSystemId => {
+                let DataDirState::Initialized { system_id } = probe.data_dir else {
+                    return Err(SupervisorError::Other(
+                        "no system identifier to record".into(),
+                    ));
+                };
+                self.client
+                    .put(
+                        INITIALIZE_KEY,
+                        system_id.to_string().into_bytes(),
+                        0,
+                        Some(0),
+                    )
+                    .await?;
+                // The bootstrapping member's settings become the cluster's, unless set already.
+                let bytes = serde_json::to_vec(&self.ha)
+                    .map_err(|e| SupervisorError::Other(e.to_string()))?;
+                self.client
+                    .put(model::CONFIG_KEY, bytes, 0, Some(0))
+                    .await?;
+            }
+            Action::StartPrimary => {
+                self.fence_deadline()?;
+                self.should_run = true;
+                self.pg.start(StartMode::Primary).await?;
+                self.following = None;
+            }
+            Action::StartReplica { leader } => {
+                self.pg.set_fence_deadline(None)?;
+                let primary = match &leader {
+                    Some(l) => Some(Self::target(view, l)?),
+                    None => None,
+                };
+                self.should_run = true;
+                self.pg
+                    .start(StartMode::Replica {
+                        primary,
+                        slot: leader.as_ref().map(|_| Postgres::slot_name(&self.me)),
+                    })
+                    .await?;
+                self.following = leader;
+            }
+            Action::Stop(kind) => {
+                self.should_run = false;
+                self.pg
+                    .stop(match kind {
+                        StopKind::Fast => StopMode::Fast,
+                        StopKind::Immediate => StopMode::Immediate,
+                    })
+                    .await?;
+                self.following = None;
+            }
+            Action::Promote => {
+                self.fence_deadline()?;
+                self.pg.promote().await?;
+                self.following = None;
+                tracing::info!("promoted to primary");
+            }
+            Action::Follow { leader } => {
+                let target = Self::target(view, &leader)?;
+                self.pg.stop(StopMode::Fast).await?;
+                self.pg.set_fence_deadline(None)?;
+                self.pg
+                    .start(StartMode::Replica {
+                        primary: Some(target),
+                        slot: Some(Postgres::slot_name(&self.me)),
+                    })
+                    .await?;
+                self.following = Some(leader);
+            }
+            Action::Rewind { leader } => {
+                let target = Self::target(view, &leader)?;
+                if let Err(e) = self.pg.rewind(&target).await {
+                    tracing::warn!(error = %e, "pg_rewind failed; re-cloning (the old data dir is kept aside)");
+                    self.pg
+                        .reclone(&target, &Postgres::slot_name(&self.me))
+                        .await?;
+                }
+            }
+            Action::Clone { leader } => {
+                let target = Self::target(view, &leader)?;
+                self.pg
+                    .basebackup(&target, &Postgres::slot_name(&self.me))
+                    .await?;
+            }
+            Action::PublishOptime => {
+                if probe.write_lsn > 0 && view.and_then(|v| v.optime) != Some(probe.write_lsn) {
+                    self.client
+                        .put(
+                            OPTIME_KEY,
+                            probe.write_lsn.to_string().into_bytes(),
+                            0,
+                            None,
+                        )
+                        .await?;
+                }
+            }
+            Action::EnsureSlots { members } => {
+                let slots: Vec<String> = members.iter().map(|m| Postgres::slot_name(m)).collect();
+                self.pg.ensure_slots(&slots).await?;
+            }
+            Action::SetSyncStandby(name) => {
+                self.pg.set_synchronous_standby(name.as_deref()).await?;
+            }
+            Action::RecordSync(name) => {
+                let state = SyncState {
+                    leader: self.me.clone(),
+                    sync_standby: name,
+                };
+                let bytes = serde_json::to_vec(&state)
+                    .map_err(|e| SupervisorError::Other(e.to_string()))?;
+                self.client.put(SYNC_KEY, bytes, 0, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn my_status(&self, p: &PgProbe, view: &ClusterView) -> MemberStatus {
+        let role = match (p.running, p.in_recovery) {
+            (true, Some(false)) => Role::Primary,
+            (true, Some(true)) => Role::Replica,
+            _ => Role::Uninitialized,
+        };
+        let state = if p.running && p.accepting {
+            PgRunState::Running
+        } else if p.running {
+            PgRunState::Starting
+        } else if self.should_run {
+            PgRunState::Crashed
+        } else {
+            PgRunState::Stopped
+        };
+        let (receive, replay) = if role == Role::Primary {
+            (p.write_lsn, p.write_lsn)
+        } else {
+            (p.receive_lsn.max(p.replay_lsn), p.replay_lsn)
+        };
+        MemberStatus {
+            name: self.me.clone(),
+            role,
+            state,
+            pg_addr: self.pg_addr.clone(),
+            api_url: self.api_url.clone(),
+            timeline: p.timeline,
+            receive_lsn: receive,
+            replay_lsn: replay,
+            following: self.following.clone(),
+            tags: self.tags.clone(),
+            sync_standby: view.sync.as_ref().and_then(|s| s.sync_standby.as_deref())
+                == Some(self.me.as_str()),
+            node_id: self.node_id,
+        }
+    }
+
+    /// Publishes this member's status under a lease of its own, so the record of
+    /// a member that stops publishing disappears after one TTL.
+    async fn publish(&mut self, view: &ClusterView) {
+        let probe = self.pg.probe().await;
+        let status = self.my_status(&probe, view);
+        let ttl = Duration::from_millis(self.ha.ttl_ms);
+        if let Some(l) = self.status_lease.as_mut()
+            && l.renew().await.is_err()
+        {
+            self.status_lease = None;
+            self.last_published = None;
+        }
+        if self.status_lease.is_none() {
+            match LeaseKeeper::grant(self.client.clone(), ttl).await {
+                Ok(l) => self.status_lease = Some(l),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot publish member status");
+                    return;
+                }
+            }
+        }
+        if self.last_published.as_ref() == Some(&status) {
+            return;
+        }
+        let lease = self.status_lease.as_ref().map_or(0, |l| l.id());
+        let Ok(bytes) = serde_json::to_vec(&status) else {
+            return;
+        };
+        if self
+            .client
+            .put(&model::member_key(&self.me), bytes, lease, None)
+            .await
+            .is_ok()
+        {
+            self.last_published = Some(status);
+        }
+    }
+
+    fn update_health(&self, view: Option<ClusterView>, system_id: Option<u64>) {
+        let until = self
+            .leader_lease
+            .as_ref()
+            .filter(|_| {
+                view.as_ref()
+                    .is_none_or(|v| v.leader.as_deref() == Some(self.me.as_str()))
+            })
+            .and_then(|l| l.valid_until());
+        let status = self.last_published.clone();
+        let ttl = Duration::from_millis(self.ha.ttl_ms);
+        let lag = self.ha.maximum_lag_on_failover;
+        let reached_store = view.is_some();
+        self.health.send_modify(|h| {
+            h.member = self.me.clone();
+            h.scope = self.scope.clone();
+            h.leader_lease_until = until;
+            h.status = status;
+            if let Some(v) = view {
+                h.cluster = v;
+            }
+            if system_id.is_some() {
+                h.system_identifier = system_id;
+            }
+            h.last_cycle = Some(tokio::time::Instant::now());
+            h.ttl = ttl;
+            h.maximum_lag_on_failover = lag;
+            if reached_store {
+                h.dcs_last_seen = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+            }
+        });
+    }
+}
