@@ -1,0 +1,559 @@
+//! Harness for tests that run pgquorum with real PostgreSQL 15: three `pgquorum node`
+//! processes, each supervising its own PostgreSQL on free ports in one temp dir.
+//!
+//! Works as root (PostgreSQL then runs as the `postgres` OS user, so the temp dir is
+//! made traversable) and as an ordinary user. Every process, PostgreSQL included, is
+//! killed when the cluster is dropped, also when a test panics.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, ensure};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::common::{BIN, Proc, free_ports, poll_until, spawn_node, tail, unique_cluster_name};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub const SUPERUSER_PASSWORD: &str = "test-superuser-pw";
+/// Waits that include pg_basebackup or pg_rewind.
+pub const SLOW_WAIT: Duration = Duration::from_secs(90);
+
+/// PostgreSQL 15 must be installed. Under CI a missing server is a failure, not a skip.
+pub fn have_pg() -> bool {
+    let ok = Path::new(PG_BIN).join("postgres").exists();
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but there is no PostgreSQL 15 in {PG_BIN}"
+        );
+        eprintln!("skipped: no PostgreSQL 15 in {PG_BIN}");
+    }
+    ok
+}
+
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    pub synchronous_mode: bool,
+    pub ttl_ms: u64,
+    pub loop_wait_ms: u64,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            synchronous_mode: false,
+            ttl_ms: 3000,
+            loop_wait_ms: 500,
+        }
+    }
+}
+
+pub struct PgNode {
+    pub id: u64,
+    pub name: String,
+    pub dir: PathBuf,
+    pub raft_port: u16,
+    pub rest_port: u16,
+    pub pg_port: u16,
+    pub proc: Option<Proc>,
+}
+
+impl PgNode {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("node.toml")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+    pub fn pg_data(&self) -> PathBuf {
+        self.dir.join("pg").join("data")
+    }
+    pub fn pg_log(&self) -> PathBuf {
+        self.dir.join("pg").join("postgresql.log")
+    }
+}
+
+pub struct PgCluster {
+    pub name: String,
+    pub opts: PgOptions,
+    tmp: TempDir,
+    pub nodes: BTreeMap<u64, PgNode>,
+}
+
+impl PgCluster {
+    /// Writes three configs and starts the nodes; does not wait for PostgreSQL.
+    pub async fn start(opts: PgOptions) -> PgCluster {
+        let tmp = tempfile::Builder::new()
+            .prefix("pgquorum-pg-")
+            .tempdir()
+            .expect("temp dir");
+        // PostgreSQL runs as another OS user when the tests run as root.
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let ports = free_ports(9);
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3u64 {
+            let i = (id as usize - 1) * 3;
+            let dir = tmp.path().join(format!("n{id}"));
+            fs::create_dir_all(&dir).expect("node dir");
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+            nodes.insert(
+                id,
+                PgNode {
+                    id,
+                    name: format!("n{id}"),
+                    dir,
+                    raft_port: ports[i],
+                    rest_port: ports[i + 1],
+                    pg_port: ports[i + 2],
+                    proc: None,
+                },
+            );
+        }
+        let mut c = PgCluster {
+            name: unique_cluster_name(),
+            opts,
+            tmp,
+            nodes,
+        };
+        for id in 1..=3 {
+            let text = c.config(id);
+            fs::write(c.node(id).config_path(), text).expect("write config");
+        }
+        for id in 1..=3 {
+            c.launch(id);
+        }
+        c
+    }
+
+    fn config(&self, id: u64) -> String {
+        let n = self.node(id);
+        let mut t = String::new();
+        writeln!(t, "cluster_name = {:?}", self.name).unwrap();
+        writeln!(t, "node_id = {id}").unwrap();
+        writeln!(t, "name = {:?}", n.name).unwrap();
+        writeln!(t, "listen_addr = \"127.0.0.1:{}\"", n.raft_port).unwrap();
+        writeln!(t, "rest_listen_addr = \"127.0.0.1:{}\"", n.rest_port).unwrap();
+        writeln!(
+            t,
+            "data_dir = {:?}",
+            n.dir.join("raft").display().to_string()
+        )
+        .unwrap();
+        for m in self.nodes.values() {
+            writeln!(
+                t,
+                "\n[[initial_cluster]]\nid = {}\nname = {:?}\naddr = \"127.0.0.1:{}\"",
+                m.id, m.name, m.raft_port
+            )
+            .unwrap();
+        }
+        writeln!(
+            t,
+            "\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\n\
+             election_timeout_max_ms = 1000\nlease_check_interval_ms = 100\nrequest_timeout_ms = 3000"
+        )
+        .unwrap();
+        writeln!(
+            t,
+            "\n[ha]\nttl_ms = {}\nloop_wait_ms = {}\nmaximum_lag_on_failover = 1048576\nsynchronous_mode = {}",
+            self.opts.ttl_ms, self.opts.loop_wait_ms, self.opts.synchronous_mode
+        )
+        .unwrap();
+        writeln!(
+            t,
+            "\n[postgresql]\nbin_dir = {PG_BIN:?}\ndata_dir = {:?}\nlisten_host = \"127.0.0.1\"\n\
+             port = {}\nsuperuser = {{ username = \"postgres\", password = {SUPERUSER_PASSWORD:?} }}\n\
+             replication = {{ username = \"replicator\", password = \"test-repl-pw\" }}\n\
+             parameters = {{ shared_buffers = \"16MB\", max_connections = \"30\", fsync = \"off\" }}",
+            n.pg_data().display().to_string(),
+            n.pg_port
+        )
+        .unwrap();
+        t
+    }
+
+    pub fn node(&self, id: u64) -> &PgNode {
+        self.nodes.get(&id).expect("node id")
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn temp_path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn launch(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        assert!(n.proc.is_none(), "node {id} is running");
+        n.proc = Some(Proc::new(spawn_node(&n.config_path(), &n.log_path())));
+    }
+
+    /// Starts node `id` again from its config and data dirs.
+    pub fn restart(&mut self, id: u64) {
+        self.launch(id);
+    }
+
+    /// The postmaster pid from `postmaster.pid`, if the file is there.
+    pub fn postmaster_pid(&self, id: u64) -> Option<i32> {
+        let text = fs::read_to_string(self.node(id).pg_data().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// `kill -9` of pgquorum only; its PostgreSQL is left to the guard.
+    pub fn kill_supervisor(&mut self, id: u64) {
+        let mut p = self
+            .nodes
+            .get_mut(&id)
+            .expect("node")
+            .proc
+            .take()
+            .expect("running");
+        p.kill9();
+    }
+
+    /// A host crash: `kill -9` of pgquorum and of every process of its PostgreSQL
+    /// (the postmaster leads its own process group) at the same moment.
+    pub fn kill_host(&mut self, id: u64) {
+        let pm = self.postmaster_pid(id);
+        let p = self
+            .nodes
+            .get_mut(&id)
+            .expect("node")
+            .proc
+            .take()
+            .expect("running");
+        unsafe {
+            if let Some(pm) = pm {
+                libc::kill(-pm, libc::SIGKILL);
+                libc::kill(pm, libc::SIGKILL);
+            }
+            libc::kill(p.pid() as i32, libc::SIGKILL);
+        }
+        drop(p);
+    }
+
+    /// SIGTERM of node `id`; waits for the process to exit and returns whether it
+    /// exited successfully.
+    pub async fn terminate(&mut self, id: u64) -> bool {
+        let mut p = self
+            .nodes
+            .get_mut(&id)
+            .expect("node")
+            .proc
+            .take()
+            .expect("running");
+        p.sigterm();
+        match p.wait_exit(SLOW_WAIT).await {
+            Some(st) => st.success(),
+            None => panic!("node {id} did not exit within {SLOW_WAIT:?} of SIGTERM"),
+        }
+    }
+
+    pub fn conninfo(&self, id: u64) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2",
+            self.node(id).pg_port
+        )
+    }
+
+    /// A new connection to node `id`'s PostgreSQL (2 s connect timeout).
+    pub async fn connect(&self, id: u64) -> anyhow::Result<tokio_postgres::Client> {
+        connect(&self.conninfo(id)).await
+    }
+
+    /// Whether node `id`'s PostgreSQL accepts a write right now.
+    pub async fn is_writable(&self, id: u64) -> bool {
+        is_writable(&self.conninfo(id)).await
+    }
+
+    /// HTTP status of `method path` on node `id`'s REST API (`None`: no answer).
+    pub async fn http(&self, id: u64, method: &str, path: &str) -> Option<(u16, String)> {
+        http(self.node(id).rest_port, method, path).await
+    }
+
+    pub async fn http_status(&self, id: u64, method: &str, path: &str) -> Option<u16> {
+        self.http(id, method, path).await.map(|(s, _)| s)
+    }
+
+    /// Waits until exactly one node, not in `exclude`, answers `GET /primary` with 200
+    /// and accepts writes; returns it.
+    pub async fn wait_primary(&self, exclude: &[u64], timeout: Duration) -> u64 {
+        let ids: Vec<u64> = self
+            .ids()
+            .into_iter()
+            .filter(|i| !exclude.contains(i))
+            .collect();
+        self.wait_for("a primary", timeout, async || {
+            let mut found = Vec::new();
+            for id in &ids {
+                if self.http_status(*id, "GET", "/primary").await == Some(200) {
+                    found.push(*id);
+                }
+            }
+            ensure!(found.len() == 1, "primaries by REST: {found:?}");
+            ensure!(
+                self.is_writable(found[0]).await,
+                "node {} does not accept writes",
+                found[0]
+            );
+            Ok(found[0])
+        })
+        .await
+    }
+
+    /// Waits until `replicas` stream from `primary` (per its `pg_stat_replication`)
+    /// and report themselves as replicas over REST.
+    pub async fn wait_streaming(&self, primary: u64, replicas: &[u64], timeout: Duration) {
+        let names: Vec<String> = replicas
+            .iter()
+            .map(|r| self.node(*r).name.clone())
+            .collect();
+        self.wait_for("replicas to stream", timeout, async || {
+            let c = self.connect(primary).await?;
+            let rows = c
+                .query(
+                    "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
+                    &[],
+                )
+                .await?;
+            let streaming: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            for n in &names {
+                ensure!(
+                    streaming.contains(n),
+                    "{n} not streaming (streaming: {streaming:?})"
+                );
+            }
+            for r in replicas {
+                ensure!(
+                    self.http_status(*r, "GET", "/replica").await == Some(200),
+                    "node {r}: GET /replica is not 200"
+                );
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Number of rows in `table` on node `id`.
+    pub async fn count(&self, id: u64, table: &str) -> anyhow::Result<i64> {
+        let c = self.connect(id).await?;
+        let row = c
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// `pgquorum ctl --endpoints <all> <args>` output (stdout), failing on a non-zero exit.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let endpoints: Vec<String> = self
+            .nodes
+            .values()
+            .map(|n| format!("127.0.0.1:{}", n.raft_port))
+            .collect();
+        let out = std::process::Command::new(BIN)
+            .arg("ctl")
+            .arg("--endpoints")
+            .arg(endpoints.join(","))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .context("run ctl")?;
+        ensure!(
+            out.status.success(),
+            "ctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl AsyncFnMut() -> anyhow::Result<T>,
+    ) -> T {
+        match poll_until(what, timeout, f).await {
+            Ok(v) => v,
+            Err(msg) => panic!("{msg}\n{}", self.logs()),
+        }
+    }
+
+    /// The tail of every node's pgquorum and PostgreSQL logs.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in self.nodes.values() {
+            let state = if n.proc.is_some() {
+                "running"
+            } else {
+                "stopped"
+            };
+            writeln!(
+                out,
+                "----- {} ({state}) pgquorum log -----\n{}",
+                n.name,
+                tail(&n.log_path(), 80)
+            )
+            .unwrap();
+            writeln!(
+                out,
+                "----- {} PostgreSQL log -----\n{}",
+                n.name,
+                tail(&n.pg_log(), 20)
+            )
+            .unwrap();
+        }
+        out
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        let ids = self.ids();
+        for id in ids {
+            let pm = self.postmaster_pid(id);
+            if let Some(mut p) = self.nodes.get_mut(&id).and_then(|n| n.proc.take()) {
+                p.kill9();
+            }
+            // The guard kills PostgreSQL when pgquorum dies; this covers a guard
+            // that was itself killed by a test.
+            if let Some(pm) = pm {
+                unsafe {
+                    libc::kill(-pm, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+pub async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio_postgres::connect(conninfo, tokio_postgres::NoTls),
+    )
+    .await
+    .map_err(|_| anyhow!("connect timed out"))??;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Connects and runs a write that needs a primary (`txid_current()` assigns a
+/// transaction id, which a standby refuses).
+pub async fn is_writable(conninfo: &str) -> bool {
+    let attempt = async {
+        let c = connect(conninfo).await?;
+        c.simple_query("SELECT txid_current()").await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), attempt).await,
+        Ok(Ok(()))
+    )
+}
+
+/// One HTTP/1.1 request over a fresh connection; (status, body).
+pub async fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let req =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("bad response {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok::<_, anyhow::Error>((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Records, per node, when it was seen accepting writes, polling all nodes
+/// concurrently. `overlap()` tells whether two nodes were ever seen writable in
+/// overlapping sample windows.
+pub struct WriteObserver {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<(Instant, Instant)>)>>,
+}
+
+impl WriteObserver {
+    pub fn start(c: &PgCluster) -> Self {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let tasks = c
+            .ids()
+            .into_iter()
+            .map(|id| {
+                let conninfo = c.conninfo(id);
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    while !*rx.borrow() {
+                        // The write was accepted at some instant inside [before, after].
+                        let before = Instant::now();
+                        let ok = is_writable(&conninfo).await;
+                        let after = Instant::now();
+                        if ok {
+                            seen.push((before, after));
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    (id, seen)
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stops polling; returns each node's writable windows.
+    pub async fn finish(self) -> BTreeMap<u64, Vec<(Instant, Instant)>> {
+        let _ = self.stop.send(true);
+        let mut out = BTreeMap::new();
+        for t in self.tasks {
+            let (id, seen) = t.await.expect("observer task");
+            out.insert(id, seen);
+        }
+        out
+    }
+}
+
+/// The last instant node `a` was seen writable and the first instant `b` was, if both.
+pub fn last_and_first(
+    seen: &BTreeMap<u64, Vec<(Instant, Instant)>>,
+    a: u64,
+    b: u64,
+) -> anyhow::Result<(Instant, Instant)> {
+    let last_a = seen
+        .get(&a)
+        .and_then(|v| v.last())
+        .map(|w| w.1)
+        .ok_or_else(|| anyhow!("node {a} was never seen writable"))?;
+    let first_b = seen
+        .get(&b)
+        .and_then(|v| v.first())
+        .map(|w| w.0)
+        .ok_or_else(|| anyhow!("node {b} was never seen writable"))?;
+    Ok((last_a, first_b))
+}

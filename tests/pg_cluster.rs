@@ -1,0 +1,364 @@
+//! pgquorum supervising real PostgreSQL 15 on three nodes: bootstrap, streaming
+//! replicas, the REST health checks, failover after a host crash, a planned stop and
+//! a supervisor crash, and synchronous mode losing no acknowledged commit.
+//!
+//! Each test has its own temp dir and ports, so they run in parallel (nextest caps
+//! PostgreSQL tests at two at a time: see .config/nextest.toml).
+
+mod common;
+mod pg;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use pg::{PgCluster, PgOptions, SLOW_WAIT, WriteObserver, have_pg, last_and_first};
+
+async fn healthy_cluster(opts: PgOptions) -> (PgCluster, u64, Vec<u64>) {
+    let c = PgCluster::start(opts).await;
+    let primary = c.wait_primary(&[], SLOW_WAIT).await;
+    let replicas: Vec<u64> = c.ids().into_iter().filter(|i| *i != primary).collect();
+    c.wait_streaming(primary, &replicas, SLOW_WAIT).await;
+    (c, primary, replicas)
+}
+
+async fn exec(c: &PgCluster, id: u64, sql: &str) -> anyhow::Result<()> {
+    c.connect(id).await?.batch_execute(sql).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_bootstrap_replicates_and_serves_health_checks() {
+    if !have_pg() {
+        return;
+    }
+    let (c, p, replicas) = healthy_cluster(PgOptions::default()).await;
+    exec(
+        &c,
+        p,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)",
+    )
+    .await
+    .unwrap();
+    for r in &replicas {
+        c.wait_for("rows on the replica", pg::SLOW_WAIT, async || {
+            let n = c.count(*r, "t").await?;
+            ensure!(n == 100, "node {r} has {n} rows");
+            Ok(())
+        })
+        .await;
+        // A replica refuses writes.
+        assert!(!c.is_writable(*r).await, "replica {r} accepted a write");
+    }
+
+    // Patroni's health-check contract, on the primary and on a replica.
+    let r = replicas[0];
+    for (id, path, want) in [
+        (p, "/", 200),
+        (p, "/primary", 200),
+        (p, "/read-write", 200),
+        (p, "/leader", 200),
+        (p, "/replica", 503),
+        (p, "/read-only", 200),
+        (p, "/async", 503),
+        (p, "/health", 200),
+        (p, "/liveness", 200),
+        (p, "/readiness", 200),
+        (r, "/", 503),
+        (r, "/primary", 503),
+        (r, "/leader", 503),
+        (r, "/replica", 200),
+        (r, "/replica?lag=1MB", 200),
+        (r, "/read-only", 200),
+        (r, "/async", 200),
+        (r, "/sync", 503),
+        (r, "/health", 200),
+        (r, "/liveness", 200),
+        (r, "/readiness", 200),
+    ] {
+        let got = c
+            .wait_for(
+                &format!("GET {path} on node {id} to answer {want}"),
+                pg::SLOW_WAIT,
+                async || {
+                    let s = c.http_status(id, "GET", path).await;
+                    ensure!(s == Some(want), "got {s:?}");
+                    Ok(s)
+                },
+            )
+            .await;
+        assert_eq!(got, Some(want));
+    }
+    assert_eq!(c.http_status(p, "HEAD", "/primary").await, Some(200));
+    assert_eq!(c.http_status(r, "HEAD", "/primary").await, Some(503));
+    assert_eq!(c.http_status(p, "OPTIONS", "/primary").await, Some(200));
+
+    let (status, body) = c.http(p, "GET", "/patroni").await.expect("GET /patroni");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON /patroni");
+    assert_eq!(v["role"], "primary", "{v}");
+    assert_eq!(v["state"], "running", "{v}");
+    let (_, body) = c.http(r, "GET", "/patroni").await.expect("GET /patroni");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON /patroni");
+    assert_eq!(v["role"], "replica", "{v}");
+
+    let (status, body) = c.http(r, "GET", "/cluster").await.expect("GET /cluster");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON /cluster");
+    let members = v["members"].as_array().expect("members array");
+    assert_eq!(members.len(), 3, "{v}");
+    let leaders: Vec<&str> = members
+        .iter()
+        .filter(|m| m["role"] == "leader")
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(leaders, vec![c.node(p).name.as_str()], "{v}");
+
+    let (_, metrics) = c.http(p, "GET", "/metrics").await.expect("GET /metrics");
+    assert!(
+        metrics.contains("patroni_primary{") && metrics.contains("} 1"),
+        "{metrics}"
+    );
+
+    let list = c.ctl(&["list"]).expect("ctl list");
+    assert!(
+        list.contains("Leader") && list.matches("Replica").count() == 2,
+        "{list}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_host_crash_promotes_a_replica_and_the_old_primary_rejoins() {
+    if !have_pg() {
+        return;
+    }
+    let (mut c, old, _) = healthy_cluster(PgOptions::default()).await;
+    exec(
+        &c,
+        old,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)",
+    )
+    .await
+    .unwrap();
+    // Replicated everywhere before the crash (asynchronous mode may lose the tail otherwise).
+    for r in c.ids().into_iter().filter(|i| *i != old) {
+        c.wait_for("rows replicated", SLOW_WAIT, async || {
+            ensure!(c.count(r, "t").await? == 10, "not yet");
+            Ok(())
+        })
+        .await;
+    }
+
+    let t0 = Instant::now();
+    c.kill_host(old);
+    let new = c.wait_primary(&[old], SLOW_WAIT).await;
+    eprintln!("failover after a host crash: {:?}", t0.elapsed());
+    exec(&c, new, "INSERT INTO t SELECT generate_series(11, 50)")
+        .await
+        .unwrap();
+    let other = c
+        .ids()
+        .into_iter()
+        .find(|i| *i != old && *i != new)
+        .unwrap();
+    c.wait_streaming(new, &[other], SLOW_WAIT).await;
+
+    // The crashed primary comes back, is rewound and follows the new primary.
+    c.restart(old);
+    c.wait_streaming(new, &[old, other], SLOW_WAIT).await;
+    exec(&c, new, "INSERT INTO t SELECT generate_series(51, 60)")
+        .await
+        .unwrap();
+    c.wait_for("all rows on the old primary", SLOW_WAIT, async || {
+        let n = c.count(old, "t").await?;
+        ensure!(n == 60, "it has {n} rows");
+        Ok(())
+    })
+    .await;
+    assert!(!c.is_writable(old).await, "the old primary accepts writes");
+    assert_eq!(c.wait_primary(&[], SLOW_WAIT).await, new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_sigterm_of_the_primary_fails_over() {
+    if !have_pg() {
+        return;
+    }
+    let (mut c, old, _) = healthy_cluster(PgOptions::default()).await;
+    let t0 = Instant::now();
+    assert!(
+        c.terminate(old).await,
+        "node did not exit cleanly on SIGTERM"
+    );
+    // PostgreSQL stopped with it.
+    assert!(!c.is_writable(old).await);
+    assert!(
+        c.postmaster_pid(old).is_none(),
+        "postmaster.pid left behind after a clean stop"
+    );
+    let new = c.wait_primary(&[old], SLOW_WAIT).await;
+    eprintln!(
+        "planned failover: {:?} from SIGTERM to a writable new primary",
+        t0.elapsed()
+    );
+    exec(&c, new, "CREATE TABLE after_stop (id int)")
+        .await
+        .unwrap();
+    // The stopped node rejoins as a replica without help.
+    c.restart(old);
+    let other = c
+        .ids()
+        .into_iter()
+        .find(|i| *i != old && *i != new)
+        .unwrap();
+    c.wait_streaming(new, &[old, other], SLOW_WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_supervisor_kill_fences_before_any_promotion() {
+    if !have_pg() {
+        return;
+    }
+    let (mut c, old, _) = healthy_cluster(PgOptions::default()).await;
+    let observer = WriteObserver::start(&c);
+    // Let the observer see the primary writable first.
+    c.wait_for("the observer to run", SLOW_WAIT, async || {
+        ensure!(c.is_writable(old).await, "primary not writable");
+        Ok(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.kill_supervisor(old);
+    let new = c.wait_primary(&[old], SLOW_WAIT).await;
+    // Keep observing a little after the promotion, then compare.
+    c.wait_for(
+        "the new primary to be seen by the observer",
+        SLOW_WAIT,
+        async || {
+            ensure!(c.is_writable(new).await, "not yet");
+            Ok(())
+        },
+    )
+    .await;
+    let seen = observer.finish().await;
+    let (last_old, first_new) = last_and_first(&seen, old, new).unwrap();
+    assert!(
+        last_old < first_new,
+        "the old primary was writable until {:?} after the new one first was",
+        last_old - first_new
+    );
+    eprintln!(
+        "old primary fenced {:?} before the new one accepted writes",
+        first_new - last_old
+    );
+    assert!(
+        !c.is_writable(old).await,
+        "the old primary still accepts writes"
+    );
+    // Its supervisor is gone; restarting it brings the node back as a replica.
+    c.restart(old);
+    let other = c
+        .ids()
+        .into_iter()
+        .find(|i| *i != old && *i != new)
+        .unwrap();
+    c.wait_streaming(new, &[old, other], SLOW_WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_sync_mode_loses_no_acknowledged_commit() {
+    if !have_pg() {
+        return;
+    }
+    let opts = PgOptions {
+        synchronous_mode: true,
+        ..PgOptions::default()
+    };
+    let (mut c, old, replicas) = healthy_cluster(opts).await;
+    exec(&c, old, "CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    // A synchronous standby is recorded and serves /sync.
+    let sync = c
+        .wait_for("a synchronous standby", SLOW_WAIT, async || {
+            for r in &replicas {
+                if c.http_status(*r, "GET", "/sync").await == Some(200) {
+                    return Ok(*r);
+                }
+            }
+            anyhow::bail!("no replica answers /sync with 200")
+        })
+        .await;
+
+    // A writer that inserts increasing ids into whichever node accepts them and
+    // records each id whose COMMIT was acknowledged.
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let conninfos: Vec<String> = c.ids().iter().map(|i| c.conninfo(*i)).collect();
+    let writer = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let mut next = 1i64;
+            let mut client: Option<tokio_postgres::Client> = None;
+            let mut turn = 0usize;
+            while !*stop_rx.borrow() {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    turn += 1;
+                    client = pg::connect(&conninfos[turn % conninfos.len()]).await.ok();
+                    if client.is_none() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
+                let cl = client.as_ref().unwrap();
+                let r = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    cl.execute("INSERT INTO acked VALUES ($1)", &[&next]),
+                )
+                .await;
+                match r {
+                    Ok(Ok(_)) => {
+                        acked.lock().unwrap().insert(next);
+                    }
+                    // A standby refuses; a dead primary drops the connection; a
+                    // timeout leaves the commit's fate unknown (not acknowledged).
+                    _ => client = None,
+                }
+                next += 1;
+            }
+        })
+    };
+    c.wait_for("writes to be acknowledged", SLOW_WAIT, async || {
+        ensure!(acked.lock().unwrap().len() >= 200, "not yet");
+        Ok(())
+    })
+    .await;
+    c.kill_host(old);
+    let new = c.wait_primary(&[old], SLOW_WAIT).await;
+    assert_eq!(
+        new, sync,
+        "a replica other than the recorded synchronous standby was promoted"
+    );
+    let before = acked.lock().unwrap().len();
+    c.wait_for("writes on the new primary", SLOW_WAIT, async || {
+        ensure!(acked.lock().unwrap().len() >= before + 50, "not yet");
+        Ok(())
+    })
+    .await;
+    let _ = stop_tx.send(true);
+    writer.await.unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    let rows = c
+        .connect(new)
+        .await
+        .unwrap()
+        .query("SELECT id FROM acked", &[])
+        .await
+        .unwrap();
+    let present: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let lost: Vec<i64> = acked.difference(&present).copied().collect();
+    eprintln!("acknowledged {} commits, {} lost", acked.len(), lost.len());
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+}
