@@ -494,9 +494,13 @@ pub async fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> 
 /// Records, per node, when it was seen accepting writes, polling all nodes
 /// concurrently. `overlap()` tells whether two nodes were ever seen writable in
 /// overlapping sample windows.
+/// Per node: the windows (before, after) of each write attempt that succeeded.
+pub type Windows = BTreeMap<u64, Vec<(Instant, Instant)>>;
+type NodeWindows = (u64, Vec<(Instant, Instant)>);
+
 pub struct WriteObserver {
     stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<(Instant, Instant)>)>>,
+    tasks: Vec<tokio::task::JoinHandle<NodeWindows>>,
 }
 
 impl WriteObserver {
@@ -528,7 +532,7 @@ impl WriteObserver {
     }
 
     /// Stops polling; returns each node's writable windows.
-    pub async fn finish(self) -> BTreeMap<u64, Vec<(Instant, Instant)>> {
+    pub async fn finish(self) -> Windows {
         let _ = self.stop.send(true);
         let mut out = BTreeMap::new();
         for t in self.tasks {
@@ -540,11 +544,7 @@ impl WriteObserver {
 }
 
 /// The last instant node `a` was seen writable and the first instant `b` was, if both.
-pub fn last_and_first(
-    seen: &BTreeMap<u64, Vec<(Instant, Instant)>>,
-    a: u64,
-    b: u64,
-) -> anyhow::Result<(Instant, Instant)> {
+pub fn last_and_first(seen: &Windows, a: u64, b: u64) -> anyhow::Result<(Instant, Instant)> {
     let last_a = seen
         .get(&a)
         .and_then(|v| v.last())
