@@ -23,6 +23,11 @@ const WAIT: Duration = Duration::from_secs(30);
 fn have_pg() -> bool {
     let ok = Path::new(PG_BIN).join("postgres").exists();
     if !ok {
+        // .ci/run installs PostgreSQL: there, a missing server is a failure.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but there is no PostgreSQL 15 in {PG_BIN}"
+        );
         eprintln!("skipped: no PostgreSQL 15 in {PG_BIN}");
     }
     ok
