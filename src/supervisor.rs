@@ -51,6 +51,8 @@ pub struct Supervisor {
     last_published: Option<MemberStatus>,
     following: Option<String>,
     down_since: Option<Instant>,
+    /// Since when this replica has not streamed while behind its leader's timeline.
+    stalled_since: Option<Instant>,
     /// PostgreSQL should be running (we started it and did not stop it).
     should_run: bool,
     last_reason: String,
@@ -97,6 +99,7 @@ impl Supervisor {
             last_published: None,
             following: None,
             down_since: None,
+            stalled_since: None,
             should_run: false,
             last_reason: String::new(),
             health,
@@ -158,7 +161,14 @@ impl Supervisor {
         let store = self.read_store().await;
         let probe = self.pg.probe().await;
         let now = Instant::now();
-        let pg = self.pg_view(&probe, now);
+        let leader_timeline = store.as_ref().ok().and_then(|(v, _)| {
+            let l = v.leader.as_ref()?;
+            v.members
+                .get(l)
+                .filter(|m| m.role == Role::Primary)
+                .map(|m| m.timeline)
+        });
+        let pg = self.pg_view(&probe, now, leader_timeline);
         let (view, store_view) = match &store {
             Ok((view, sysid)) => (Some(view.clone()), Some(self.store_view(view, *sysid))),
             Err(e) => {
@@ -242,7 +252,7 @@ impl Supervisor {
         }
     }
 
-    fn pg_view(&mut self, p: &PgProbe, now: Instant) -> PgView {
+    fn pg_view(&mut self, p: &PgProbe, now: Instant, leader_timeline: Option<u64>) -> PgView {
         let role = match p.in_recovery {
             Some(true) => Some(Role::Replica),
             Some(false) => Some(Role::Primary),
@@ -252,6 +262,15 @@ impl Supervisor {
             self.down_since = None;
         } else if self.should_run {
             self.down_since.get_or_insert(now);
+        }
+        let stalled = role == Some(Role::Replica)
+            && p.streaming_from.is_none()
+            && p.timeline > 0
+            && leader_timeline.is_some_and(|t| t > p.timeline);
+        if stalled {
+            self.stalled_since.get_or_insert(now);
+        } else {
+            self.stalled_since = None;
         }
         PgView {
             data: match &p.data_dir {
@@ -286,6 +305,9 @@ impl Supervisor {
                 .filter(|r| r.state == "streaming")
                 .map(|r| (r.application_name.clone(), r.sync_state == "sync"))
                 .collect(),
+            stalled_behind_timeline_ms: self
+                .stalled_since
+                .map(|t| now.duration_since(t).as_millis() as u64),
         }
     }
 

@@ -46,7 +46,14 @@ pub struct PgView {
     pub sync_standby_names: Option<String>,
     /// Standbys streaming from this primary: (application_name = member name, is sync).
     pub streaming_replicas: Vec<(String, bool)>,
+    /// Replica: for how long (ms) it has not been streaming while its timeline is
+    /// older than the one its leader published; `None` while streaming or current.
+    pub stalled_behind_timeline_ms: Option<u64>,
 }
+
+/// A replica that cannot stream from its leader's newer timeline for this long has
+/// WAL the leader never had (it diverged): it is rewound.
+pub const STALLED_REPLICA_REWIND_MS: u64 = 10_000;
 
 /// The cluster as read from the Raft store this cycle.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,6 +154,7 @@ pub enum Reason {
     StartingReplica(String),
     Refollowing(String),
     HealthyReplica(String),
+    DivergedReplica(String),
     ReplicaStarting(String),
     TakingOver,
     NotEligible(&'static str),
@@ -204,6 +212,10 @@ impl fmt::Display for Reason {
             StartingReplica(l) => write!(f, "starting as a replica of {l}"),
             Refollowing(l) => write!(f, "replica follows the wrong upstream: switching to {l}"),
             HealthyReplica(l) => write!(f, "healthy replica streaming from {l}"),
+            DivergedReplica(l) => write!(
+                f,
+                "replica cannot stream from {l}'s newer timeline (it diverged): rewinding"
+            ),
             ReplicaStarting(l) => write!(f, "replica of {l} is starting"),
             TakingOver => write!(
                 f,
@@ -477,6 +489,23 @@ fn follow(o: &Observation, leader: &str) -> Decision {
     // A replica keeps retrying its configured upstream by itself; only a different
     // upstream needs a restart.
     match &pg.following {
+        Some(up)
+            if up == leader
+                && pg
+                    .stalled_behind_timeline_ms
+                    .is_some_and(|ms| ms >= STALLED_REPLICA_REWIND_MS) =>
+        {
+            decision(
+                vec![
+                    Action::Stop(StopKind::Fast),
+                    Action::Rewind { leader: l.clone() },
+                    Action::StartReplica {
+                        leader: Some(l.clone()),
+                    },
+                ],
+                Reason::DivergedReplica(l),
+            )
+        }
         Some(up) if up == leader => decision(vec![], Reason::HealthyReplica(l)),
         // A former primary started as a standby without upstream (during an election
         // it lost) may hold WAL the new primary never had.

@@ -965,6 +965,17 @@ impl Postgres {
                 return Err(PgError::NotCleanAfterRecovery(after));
             }
         }
+        // A just-promoted source records its new timeline in pg_control only at its
+        // next checkpoint; before that pg_rewind sees both on the old timeline, says
+        // "no rewind required" and the target can never follow.
+        let mut source_sql = sql::Session::new(&from.host, from.port, self.cfg.superuser.clone());
+        source_sql
+            .simple(
+                "CHECKPOINT on the rewind source",
+                "CHECKPOINT",
+                CHECKPOINT_TIMEOUT,
+            )
+            .await?;
         let su = self.cfg.superuser.clone();
         let secret = os::TempSecret::create(
             self.parent(),

@@ -34,6 +34,7 @@ fn pg_primary() -> PgView {
         down_for_ms: None,
         sync_standby_names: None,
         streaming_replicas: vec![("b".into(), false), ("c".into(), false)],
+        stalled_behind_timeline_ms: None,
     }
 }
 
@@ -44,6 +45,7 @@ fn pg_replica(following: Option<&str>, lsn: u64) -> PgView {
         following: following.map(String::from),
         was_primary: false,
         streaming_replicas: vec![],
+        stalled_behind_timeline_ms: None,
         ..pg_primary()
     }
 }
@@ -301,6 +303,28 @@ fn decisions() {
             with(obs_replica(), |o| o.pg.following = Some("c".into())),
             vec![Follow { leader: "a".into() }],
             Reason::Refollowing("a".into()),
+        ),
+        (
+            "replica briefly not streaming behind the leader's timeline: wait",
+            with(obs_replica(), |o| {
+                o.pg.stalled_behind_timeline_ms = Some(STALLED_REPLICA_REWIND_MS - 1)
+            }),
+            vec![],
+            Reason::HealthyReplica("a".into()),
+        ),
+        (
+            "replica stuck behind the leader's timeline: rewind",
+            with(obs_replica(), |o| {
+                o.pg.stalled_behind_timeline_ms = Some(STALLED_REPLICA_REWIND_MS)
+            }),
+            vec![
+                Stop(StopKind::Fast),
+                Rewind { leader: "a".into() },
+                StartReplica {
+                    leader: Some("a".into()),
+                },
+            ],
+            Reason::DivergedReplica("a".into()),
         ),
         (
             "former primary running as a standby: rewind before following",
