@@ -498,7 +498,19 @@ impl Supervisor {
                 }
             }
             Action::EnsureSlots { members } => {
-                let slots: Vec<String> = members.iter().map(|m| Postgres::slot_name(m)).collect();
+                // Every Raft member gets a slot, not only those publishing right now: a
+                // member that is down keeps its slot (and the WAL it needs), so it can
+                // stream again when it returns instead of waiting to be seen first.
+                let mut names: std::collections::BTreeSet<String> = members.into_iter().collect();
+                if let Ok(st) = self.client.status().await {
+                    names.extend(
+                        st.members
+                            .into_iter()
+                            .map(|m| m.name)
+                            .filter(|n| *n != self.me),
+                    );
+                }
+                let slots: Vec<String> = names.iter().map(|m| Postgres::slot_name(m)).collect();
                 self.pg.ensure_slots(&slots).await?;
             }
             Action::SetSyncStandby(name) => {

@@ -32,6 +32,8 @@ const SQL_TIMEOUT: Duration = Duration::from_secs(2);
 const SQL_OK_TIMEOUT: Duration = Duration::from_secs(1);
 /// [`Postgres::start`] until PostgreSQL accepts connections.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `start` waits for a standby to accept connections before returning.
+const REPLICA_START_WAIT: Duration = Duration::from_secs(3);
 /// The guard reports the postmaster pid within this time or the start failed.
 const GUARD_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `pg_promote(true, 60)` plus slack.
@@ -775,6 +777,13 @@ impl Postgres {
                 });
             }
             if self.sql_ok().await {
+                return Ok(());
+            }
+            // A standby may need minutes of WAL before it accepts connections (after
+            // pg_rewind, or while its slot is being created on the primary). It is
+            // started; the caller keeps observing it instead of blocking here.
+            if matches!(mode, StartMode::Replica { .. }) && t0.elapsed() >= REPLICA_START_WAIT {
+                tracing::info!("standby started; still recovering, not yet accepting connections");
                 return Ok(());
             }
             if t0.elapsed() >= START_TIMEOUT {
