@@ -208,6 +208,11 @@ impl PgCluster {
         text.lines().next()?.trim().parse().ok()
     }
 
+    /// The pid of node `id`'s pgquorum process.
+    pub fn supervisor_pid(&self, id: u64) -> i32 {
+        self.node(id).proc.as_ref().expect("running").pid() as i32
+    }
+
     /// `kill -9` of pgquorum only; its PostgreSQL is left to the guard.
     pub fn kill_supervisor(&mut self, id: u64) {
         let mut p = self

@@ -1,0 +1,429 @@
+//! Fault injection with a money-transfer workload: a 3-node pgquorum + PostgreSQL 15
+//! cluster runs concurrent transfer sessions while a fault hits it; an observer polls
+//! every node for writability. After each scenario heals, checks: one primary with
+//! both others streaming, total balance conserved, acknowledged transfers present
+//! (all of them in synchronous mode; in asynchronous mode losses are counted and must
+//! fit in `maximum_lag_on_failover`), and never two nodes seen writable at once.
+//!
+//! Each scenario prints one line of figures (`FAULT ...`). `PGQ_SOAK=1` repeats each
+//! fault 5 times instead of once.
+
+mod common;
+mod pg;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use pg::{PgCluster, PgOptions, SLOW_WAIT, Windows, WriteObserver, have_pg};
+
+const ACCOUNTS: i32 = 50;
+const INITIAL_BALANCE: i64 = 1_000;
+const SESSIONS: usize = 6;
+const MAXIMUM_LAG: u64 = 1_048_576;
+
+fn rounds() -> usize {
+    if std::env::var_os("PGQ_SOAK").is_some() {
+        5
+    } else {
+        1
+    }
+}
+
+/// What the workload saw: acknowledged transfer ids and the instant of every ack.
+#[derive(Default)]
+struct Ledger {
+    acked: BTreeSet<i64>,
+    ack_times: Vec<Instant>,
+}
+
+struct Workload {
+    ledger: Arc<Mutex<Ledger>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    async fn setup(c: &PgCluster, primary: u64) {
+        let cl = c.connect(primary).await.expect("connect");
+        cl.batch_execute(&format!(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+             INSERT INTO accounts SELECT g, {INITIAL_BALANCE} FROM generate_series(1, {ACCOUNTS}) g;
+             CREATE TABLE transfers (id bigint PRIMARY KEY, src int, dst int, amount int);"
+        ))
+        .await
+        .expect("create the bank");
+    }
+
+    /// Sessions moving money between random accounts on whichever node accepts.
+    fn start(c: &PgCluster) -> Workload {
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let conninfos: Vec<String> = c.ids().iter().map(|i| c.conninfo(*i)).collect();
+        let tasks = (0..SESSIONS)
+            .map(|s| {
+                let (ledger, rx, conninfos) = (ledger.clone(), rx.clone(), conninfos.clone());
+                tokio::spawn(async move {
+                    let mut seq: i64 = 0;
+                    let mut turn = s;
+                    let mut client: Option<tokio_postgres::Client> = None;
+                    // Deterministic per session, different across sessions.
+                    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15 ^ (s as u64 + 1);
+                    while !*rx.borrow() {
+                        if client.as_ref().is_none_or(|c| c.is_closed()) {
+                            turn += 1;
+                            client = pg::connect(&conninfos[turn % conninfos.len()]).await.ok();
+                            if client.is_none() {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                continue;
+                            }
+                        }
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let a = (rng % ACCOUNTS as u64) as i32 + 1;
+                        let b = ((rng >> 16) % (ACCOUNTS as u64 - 1)) as i32 + 1;
+                        let b = if b >= a { b + 1 } else { b };
+                        let amount = ((rng >> 32) % 50) as i32 + 1;
+                        seq += 1;
+                        let id = (s as i64) * 1_000_000_000 + seq;
+                        let cl = client.as_ref().expect("connected");
+                        let txn = format!(
+                            "BEGIN;
+                             UPDATE accounts SET balance = balance - {amount} WHERE id = {a};
+                             UPDATE accounts SET balance = balance + {amount} WHERE id = {b};
+                             INSERT INTO transfers VALUES ({id}, {a}, {b}, {amount});
+                             COMMIT;"
+                        );
+                        match tokio::time::timeout(Duration::from_secs(5), cl.batch_execute(&txn))
+                            .await
+                        {
+                            Ok(Ok(())) => {
+                                let mut l = ledger.lock().unwrap();
+                                l.acked.insert(id);
+                                l.ack_times.push(Instant::now());
+                            }
+                            // Read-only standby, lost connection, deadlock, timeout: not
+                            // acknowledged (a timed-out COMMIT may or may not be there).
+                            _ => client = None,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Workload {
+            ledger,
+            stop,
+            tasks,
+        }
+    }
+
+    async fn wait_acked(&self, c: &PgCluster, more_than: usize) {
+        c.wait_for("transfers to be acknowledged", SLOW_WAIT, async || {
+            let n = self.ledger.lock().unwrap().acked.len();
+            ensure!(n > more_than, "{n} acknowledged");
+            Ok(())
+        })
+        .await;
+    }
+
+    fn acked(&self) -> usize {
+        self.ledger.lock().unwrap().acked.len()
+    }
+
+    async fn finish(self) -> Ledger {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.await.expect("workload session");
+        }
+        Arc::try_unwrap(self.ledger)
+            .ok()
+            .expect("sessions ended")
+            .into_inner()
+            .unwrap()
+    }
+}
+
+/// Longest interval without an acknowledged transfer between `from` and the last ack.
+fn longest_gap(times: &[Instant], from: Instant) -> Duration {
+    let mut prev = from;
+    let mut worst = Duration::ZERO;
+    let mut sorted: Vec<Instant> = times.iter().copied().filter(|t| *t >= from).collect();
+    sorted.sort();
+    for t in sorted {
+        worst = worst.max(t - prev);
+        prev = t;
+    }
+    worst
+}
+
+/// The longest time two different nodes' successful write probes overlapped.
+fn max_overlap(seen: &Windows) -> Duration {
+    let mut worst = Duration::ZERO;
+    let ids: Vec<u64> = seen.keys().copied().collect();
+    for (i, a) in ids.iter().enumerate() {
+        for b in &ids[i + 1..] {
+            for (a0, a1) in &seen[a] {
+                for (b0, b1) in &seen[b] {
+                    let start = (*a0).max(*b0);
+                    let end = (*a1).min(*b1);
+                    if end > start {
+                        worst = worst.max(end - start);
+                    }
+                }
+            }
+        }
+    }
+    worst
+}
+
+struct Scenario {
+    name: &'static str,
+    opts: PgOptions,
+}
+
+/// Runs `fault` (which returns once the cluster should heal) against a loaded cluster
+/// and checks the invariants. `fault` gets the cluster and the current primary.
+async fn run_scenario<F>(s: Scenario, mut fault: F)
+where
+    F: AsyncFnMut(&mut PgCluster, u64),
+{
+    if !have_pg() {
+        return;
+    }
+    let sync = s.opts.synchronous_mode;
+    let mut c = PgCluster::start(s.opts).await;
+    let p = c.wait_primary(&[], SLOW_WAIT).await;
+    let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
+    c.wait_streaming(p, &others, SLOW_WAIT).await;
+    if sync {
+        c.wait_for("a synchronous standby", SLOW_WAIT, async || {
+            for r in &others {
+                if c.http_status(*r, "GET", "/sync").await == Some(200) {
+                    return Ok(());
+                }
+            }
+            anyhow::bail!("none yet")
+        })
+        .await;
+    }
+    Workload::setup(&c, p).await;
+    let start_lsn = wal_lsn(&c, p).await;
+    let observer = WriteObserver::start(&c);
+    let work = Workload::start(&c);
+    work.wait_acked(&c, 100).await;
+
+    let fault_at = Instant::now();
+    for round in 0..rounds() {
+        let p = c.wait_primary(&[], SLOW_WAIT).await;
+        let before = work.acked();
+        fault(&mut c, p).await;
+        // Healed: one primary, both others streaming from it, writes flowing.
+        let p = c.wait_primary(&[], SLOW_WAIT).await;
+        let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
+        c.wait_streaming(p, &others, SLOW_WAIT).await;
+        work.wait_acked(&c, before + 50).await;
+        eprintln!(
+            "{}: round {} healed, primary is node {p}",
+            s.name,
+            round + 1
+        );
+    }
+    let ledger = work.finish().await;
+    let seen = observer.finish().await;
+    let recover = longest_gap(&ledger.ack_times, fault_at);
+
+    let p = c.wait_primary(&[], SLOW_WAIT).await;
+    let cl = c.connect(p).await.expect("connect");
+    let total: i64 = cl
+        .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
+        .await
+        .expect("sum")
+        .get(0);
+    let present: BTreeSet<i64> = cl
+        .query("SELECT id FROM transfers", &[])
+        .await
+        .expect("transfers")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<i64> = ledger.acked.difference(&present).copied().collect();
+    let end_lsn = wal_lsn(&c, p).await;
+    let wal_per_transfer = (end_lsn.saturating_sub(start_lsn)) / (present.len().max(1) as u64);
+    let overlap = max_overlap(&seen);
+    println!(
+        "FAULT {:<34} mode={:<5} recover_writes={:>6.2}s acked={:>6} lost={:>4} max_overlap_ms={}",
+        s.name,
+        if sync { "sync" } else { "async" },
+        recover.as_secs_f64(),
+        ledger.acked.len(),
+        lost.len(),
+        overlap.as_millis()
+    );
+    assert_eq!(
+        total,
+        ACCOUNTS as i64 * INITIAL_BALANCE,
+        "total balance not conserved"
+    );
+    assert_eq!(
+        overlap,
+        Duration::ZERO,
+        "two nodes accepted writes at the same time"
+    );
+    if sync {
+        assert!(
+            lost.is_empty(),
+            "synchronous mode lost acknowledged transfers: {lost:?}"
+        );
+    } else {
+        assert!(
+            lost.len() as u64 * wal_per_transfer <= MAXIMUM_LAG,
+            "lost {} transfers (~{} WAL bytes each), more than maximum_lag_on_failover allows",
+            lost.len(),
+            wal_per_transfer
+        );
+    }
+}
+
+async fn wal_lsn(c: &PgCluster, id: u64) -> u64 {
+    let cl = c.connect(id).await.expect("connect");
+    let row = cl
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+        .await
+        .expect("lsn");
+    row.get::<_, i64>(0) as u64
+}
+
+fn async_opts() -> PgOptions {
+    PgOptions::default()
+}
+
+fn sync_opts() -> PgOptions {
+    PgOptions {
+        synchronous_mode: true,
+        ..PgOptions::default()
+    }
+}
+
+async fn crash_host(c: &mut PgCluster, p: u64) {
+    c.kill_host(p);
+    c.wait_primary(&[p], SLOW_WAIT).await;
+    c.restart(p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_kill9_primary_host_async() {
+    run_scenario(
+        Scenario {
+            name: "kill -9 primary host",
+            opts: async_opts(),
+        },
+        crash_host,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_kill9_primary_host_sync() {
+    run_scenario(
+        Scenario {
+            name: "kill -9 primary host",
+            opts: sync_opts(),
+        },
+        crash_host,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_kill9_pgquorum_only_sync() {
+    run_scenario(
+        Scenario {
+            name: "kill -9 pgquorum on the primary",
+            opts: sync_opts(),
+        },
+        async |c: &mut PgCluster, p: u64| {
+            c.kill_supervisor(p);
+            c.wait_primary(&[p], SLOW_WAIT).await;
+            c.restart(p);
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_sigstop_pgquorum_beyond_ttl_async() {
+    run_scenario(
+        Scenario {
+            name: "SIGSTOP pgquorum (primary) > ttl",
+            opts: async_opts(),
+        },
+        async |c: &mut PgCluster, p: u64| {
+            let pid = c.supervisor_pid(p);
+            signal(pid, libc::SIGSTOP);
+            // Frozen until another node is primary and a full ttl more has passed.
+            c.wait_primary(&[p], SLOW_WAIT).await;
+            tokio::time::sleep(Duration::from_millis(c.opts.ttl_ms)).await;
+            signal(pid, libc::SIGCONT);
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_restart_all_nodes_in_random_order_async() {
+    run_scenario(
+        Scenario {
+            name: "restart all nodes, random order",
+            opts: async_opts(),
+        },
+        async |c: &mut PgCluster, _p: u64| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()) as usize;
+            let mut order = c.ids();
+            order.rotate_left(nanos % 3);
+            if nanos.is_multiple_of(2) {
+                order.reverse();
+            }
+            eprintln!("stop/start order: {order:?}");
+            for id in &order {
+                assert!(c.terminate(*id).await, "node {id} did not stop cleanly");
+            }
+            for id in &order {
+                c.restart(*id);
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_terminate_client_backends_sync() {
+    run_scenario(
+        Scenario {
+            name: "terminate client backends",
+            opts: sync_opts(),
+        },
+        async |c: &mut PgCluster, p: u64| {
+            let cl = c.connect(p).await.expect("connect");
+            for _ in 0..5 {
+                cl.batch_execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                )
+                .await
+                .expect("terminate backends");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        },
+    )
+    .await;
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: plain kill(2) on a process this test started.
+    let r = unsafe { libc::kill(pid, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig})");
+}
