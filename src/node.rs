@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -191,6 +192,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     if let Some(s) = supervisor {
         let _ = s.await;
     }
+    hand_over_leadership(&raft, cfg.node_id).await;
     let _ = stop_tx.send(true);
     let _ = server.await;
     if let Err(e) = raft.shutdown().await {
@@ -200,6 +202,47 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         tracing::warn!(error = %e, "final flush of the data dir failed");
     }
     Ok(())
+}
+
+/// A planned stop of the Raft leader would leave the cluster without one for an
+/// election timeout, during which no lease can be taken over: hand leadership to the
+/// most up-to-date voter first and wait (briefly) until it has taken over.
+async fn hand_over_leadership(raft: &Raft, me: u64) {
+    let m = raft.metrics().borrow_watched().clone();
+    if m.current_leader != Some(me) {
+        return;
+    }
+    let matched = m.replication.clone().unwrap_or_default();
+    let target = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .filter(|id| *id != me)
+        .max_by_key(|id| matched.get(id).cloned().flatten().map(|l| l.index));
+    let Some(to) = target else { return };
+    if raft.trigger().transfer_leader(to).await.is_err() {
+        return;
+    }
+    let mut rx = raft.metrics();
+    let moved = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let leader = rx.borrow_watched().current_leader;
+            if leader.is_some() && leader != Some(me) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    match moved {
+        Ok(()) => tracing::info!(to, "handed Raft leadership over before stopping"),
+        Err(_) => tracing::warn!(
+            to,
+            "Raft leadership transfer did not finish; stopping anyway"
+        ),
+    }
 }
 
 /// Initializes the cluster on its first start. A node whose log is empty asks the

@@ -165,7 +165,7 @@ pub struct HaSettings {
 impl Default for HaSettings {
     fn default() -> Self {
         Self {
-            ttl_ms: 3000,
+            ttl_ms: 2500,
             loop_wait_ms: 500,
             maximum_lag_on_failover: 1024 * 1024,
             synchronous_mode: false,

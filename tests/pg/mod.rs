@@ -49,7 +49,7 @@ impl Default for PgOptions {
     fn default() -> Self {
         Self {
             synchronous_mode: false,
-            ttl_ms: 3000,
+            ttl_ms: 2500,
             loop_wait_ms: 500,
         }
     }
@@ -58,6 +58,8 @@ impl Default for PgOptions {
 pub struct PgNode {
     pub id: u64,
     pub name: String,
+    /// The node's address: 127.0.0.1, or its own address in its network namespace.
+    pub host: String,
     pub dir: PathBuf,
     pub raft_port: u16,
     pub rest_port: u16,
@@ -83,13 +85,24 @@ impl PgNode {
 pub struct PgCluster {
     pub name: String,
     pub opts: PgOptions,
-    tmp: TempDir,
     pub nodes: BTreeMap<u64, PgNode>,
+    /// Declared before `tmp`: namespaces go after every process (see Drop).
+    pub net: Option<NetNs>,
+    tmp: TempDir,
 }
 
 impl PgCluster {
     /// Writes three configs and starts the nodes; does not wait for PostgreSQL.
     pub async fn start(opts: PgOptions) -> PgCluster {
+        Self::start_with(opts, None).await
+    }
+
+    /// Like [`PgCluster::start`], each node in its own network namespace of `net`.
+    pub async fn start_in_netns(opts: PgOptions) -> PgCluster {
+        Self::start_with(opts, Some(NetNs::new(3))).await
+    }
+
+    async fn start_with(opts: PgOptions, net: Option<NetNs>) -> PgCluster {
         let tmp = tempfile::Builder::new()
             .prefix("pgquorum-pg-")
             .tempdir()
@@ -108,6 +121,7 @@ impl PgCluster {
                 PgNode {
                     id,
                     name: format!("n{id}"),
+                    host: net.as_ref().map_or("127.0.0.1".to_string(), |n| n.addr(id)),
                     dir,
                     raft_port: ports[i],
                     rest_port: ports[i + 1],
@@ -119,8 +133,9 @@ impl PgCluster {
         let mut c = PgCluster {
             name: unique_cluster_name(),
             opts,
-            tmp,
             nodes,
+            net,
+            tmp,
         };
         for id in 1..=3 {
             let text = c.config(id);
@@ -138,8 +153,8 @@ impl PgCluster {
         writeln!(t, "cluster_name = {:?}", self.name).unwrap();
         writeln!(t, "node_id = {id}").unwrap();
         writeln!(t, "name = {:?}", n.name).unwrap();
-        writeln!(t, "listen_addr = \"127.0.0.1:{}\"", n.raft_port).unwrap();
-        writeln!(t, "rest_listen_addr = \"127.0.0.1:{}\"", n.rest_port).unwrap();
+        writeln!(t, "listen_addr = \"{}:{}\"", n.host, n.raft_port).unwrap();
+        writeln!(t, "rest_listen_addr = \"{}:{}\"", n.host, n.rest_port).unwrap();
         writeln!(
             t,
             "data_dir = {:?}",
@@ -149,8 +164,8 @@ impl PgCluster {
         for m in self.nodes.values() {
             writeln!(
                 t,
-                "\n[[initial_cluster]]\nid = {}\nname = {:?}\naddr = \"127.0.0.1:{}\"",
-                m.id, m.name, m.raft_port
+                "\n[[initial_cluster]]\nid = {}\nname = {:?}\naddr = \"{}:{}\"",
+                m.id, m.name, m.host, m.raft_port
             )
             .unwrap();
         }
@@ -168,11 +183,13 @@ impl PgCluster {
         .unwrap();
         writeln!(
             t,
-            "\n[postgresql]\nbin_dir = {PG_BIN:?}\ndata_dir = {:?}\nlisten_host = \"127.0.0.1\"\n\
-             port = {}\nsuperuser = {{ username = \"postgres\", password = {SUPERUSER_PASSWORD:?} }}\n\
+            "\n[postgresql]\nbin_dir = {PG_BIN:?}\ndata_dir = {:?}\nlisten_host = {:?}\n\
+             connect_host = {:?}\nport = {}\nsuperuser = {{ username = \"postgres\", password = {SUPERUSER_PASSWORD:?} }}\n\
              replication = {{ username = \"replicator\", password = \"test-repl-pw\" }}\n\
              parameters = {{ shared_buffers = \"16MB\", max_connections = \"30\", fsync = \"off\" }}",
             n.pg_data().display().to_string(),
+            n.host,
+            n.host,
             n.pg_port
         )
         .unwrap();
@@ -192,9 +209,13 @@ impl PgCluster {
     }
 
     fn launch(&mut self, id: u64) {
+        let ns = self.net.as_ref().map(|n| n.ns(id));
         let n = self.nodes.get_mut(&id).expect("node");
         assert!(n.proc.is_none(), "node {id} is running");
-        n.proc = Some(Proc::new(spawn_node(&n.config_path(), &n.log_path())));
+        n.proc = Some(Proc::new(match ns {
+            None => spawn_node(&n.config_path(), &n.log_path()),
+            Some(ns) => spawn_node_in(&ns, &n.config_path(), &n.log_path()),
+        }));
     }
 
     /// Starts node `id` again from its config and data dirs.
@@ -265,7 +286,8 @@ impl PgCluster {
 
     pub fn conninfo(&self, id: u64) -> String {
         format!(
-            "host=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2",
+            "host={} port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2",
+            self.node(id).host,
             self.node(id).pg_port
         )
     }
@@ -282,7 +304,7 @@ impl PgCluster {
 
     /// HTTP status of `method path` on node `id`'s REST API (`None`: no answer).
     pub async fn http(&self, id: u64, method: &str, path: &str) -> Option<(u16, String)> {
-        http(self.node(id).rest_port, method, path).await
+        http(&self.node(id).host, self.node(id).rest_port, method, path).await
     }
 
     pub async fn http_status(&self, id: u64, method: &str, path: &str) -> Option<u16> {
@@ -362,7 +384,7 @@ impl PgCluster {
         let endpoints: Vec<String> = self
             .nodes
             .values()
-            .map(|n| format!("127.0.0.1:{}", n.raft_port))
+            .map(|n| format!("{}:{}", n.host, n.raft_port))
             .collect();
         let out = std::process::Command::new(BIN)
             .arg("ctl")
@@ -470,11 +492,10 @@ pub async fn is_writable(conninfo: &str) -> bool {
 }
 
 /// One HTTP/1.1 request over a fresh connection; (status, body).
-pub async fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+pub async fn http(host: &str, port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let req =
-            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let mut s = tokio::net::TcpStream::connect((host, port)).await?;
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
@@ -561,4 +582,133 @@ pub fn last_and_first(seen: &Windows, a: u64, b: u64) -> anyhow::Result<(Instant
         .map(|w| w.0)
         .ok_or_else(|| anyhow!("node {b} was never seen writable"))?;
     Ok((last_a, first_b))
+}
+
+/// Runs `pgquorum node --config <config>` inside network namespace `ns`
+/// (`ip netns exec` execs the binary, so the pid is pgquorum's).
+pub fn spawn_node_in(ns: &str, config: &Path, log: &Path) -> std::process::Child {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    let err = f.try_clone().expect("clone log");
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, BIN, "node", "--config"])
+        .arg(config)
+        .env_remove("PGQUORUM_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(f)
+        .stderr(err)
+        .spawn()
+        .expect("spawn pgquorum in a namespace")
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Network namespaces for the nodes, wired to a bridge in a further namespace by veth
+/// pairs, plus one veth from the test's own namespace to the bridge so the test
+/// (clients, observer) reaches every node. All addresses are in a /24 private to
+/// this test; deleting the namespaces removes every link. Needs root.
+pub struct NetNs {
+    tag: String,
+    n: u64,
+    subnet: String,
+}
+
+impl NetNs {
+    pub fn new(n: u64) -> NetNs {
+        let pid = std::process::id();
+        let tag = format!("pg{:x}", pid % 0xfffff);
+        // One subnet per test process; the partition test uses 10.77.0.0/24 only
+        // inside its own namespaces.
+        let subnet = format!("10.{}.{}", 100 + (pid >> 8) % 100, pid % 250);
+        let net = NetNs { tag, n, subnet };
+        let sw = net.switch();
+        ip(&["netns", "add", &sw]);
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        for id in 1..=n {
+            let ns = net.ns(id);
+            let (a, b) = (format!("{}v{id}a", net.tag), format!("{}v{id}b", net.tag));
+            ip(&["netns", "add", &ns]);
+            ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+            ip(&["link", "set", &a, "netns", &ns]);
+            ip(&["link", "set", &b, "netns", &sw]);
+            ip(&["-n", &sw, "link", "set", &b, "master", "br0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.addr(id)),
+                "dev",
+                &a,
+            ]);
+            ip(&["-n", &ns, "link", "set", &a, "up"]);
+        }
+        // The test's side.
+        let (h, hb) = (format!("{}ha", net.tag), format!("{}hb", net.tag));
+        ip(&["link", "add", &h, "type", "veth", "peer", "name", &hb]);
+        ip(&["link", "set", &hb, "netns", &sw]);
+        ip(&["-n", &sw, "link", "set", &hb, "master", "br0", "up"]);
+        ip(&["addr", "add", &format!("{}.254/24", net.subnet), "dev", &h]);
+        ip(&["link", "set", &h, "up"]);
+        net
+    }
+
+    fn switch(&self) -> String {
+        format!("{}s", self.tag)
+    }
+
+    pub fn ns(&self, id: u64) -> String {
+        format!("{}n{id}", self.tag)
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        format!("{}.{id}", self.subnet)
+    }
+
+    /// Cuts (or heals) all traffic between nodes `a` and `b`, both ways, leaving
+    /// each reachable from the test's namespace (its clients stay on both sides).
+    pub fn cut(&self, a: u64, b: u64, cut: bool) {
+        for (from, to) in [(a, b), (b, a)] {
+            let verb = if cut { "add" } else { "del" };
+            ip(&[
+                "-n",
+                &self.ns(from),
+                "route",
+                verb,
+                "blackhole",
+                &format!("{}/32", self.addr(to)),
+            ]);
+        }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        for id in 1..=self.n {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.ns(id)])
+                .status();
+        }
+        // Deleting the switch namespace deletes the peer of our veth, and so our end.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.switch()])
+            .status();
+    }
 }
