@@ -229,6 +229,22 @@ impl PgCluster {
         text.lines().next()?.trim().parse().ok()
     }
 
+    /// Node `id`'s process runs and its gRPC API answers a status request.
+    pub async fn status_ok(&mut self, id: u64) -> bool {
+        let alive = self
+            .nodes
+            .get_mut(&id)
+            .and_then(|n| n.proc.as_mut())
+            .is_some_and(|p| p.try_wait().is_none());
+        let n = self.node(id);
+        let ep = format!("{}:{}", n.host, n.raft_port);
+        alive
+            && match pgquorum::client::Client::new(vec![ep]) {
+                Ok(c) => c.status().await.is_ok(),
+                Err(_) => false,
+            }
+    }
+
     /// The pid of node `id`'s pgquorum process.
     pub fn supervisor_pid(&self, id: u64) -> i32 {
         self.node(id).proc.as_ref().expect("running").pid() as i32
