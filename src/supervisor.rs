@@ -53,6 +53,8 @@ pub struct Supervisor {
     down_since: Option<Instant>,
     /// Since when this replica has not streamed while behind its leader's timeline.
     stalled_since: Option<Instant>,
+    /// Since when the store has shown no leader.
+    leaderless_since: Option<Instant>,
     /// PostgreSQL should be running (we started it and did not stop it).
     should_run: bool,
     last_reason: String,
@@ -100,6 +102,7 @@ impl Supervisor {
             following: None,
             down_since: None,
             stalled_since: None,
+            leaderless_since: None,
             should_run: false,
             last_reason: String::new(),
             health,
@@ -136,6 +139,15 @@ impl Supervisor {
 
     async fn shutdown(&mut self) {
         tracing::info!("stopping PostgreSQL for shutdown");
+        // The primary's last position, so the next candidate knows what a lossless
+        // takeover needs (clients are cut off by the stop right after).
+        let last = self.pg.probe().await;
+        if self.leader_lease.is_some() && last.in_recovery == Some(false) && last.write_lsn > 0 {
+            let _ = self
+                .client
+                .put(OPTIME_KEY, last.write_lsn.to_string().into_bytes(), 0, None)
+                .await;
+        }
         if let Err(e) = self.pg.stop(StopMode::Fast).await {
             tracing::warn!(error = %e, "clean stop failed; stopping immediately");
             let _ = self.pg.stop(StopMode::Immediate).await;
@@ -189,6 +201,13 @@ impl Supervisor {
         if !lease_valid && self.leader_lease.is_some() {
             self.leader_lease = None;
         }
+        match view.as_ref().map(|v| v.leader.is_none()) {
+            Some(true) => {
+                self.leaderless_since.get_or_insert(now);
+            }
+            Some(false) => self.leaderless_since = None,
+            None => {}
+        }
         let obs = Observation {
             me: self.me.clone(),
             tags: self.tags.clone(),
@@ -196,10 +215,14 @@ impl Supervisor {
                 maximum_lag_on_failover: self.ha.maximum_lag_on_failover,
                 synchronous_mode: self.ha.synchronous_mode,
                 primary_start_timeout_ms: self.ha.primary_start_timeout_ms,
+                candidate_grace_ms: self.ha.ttl_ms,
             },
             paused: view.as_ref().is_some_and(|v| v.paused),
             store: store_view,
             lease_held: lease_valid,
+            no_leader_for_ms: self
+                .leaderless_since
+                .map_or(0, |t| now.duration_since(t).as_millis() as u64),
             pg,
         };
         let Decision { actions, reason } = decide::decide(&obs);

@@ -71,6 +71,10 @@ pub struct Policy {
     pub maximum_lag_on_failover: u64,
     pub synchronous_mode: bool,
     pub primary_start_timeout_ms: u64,
+    /// With no leader, a candidate behind the last known primary position waits this
+    /// long for a member at that position (one that has every acknowledged commit,
+    /// e.g. the old primary restarting) before it takes over within the lag limit.
+    pub candidate_grace_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +87,8 @@ pub struct Observation {
     pub store: Option<StoreView>,
     /// This member holds the leader lease and its holder-side deadline has not passed.
     pub lease_held: bool,
+    /// For how long (ms) this member has seen no leader (0 while there is one).
+    pub no_leader_for_ms: u64,
     pub pg: PgView,
 }
 
@@ -159,6 +165,7 @@ pub enum Reason {
     TakingOver,
     NotEligible(&'static str),
     WaitingForBetterCandidate(String),
+    WaitingForMemberAtOptime,
     NoDataNoLeader,
     StandbyForElection,
 }
@@ -225,6 +232,10 @@ impl fmt::Display for Reason {
             WaitingForBetterCandidate(m) => {
                 write!(f, "no leader: waiting for the better candidate {m}")
             }
+            WaitingForMemberAtOptime => write!(
+                f,
+                "no leader: behind the last known primary position, giving members at it time to appear"
+            ),
             NoDataNoLeader => write!(
                 f,
                 "no leader and no data: waiting for a primary to clone from"
@@ -563,6 +574,14 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
                 "lags the last known primary position by more than maximum_lag_on_failover",
             ),
         );
+    }
+    // Losing nothing beats failing over a moment sooner: the lag limit is for when no
+    // member with every commit shows up.
+    if let Some(optime) = store.optime
+        && pg.lsn < optime
+        && o.no_leader_for_ms < o.policy.candidate_grace_ms
+    {
+        return decision(vec![], Reason::WaitingForMemberAtOptime);
     }
     // The best candidate: highest WAL position, then failover_priority, then name.
     let mine = (pg.lsn, o.tags.failover_priority);

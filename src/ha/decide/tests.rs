@@ -82,6 +82,7 @@ fn obs_primary() -> Observation {
             maximum_lag_on_failover: 100,
             synchronous_mode: false,
             primary_start_timeout_ms: 10_000,
+            candidate_grace_ms: 3_000,
         },
         paused: false,
         store: Some(StoreView {
@@ -92,6 +93,7 @@ fn obs_primary() -> Observation {
             ..store(Some("a"))
         }),
         lease_held: true,
+        no_leader_for_ms: 0,
         pg: pg_primary(),
     }
 }
@@ -423,6 +425,26 @@ fn decisions() {
                 let mut c = member("c", Role::Replica, 5000);
                 c.tags.nofailover = true;
                 o.store.as_mut().unwrap().members = vec![c];
+            }),
+            vec![AcquireLease],
+            Reason::TakingOver,
+        ),
+        (
+            "no leader: behind the last primary position, waits for a member at it",
+            with(obs_failover(), |o| {
+                o.pg.lsn = 950;
+                o.store.as_mut().unwrap().members = vec![member("c", Role::Replica, 940)];
+                o.no_leader_for_ms = 2_999;
+            }),
+            vec![],
+            Reason::WaitingForMemberAtOptime,
+        ),
+        (
+            "no leader: behind, grace over: takes over within the lag limit",
+            with(obs_failover(), |o| {
+                o.pg.lsn = 950;
+                o.store.as_mut().unwrap().members = vec![member("c", Role::Replica, 940)];
+                o.no_leader_for_ms = 3_000;
             }),
             vec![AcquireLease],
             Reason::TakingOver,
