@@ -22,7 +22,7 @@ use crate::ha::decide::{
 };
 use crate::ha::model::{
     self, ClusterView, INITIALIZE_KEY, LEADER_KEY, MemberStatus, OPTIME_KEY, PgRunState, Role,
-    SYNC_KEY, SyncState, Tags,
+    SYNC_KEY, SyncState, TIMELINE_KEY, Tags,
 };
 use crate::postgres::{ConnTarget, DataDirState, PgError, PgProbe, Postgres, StartMode, StopMode};
 
@@ -55,6 +55,8 @@ pub struct Supervisor {
     stalled_since: Option<Instant>,
     /// Since when the store has shown no leader.
     leaderless_since: Option<Instant>,
+    /// A leader has been seen since this process started.
+    seen_leader: bool,
     /// PostgreSQL should be running (we started it and did not stop it).
     should_run: bool,
     last_reason: String,
@@ -103,6 +105,7 @@ impl Supervisor {
             down_since: None,
             stalled_since: None,
             leaderless_since: None,
+            seen_leader: false,
             should_run: false,
             last_reason: String::new(),
             health,
@@ -143,6 +146,15 @@ impl Supervisor {
         // takeover needs (clients are cut off by the stop right after).
         let last = self.pg.probe().await;
         if self.leader_lease.is_some() && last.in_recovery == Some(false) && last.write_lsn > 0 {
+            let _ = self
+                .client
+                .put(
+                    TIMELINE_KEY,
+                    last.timeline.to_string().into_bytes(),
+                    0,
+                    None,
+                )
+                .await;
             let _ = self
                 .client
                 .put(OPTIME_KEY, last.write_lsn.to_string().into_bytes(), 0, None)
@@ -205,7 +217,10 @@ impl Supervisor {
             Some(true) => {
                 self.leaderless_since.get_or_insert(now);
             }
-            Some(false) => self.leaderless_since = None,
+            Some(false) => {
+                self.leaderless_since = None;
+                self.seen_leader = true;
+            }
             None => {}
         }
         let obs = Observation {
@@ -220,6 +235,7 @@ impl Supervisor {
             paused: view.as_ref().is_some_and(|v| v.paused),
             store: store_view,
             lease_held: lease_valid,
+            cold_start: !self.seen_leader,
             no_leader_for_ms: self
                 .leaderless_since
                 .map_or(0, |t| now.duration_since(t).as_millis() as u64),
@@ -251,8 +267,28 @@ impl Supervisor {
         acquired
     }
 
-    async fn read_store(&self) -> Result<(ClusterView, Option<u64>), ClientError> {
+    async fn read_store(&mut self) -> Result<(ClusterView, Option<u64>), ClientError> {
         let r = self.client.get(model::PREFIX, true, false).await?;
+        // The leader key still names this member but this process holds no lease: it
+        // is the primary's own lease from before a restart (e.g. the whole cluster was
+        // stopped without a quorum to release it). Take it back: this member has the
+        // data that lease protected, so staying primary loses nothing.
+        if self.leader_lease.is_none()
+            && let Some(kv) = r.kvs.iter().find(|kv| kv.key == LEADER_KEY)
+            && kv.value == self.me.as_bytes()
+            && kv.lease != 0
+        {
+            match LeaseKeeper::attach(self.client.clone(), kv.lease).await {
+                Ok(l) => {
+                    tracing::info!(lease = kv.lease, "took back this member's leader lease");
+                    self.leader_lease = Some(l);
+                    if let Err(e) = self.fence_deadline() {
+                        tracing::warn!(error = %e, "cannot set the fence deadline");
+                    }
+                }
+                Err(e) => tracing::info!(error = %e, "this member's old leader lease is gone"),
+            }
+        }
         Ok(ClusterView::from_kvs(
             r.kvs
                 .iter()
@@ -271,6 +307,7 @@ impl Supervisor {
                 .cloned()
                 .collect(),
             optime: view.optime,
+            timeline: view.timeline,
             sync: view.sync.clone(),
         }
     }
@@ -495,11 +532,18 @@ impl Supervisor {
             }
             Action::Rewind { leader } => {
                 let target = Self::target(view, &leader)?;
-                if let Err(e) = self.pg.rewind(&target).await {
-                    tracing::warn!(error = %e, "pg_rewind failed; re-cloning (the old data dir is kept aside)");
-                    self.pg
-                        .reclone(&target, &Postgres::slot_name(&self.me))
-                        .await?;
+                match self.pg.rewind(&target).await {
+                    Ok(()) => {}
+                    // pg_rewind (or the crash recovery before it) ran and failed: the
+                    // data dir cannot be rewound. Anything else (the new primary not
+                    // answering yet) is retried next cycle, keeping the data dir.
+                    Err(e @ (PgError::Command { .. } | PgError::NotCleanAfterRecovery(_))) => {
+                        tracing::warn!(error = %e, "pg_rewind failed; re-cloning (the old data dir is kept aside)");
+                        self.pg
+                            .reclone(&target, &Postgres::slot_name(&self.me))
+                            .await?;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
             Action::Clone { leader } => {
@@ -509,6 +553,17 @@ impl Supervisor {
                     .await?;
             }
             Action::PublishOptime => {
+                // Timeline first: a reader that sees the new position also sees its timeline.
+                if probe.timeline > 0 && view.and_then(|v| v.timeline) != Some(probe.timeline) {
+                    self.client
+                        .put(
+                            TIMELINE_KEY,
+                            probe.timeline.to_string().into_bytes(),
+                            0,
+                            None,
+                        )
+                        .await?;
+                }
                 if probe.write_lsn > 0 && view.and_then(|v| v.optime) != Some(probe.write_lsn) {
                     self.client
                         .put(

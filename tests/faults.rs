@@ -300,7 +300,8 @@ where
         );
     } else if s.loss_bounded_by_lag {
         assert!(
-            lost.len() as u64 * wal_per_transfer <= MAXIMUM_LAG,
+            // One failover per round may lose up to the lag limit.
+            lost.len() as u64 * wal_per_transfer <= MAXIMUM_LAG * rounds() as u64,
             "lost {} transfers (~{} WAL bytes each), more than maximum_lag_on_failover allows",
             lost.len(),
             wal_per_transfer

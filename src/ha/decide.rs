@@ -63,6 +63,8 @@ pub struct StoreView {
     /// Other members' published statuses (this member excluded).
     pub members: Vec<MemberStatus>,
     pub optime: Option<u64>,
+    /// Timeline of the primary that published `optime`.
+    pub timeline: Option<u64>,
     pub sync: Option<SyncState>,
 }
 
@@ -89,6 +91,9 @@ pub struct Observation {
     pub lease_held: bool,
     /// For how long (ms) this member has seen no leader (0 while there is one).
     pub no_leader_for_ms: u64,
+    /// This member has not seen any leader since it started (e.g. the whole cluster
+    /// is coming back): the old primary, with the most data, may still be starting.
+    pub cold_start: bool,
     pub pg: PgView,
 }
 
@@ -166,6 +171,7 @@ pub enum Reason {
     NotEligible(&'static str),
     WaitingForBetterCandidate(String),
     WaitingForMemberAtOptime,
+    WaitingForMembersAfterStart,
     NoDataNoLeader,
     StandbyForElection,
 }
@@ -235,6 +241,10 @@ impl fmt::Display for Reason {
             WaitingForMemberAtOptime => write!(
                 f,
                 "no leader: behind the last known primary position, giving members at it time to appear"
+            ),
+            WaitingForMembersAfterStart => write!(
+                f,
+                "no leader since start-up: giving every member one ttl to report its position"
             ),
             NoDataNoLeader => write!(
                 f,
@@ -565,6 +575,16 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
             );
         }
     }
+    // Positions on different timelines do not compare: a member on an older timeline
+    // than the last primary's lacks whatever that primary acknowledged after the fork.
+    if let Some(t) = store.timeline
+        && pg.timeline < t
+    {
+        return decision(
+            vec![],
+            Reason::NotEligible("on an older timeline than the last primary"),
+        );
+    }
     if let Some(optime) = store.optime
         && optime.saturating_sub(pg.lsn) > o.policy.maximum_lag_on_failover
     {
@@ -575,6 +595,12 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
             ),
         );
     }
+    // After a restart of the whole cluster the former primary (most data, published
+    // optime possibly stale: it may have stopped without quorum) needs time to
+    // come back and report before anyone is chosen.
+    if o.cold_start && o.no_leader_for_ms < o.policy.candidate_grace_ms {
+        return decision(vec![], Reason::WaitingForMembersAfterStart);
+    }
     // Losing nothing beats failing over a moment sooner: the lag limit is for when no
     // member with every commit shows up.
     if let Some(optime) = store.optime
@@ -583,8 +609,9 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
     {
         return decision(vec![], Reason::WaitingForMemberAtOptime);
     }
-    // The best candidate: highest WAL position, then failover_priority, then name.
-    let mine = (pg.lsn, o.tags.failover_priority);
+    // The best candidate: newest timeline, highest WAL position, then
+    // failover_priority, then name.
+    let mine = (pg.timeline, pg.lsn, o.tags.failover_priority);
     let better = store
         .members
         .iter()
@@ -595,7 +622,7 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
                     == Some(m.name.as_str())
         })
         .filter(|m| {
-            let theirs = (m.receive_lsn, m.tags.failover_priority);
+            let theirs = (m.timeline, m.receive_lsn, m.tags.failover_priority);
             theirs > mine || (theirs == mine && m.name < o.me)
         })
         .map(|m| m.name.clone())

@@ -7,6 +7,8 @@
 //! - `/pg/members/<name>` — `MemberStatus` JSON, published by each member every cycle,
 //!   attached to the member's own status lease (gone when the member stops publishing).
 //! - `/pg/optime` — last WAL position (LSN as u64) the primary reported.
+//! - `/pg/timeline` — the timeline that primary was on (a member on an older one
+//!   may lack acknowledged commits of a newer primary and is never promoted).
 //! - `/pg/sync` — `SyncState` JSON: the standby the primary runs synchronous with.
 //! - `/pg/config` — cluster-wide HA settings, written at bootstrap from the
 //!   bootstrapping node's config; every member uses them over its own file's.
@@ -22,6 +24,8 @@ pub const INITIALIZE_KEY: &str = "/pg/initialize";
 pub const MEMBERS_PREFIX: &str = "/pg/members/";
 pub const OPTIME_KEY: &str = "/pg/optime";
 pub const SYNC_KEY: &str = "/pg/sync";
+/// Timeline of the primary that last published `/pg/optime`.
+pub const TIMELINE_KEY: &str = "/pg/timeline";
 /// Cluster-wide HA settings (`config::HaSettings` JSON); validated by the store on write.
 pub const CONFIG_KEY: &str = "/pg/config";
 /// Present while the cluster is paused: members take no automatic action.
@@ -100,6 +104,7 @@ pub struct ClusterView {
     pub leader: Option<String>,
     pub members: BTreeMap<String, MemberStatus>,
     pub optime: Option<u64>,
+    pub timeline: Option<u64>,
     pub sync: Option<SyncState>,
     pub config: Option<crate::config::HaSettings>,
     pub paused: bool,
@@ -129,6 +134,7 @@ impl ClusterView {
             match key {
                 LEADER_KEY => view.leader = Some(text.into_owned()),
                 OPTIME_KEY => view.optime = text.trim().parse().ok(),
+                TIMELINE_KEY => view.timeline = text.trim().parse().ok(),
                 INITIALIZE_KEY => system_id = text.trim().parse().ok(),
                 SYNC_KEY => view.sync = serde_json::from_slice(value).ok(),
                 CONFIG_KEY => view.config = serde_json::from_slice(value).ok(),

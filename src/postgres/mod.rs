@@ -594,7 +594,9 @@ impl Postgres {
                 "probe replica",
                 "SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), \
                         (pg_control_checkpoint()).timeline_id, r.received_tli, r.status, \
-                        r.sender_host, r.sender_port \
+                        r.sender_host, r.sender_port, \
+                        (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) \
+                           FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}[.]history$') \
                  FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true",
                 SQL_TIMEOUT,
             )
@@ -605,7 +607,13 @@ impl Postgres {
         p.receive_lsn = lsn(cell(&rows, 0, 0));
         p.replay_lsn = lsn(cell(&rows, 0, 1));
         let num = |c: usize| cell(&rows, 0, c).and_then(|v| v.parse::<u64>().ok());
-        p.timeline = num(3).or(num(2)).unwrap_or(0);
+        // The newest of: the timeline being received, the last checkpoint's, and the
+        // newest history file (a replayed switch shows there before a restartpoint).
+        p.timeline = [num(3), num(2), num(7)]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0);
         if cell(&rows, 0, 4) == Some("streaming")
             && let (Some(host), Some(port)) = (cell(&rows, 0, 5), num(6))
         {

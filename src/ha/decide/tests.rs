@@ -69,6 +69,7 @@ fn store(leader: Option<&str>) -> StoreView {
         system_id: Some(SYS),
         members: vec![],
         optime: Some(1000),
+        timeline: Some(1),
         sync: None,
     }
 }
@@ -94,6 +95,7 @@ fn obs_primary() -> Observation {
         }),
         lease_held: true,
         no_leader_for_ms: 0,
+        cold_start: false,
         pg: pg_primary(),
     }
 }
@@ -149,6 +151,7 @@ fn decisions() {
                     system_id: None,
                     leader: None,
                     optime: None,
+                    timeline: None,
                     ..store(None)
                 });
                 o.pg = PgView {
@@ -165,6 +168,7 @@ fn decisions() {
                 o.store = Some(StoreView {
                     system_id: None,
                     optime: None,
+                    timeline: None,
                     ..store(Some("a"))
                 });
                 o.pg = PgView {
@@ -444,6 +448,43 @@ fn decisions() {
             with(obs_failover(), |o| {
                 o.pg.lsn = 950;
                 o.store.as_mut().unwrap().members = vec![member("c", Role::Replica, 940)];
+                o.no_leader_for_ms = 3_000;
+            }),
+            vec![AcquireLease],
+            Reason::TakingOver,
+        ),
+        (
+            "no leader: a candidate on an older timeline than the last primary never takes over",
+            with(obs_failover(), |o| {
+                o.store.as_mut().unwrap().timeline = Some(2);
+                o.pg.lsn = 5000;
+            }),
+            vec![],
+            Reason::NotEligible("on an older timeline than the last primary"),
+        ),
+        (
+            "no leader: a member on a newer timeline is better despite a lower LSN",
+            with(obs_failover(), |o| {
+                let mut c = member("c", Role::Replica, 10);
+                c.timeline = 2;
+                o.store.as_mut().unwrap().members = vec![c];
+            }),
+            vec![],
+            Reason::WaitingForBetterCandidate("c".into()),
+        ),
+        (
+            "no leader since start-up: waits one ttl for every member to report",
+            with(obs_failover(), |o| {
+                o.cold_start = true;
+                o.no_leader_for_ms = 2_999;
+            }),
+            vec![],
+            Reason::WaitingForMembersAfterStart,
+        ),
+        (
+            "no leader since start-up, ttl passed: the best takes over",
+            with(obs_failover(), |o| {
+                o.cold_start = true;
                 o.no_leader_for_ms = 3_000;
             }),
             vec![AcquireLease],
