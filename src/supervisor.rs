@@ -185,14 +185,13 @@ impl Supervisor {
         let store = self.read_store().await;
         let probe = self.pg.probe().await;
         let now = Instant::now();
-        let leader_timeline = store.as_ref().ok().and_then(|(v, _)| {
-            let l = v.leader.as_ref()?;
-            v.members
-                .get(l)
-                .filter(|m| m.role == Role::Primary)
-                .map(|m| m.timeline)
+        let leader_serving = store.as_ref().ok().is_some_and(|(v, _)| {
+            v.leader
+                .as_ref()
+                .and_then(|l| v.members.get(l))
+                .is_some_and(|m| m.role == Role::Primary && m.state == PgRunState::Running)
         });
-        let pg = self.pg_view(&probe, now, leader_timeline);
+        let pg = self.pg_view(&probe, now, leader_serving);
         let (view, store_view) = match &store {
             Ok((view, sysid)) => (Some(view.clone()), Some(self.store_view(view, *sysid))),
             Err(e) => {
@@ -205,6 +204,21 @@ impl Supervisor {
         {
             tracing::info!(settings = ?c, "using the cluster-wide HA settings from the store");
             self.ha = c;
+        }
+        match self
+            .pg
+            .set_cluster_settings(&self.ha.parameters, &self.ha.pg_hba)
+            .await
+        {
+            Ok(true) => tracing::info!(
+                parameters = ?self.ha.parameters,
+                pg_hba = ?self.ha.pg_hba,
+                "applied the cluster-wide PostgreSQL settings"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot apply the cluster-wide PostgreSQL settings")
+            }
         }
         let lease_valid = self
             .leader_lease
@@ -312,7 +326,7 @@ impl Supervisor {
         }
     }
 
-    fn pg_view(&mut self, p: &PgProbe, now: Instant, leader_timeline: Option<u64>) -> PgView {
+    fn pg_view(&mut self, p: &PgProbe, now: Instant, leader_serving: bool) -> PgView {
         let role = match p.in_recovery {
             Some(true) => Some(Role::Replica),
             Some(false) => Some(Role::Primary),
@@ -323,10 +337,10 @@ impl Supervisor {
         } else if self.should_run {
             self.down_since.get_or_insert(now);
         }
-        let stalled = role == Some(Role::Replica)
-            && p.streaming_from.is_none()
-            && p.timeline > 0
-            && leader_timeline.is_some_and(|t| t > p.timeline);
+        // Not streaming although the leader serves as primary: typically this replica
+        // received WAL from the old primary past the new timeline's fork point (it
+        // then has the new history file, so its timeline looks current).
+        let stalled = role == Some(Role::Replica) && p.streaming_from.is_none() && leader_serving;
         if stalled {
             self.stalled_since.get_or_insert(now);
         } else {

@@ -126,6 +126,43 @@ async fn pg_bootstrap_replicates_and_serves_health_checks() {
         list.contains("Leader") && list.matches("Replica").count() == 2,
         "{list}"
     );
+
+    // Cluster-wide PostgreSQL settings live in /pg/config, are validated by the
+    // store, and reach every member with a reload.
+    let client = pgquorum::client::Client::new(
+        c.ids()
+            .iter()
+            .map(|i| format!("{}:{}", c.node(*i).host, c.node(*i).raft_port))
+            .collect(),
+    )
+    .unwrap();
+    let current = client.get("/pg/config", false, false).await.unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_slice(&current.kvs[0].value).unwrap();
+    let mut bad = cfg.clone();
+    bad["parameters"] = serde_json::json!({ "port": "1" });
+    let e = client
+        .put("/pg/config", serde_json::to_vec(&bad).unwrap(), 0, None)
+        .await
+        .expect_err("a reserved parameter was accepted");
+    assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+    cfg["parameters"] = serde_json::json!({ "work_mem": "7MB" });
+    client
+        .put("/pg/config", serde_json::to_vec(&cfg).unwrap(), 0, None)
+        .await
+        .unwrap();
+    for id in c.ids() {
+        c.wait_for("work_mem from /pg/config", SLOW_WAIT, async || {
+            let v: String = c
+                .connect(id)
+                .await?
+                .query_one("SHOW work_mem", &[])
+                .await?
+                .get(0);
+            ensure!(v == "7MB", "node {id}: work_mem = {v}");
+            Ok(())
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -167,6 +167,8 @@ impl AdminService {
                     .map_err(|e| Status::internal(e.to_string()))?
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(1))
+                    .keep_alive_timeout(Duration::from_secs(2))
                     .connect_lazy();
                 map.insert(leader.addr.clone(), c.clone());
                 c
@@ -185,6 +187,17 @@ impl AdminService {
 
     /// Maps a failed forward to a status that tells the client where to go.
     fn forward_failed(&self, s: Status) -> Status {
+        // A connection that timed out or broke may be a half-dead TCP connection left
+        // from a partition (retransmissions backing off for minutes): never reuse it.
+        if matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded
+        ) {
+            self.channels.lock().expect("lock").clear();
+        }
         match s.code() {
             tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
                 if s.metadata().get(LEADER_HINT).is_none() =>

@@ -160,6 +160,13 @@ pub struct HaSettings {
     pub synchronous_mode: bool,
     /// How long a crashed primary may take to start again before it gives up the lease.
     pub primary_start_timeout_ms: u64,
+    /// PostgreSQL parameters for every member (a member's own
+    /// `postgresql.parameters` win over these). Applied with a reload when changed.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parameters: std::collections::BTreeMap<String, String>,
+    /// pg_hba.conf lines for every member, after the member's own `postgresql.pg_hba`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pg_hba: Vec<String>,
 }
 
 impl Default for HaSettings {
@@ -170,6 +177,8 @@ impl Default for HaSettings {
             maximum_lag_on_failover: 1024 * 1024,
             synchronous_mode: false,
             primary_start_timeout_ms: 10_000,
+            parameters: std::collections::BTreeMap::new(),
+            pg_hba: Vec::new(),
         }
     }
 }
@@ -189,6 +198,8 @@ impl HaSettings {
                 2 * self.loop_wait_ms + election_timeout_max_ms
             ));
         }
+        crate::postgres::validate_cluster_settings(&self.parameters, &self.pg_hba)
+            .map_err(|e| format!("ha: {e}"))?;
         Ok(())
     }
 }

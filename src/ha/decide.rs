@@ -46,13 +46,14 @@ pub struct PgView {
     pub sync_standby_names: Option<String>,
     /// Standbys streaming from this primary: (application_name = member name, is sync).
     pub streaming_replicas: Vec<(String, bool)>,
-    /// Replica: for how long (ms) it has not been streaming while its timeline is
-    /// older than the one its leader published; `None` while streaming or current.
+    /// Replica: for how long (ms) it has not been streaming although its leader
+    /// serves as primary; `None` while streaming.
     pub stalled_behind_timeline_ms: Option<u64>,
 }
 
-/// A replica that cannot stream from its leader's newer timeline for this long has
-/// WAL the leader never had (it diverged): it is rewound.
+/// A replica that cannot stream from its serving leader for this long most likely
+/// has WAL the leader never had (it diverged before the leader's promotion): it is
+/// rewound (pg_rewind changes nothing when it had not diverged).
 pub const STALLED_REPLICA_REWIND_MS: u64 = 10_000;
 
 /// The cluster as read from the Raft store this cycle.

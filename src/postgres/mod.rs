@@ -10,6 +10,7 @@ pub mod guard;
 mod os;
 mod sql;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
@@ -349,6 +350,23 @@ pub struct Postgres {
     guard: Option<GuardHandle>,
     last_exit: Option<PgExit>,
     sql: sql::Session,
+    /// Cluster-wide settings from the store (`/pg/config`); the node's own win.
+    cluster_parameters: BTreeMap<String, String>,
+    cluster_pg_hba: Vec<String>,
+    /// How the running postmaster was started (to re-render its files on reload).
+    current_mode: Option<StartMode>,
+}
+
+/// Checks cluster-wide PostgreSQL settings before the store accepts them.
+pub fn validate_cluster_settings(
+    parameters: &BTreeMap<String, String>,
+    pg_hba: &[String],
+) -> Result<(), String> {
+    conf::check_parameters(parameters)?;
+    for l in pg_hba {
+        conf::check_line_value("pg_hba entries", l)?;
+    }
+    Ok(())
 }
 
 impl Postgres {
@@ -414,6 +432,9 @@ impl Postgres {
             last_exit: None,
             sql,
             cfg,
+            cluster_parameters: BTreeMap::new(),
+            cluster_pg_hba: Vec::new(),
+            current_mode: None,
         })
     }
 
@@ -768,6 +789,7 @@ impl Postgres {
             self.set_primary_marker(true)?;
         }
         self.write_config(&mode)?;
+        self.current_mode = Some(mode.clone());
         let log_from = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0);
         self.spawn_guard(log_from).await?;
         tracing::info!(
@@ -1160,6 +1182,43 @@ impl Postgres {
         }
     }
 
+    /// Takes the cluster-wide parameters and pg_hba lines; when they changed and
+    /// PostgreSQL runs, rewrites its files and reloads. Returns whether anything
+    /// changed. Parameters that need a restart take effect at the next start
+    /// (PostgreSQL reports them in `pg_settings.pending_restart`).
+    pub async fn set_cluster_settings(
+        &mut self,
+        parameters: &BTreeMap<String, String>,
+        pg_hba: &[String],
+    ) -> Result<bool, PgError> {
+        if *parameters == self.cluster_parameters && pg_hba == self.cluster_pg_hba.as_slice() {
+            return Ok(false);
+        }
+        validate_cluster_settings(parameters, pg_hba).map_err(PgError::Config)?;
+        self.cluster_parameters = parameters.clone();
+        self.cluster_pg_hba = pg_hba.to_vec();
+        self.reap_guard().await;
+        if let (Some(_), Some(mode)) = (&self.guard, self.current_mode.clone()) {
+            self.write_config(&mode)?;
+            self.sql
+                .simple("reload", "SELECT pg_reload_conf()", SQL_TIMEOUT)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    fn effective_parameters(&self) -> BTreeMap<String, String> {
+        let mut p = self.cluster_parameters.clone();
+        p.extend(self.cfg.parameters.clone());
+        p
+    }
+
+    fn effective_pg_hba(&self) -> Vec<String> {
+        let mut l = self.cfg.pg_hba.clone();
+        l.extend(self.cluster_pg_hba.iter().cloned());
+        l
+    }
+
     /// `CHECKPOINT` (up to 5 minutes): shortens a following shutdown or pg_rewind.
     pub async fn checkpoint(&mut self) -> Result<(), PgError> {
         self.require_running()?;
@@ -1333,7 +1392,7 @@ impl Postgres {
                 &self.cfg.listen_host,
                 self.cfg.port,
                 &self.member,
-                &self.cfg.parameters,
+                &self.effective_parameters(),
                 replica.as_ref(),
             ),
         )?;
@@ -1349,7 +1408,7 @@ impl Postgres {
         put(
             "pg_hba.conf",
             &conf::render_pg_hba(
-                &self.cfg.pg_hba,
+                &self.effective_pg_hba(),
                 &self.cfg.superuser.username,
                 &self.cfg.replication.username,
             ),

@@ -54,15 +54,19 @@ impl NetworkFactory {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .connect_lazy();
+        let ch = new_channel(addr)?;
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
+}
+
+fn new_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .connect_lazy())
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -74,6 +78,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             cluster: self.cluster.clone(),
             from: self.self_id,
             channel: self.channel(&node.addr).map_err(|e| e.to_string()),
+            addr: node.addr.clone(),
+            channels: self.channels.clone(),
         }
     }
 }
@@ -83,6 +89,8 @@ pub struct PeerClient {
     cluster: String,
     from: NodeId,
     channel: Result<Channel, String>,
+    addr: String,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 fn net_err(e: impl ToString) -> NetworkError<TypeConfig> {
@@ -102,6 +110,20 @@ fn status_to_rpc(target: NodeId, s: Status) -> RPCError {
 }
 
 impl PeerClient {
+    /// After a timeout or a broken connection, the next RPC uses a new connection:
+    /// a TCP connection that lived through a partition can stay stuck in
+    /// retransmission backoff for minutes after the network heals.
+    fn reset_channel(&mut self) {
+        let fresh = new_channel(&self.addr);
+        if let Ok(c) = &fresh {
+            self.channels
+                .lock()
+                .expect("lock")
+                .insert(self.addr.clone(), c.clone());
+        }
+        self.channel = fresh.map_err(|e| e.to_string());
+    }
+
     fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError> {
         match &self.channel {
             Ok(c) => Ok(RaftServiceClient::new(c.clone())
@@ -120,7 +142,7 @@ impl PeerClient {
     }
 
     async fn call<Req: Serialize, Resp: DeserializeOwned, F, Fut>(
-        &self,
+        &mut self,
         req: &Req,
         option: &RPCOption,
         f: F,
@@ -132,10 +154,28 @@ impl PeerClient {
         let mut request = Request::new(self.message(req)?);
         request.set_timeout(option.hard_ttl());
         let fut = f(self.client()?, request);
-        let reply = tokio::time::timeout(option.hard_ttl(), fut)
-            .await
-            .map_err(|_| RPCError::Network(net_err(format!("node {}: timed out", self.target))))?
-            .map_err(|s| status_to_rpc(self.target, s))?;
+        let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(s)) => {
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
+                        | tonic::Code::DeadlineExceeded
+                ) {
+                    self.reset_channel();
+                }
+                return Err(status_to_rpc(self.target, s));
+            }
+            Err(_) => {
+                self.reset_channel();
+                return Err(RPCError::Network(net_err(format!(
+                    "node {}: timed out",
+                    self.target
+                ))));
+            }
+        };
         serde_json::from_slice(&reply.into_inner().payload)
             .map_err(|e| RPCError::Network(net_err(e)))
     }
