@@ -475,6 +475,8 @@ impl Supervisor {
                 self.following = None;
             }
             Action::RecordSystemId => {
+                // Replicas need the role before the cluster counts as initialized.
+                self.pg.ensure_replication_role().await?;
                 let DataDirState::Initialized { system_id } = probe.data_dir else {
                     return Err(SupervisorError::Other(
                         "no system identifier to record".into(),

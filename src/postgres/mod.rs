@@ -734,6 +734,15 @@ impl Postgres {
         Ok(id as u64)
     }
 
+    /// Creates (or updates) the replication role on a running primary. Idempotent:
+    /// run again before the cluster is recorded, because a bootstrap can be cut
+    /// short (fenced) between initdb and the role's creation.
+    pub async fn ensure_replication_role(&mut self) -> Result<(), PgError> {
+        self.require_primary("creating the replication role")
+            .await?;
+        self.create_replication_role().await
+    }
+
     async fn create_replication_role(&mut self) -> Result<(), PgError> {
         let repl = self.cfg.replication.clone();
         if repl.username == self.cfg.superuser.username {
