@@ -372,6 +372,7 @@ impl Supervisor {
             down_for_ms: self
                 .down_since
                 .map(|t| now.duration_since(t).as_millis() as u64),
+            unrecorded_bootstrap: self.pg.bootstrap_pending(),
             sync_standby_names: p.synchronous_standby_names.clone(),
             streaming_replicas: p
                 .replicas
@@ -469,10 +470,15 @@ impl Supervisor {
             }
             Action::Bootstrap => {
                 self.fence_deadline()?;
-                self.should_run = true;
-                let sysid = self.pg.bootstrap().await?;
-                tracing::info!(system_id = sysid, "bootstrapped a new PostgreSQL cluster");
+                self.pg.initdb().await?;
+                tracing::info!("initialized a new PostgreSQL cluster (initdb)");
                 self.following = None;
+            }
+            Action::SetAsideFailedBootstrap => {
+                self.should_run = false;
+                self.pg.stop(StopMode::Fast).await?;
+                self.pg.move_data_dir_aside()?;
+                self.pg.clear_bootstrap_marker()?;
             }
             Action::RecordSystemId => {
                 // Replicas need the role before the cluster counts as initialized.
@@ -482,7 +488,8 @@ impl Supervisor {
                         "no system identifier to record".into(),
                     ));
                 };
-                self.client
+                let put = self
+                    .client
                     .put(
                         INITIALIZE_KEY,
                         system_id.to_string().into_bytes(),
@@ -490,6 +497,9 @@ impl Supervisor {
                         Some(0),
                     )
                     .await?;
+                if put.succeeded {
+                    self.pg.clear_bootstrap_marker()?;
+                }
                 // The bootstrapping member's settings become the cluster's, unless set already.
                 let bytes = serde_json::to_vec(&self.ha)
                     .map_err(|e| SupervisorError::Other(e.to_string()))?;

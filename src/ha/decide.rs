@@ -40,6 +40,9 @@ pub struct PgView {
     /// The data dir was last run as a primary (no standby.signal): it may have
     /// diverged from the new primary and must be rewound before following it.
     pub was_primary: bool,
+    /// The data dir comes from this member's own bootstrap that was never recorded
+    /// in the store (cut short); it may be set aside if another bootstrap won.
+    pub unrecorded_bootstrap: bool,
     /// Milliseconds PostgreSQL has been down while it should run (for restart give-up).
     pub down_for_ms: Option<u64>,
     /// `synchronous_standby_names` currently configured (primary).
@@ -111,8 +114,10 @@ pub enum Action {
     AcquireLease,
     RenewLease,
     ReleaseLease,
-    /// initdb, start as primary, create roles.
+    /// initdb (start and roles follow in later cycles).
     Bootstrap,
+    /// Stop PostgreSQL and move the data dir of a lost bootstrap aside (never deleted).
+    SetAsideFailedBootstrap,
     RecordSystemId,
     StartPrimary,
     /// Start as a standby of `leader`; `None`: no upstream (recover local WAL only).
@@ -150,6 +155,7 @@ pub enum Reason {
     Paused,
     InvalidDataDir(String),
     ForeignSystemId { ours: u64, cluster: u64 },
+    LostBootstrap,
     BootstrapTakeLease,
     Bootstrapping,
     RecordingSystemId,
@@ -198,6 +204,10 @@ impl fmt::Display for Reason {
             ForeignSystemId { ours, cluster } => write!(
                 f,
                 "data dir has system identifier {ours} but the cluster's is {cluster}; refusing to join (move the data dir aside to re-clone)"
+            ),
+            LostBootstrap => write!(
+                f,
+                "this member's interrupted bootstrap lost to another member's: setting its data dir aside to clone"
             ),
             BootstrapTakeLease => write!(
                 f,
@@ -322,6 +332,13 @@ pub fn decide(o: &Observation) -> Decision {
             vec![]
         };
         return decision(actions, Reason::InvalidDataDir(why.clone()));
+    }
+    if let (Some(cluster), DataState::Initialized { system_id }) = (store.system_id, &pg.data)
+        && cluster != *system_id
+        && pg.unrecorded_bootstrap
+        && !is_primary(pg)
+    {
+        return decision(vec![Action::SetAsideFailedBootstrap], Reason::LostBootstrap);
     }
     if let (Some(cluster), DataState::Initialized { system_id }) = (store.system_id, &pg.data)
         && cluster != *system_id

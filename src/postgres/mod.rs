@@ -670,11 +670,11 @@ impl Postgres {
         Ok(())
     }
 
-    /// initdb, configure, start as primary (with the current fence deadline, normally
-    /// none yet), create the replication role. Returns the system identifier. Leaves
-    /// PostgreSQL running. Needs an absent or empty data directory; a failure after
-    /// initdb leaves the initialized directory in place (see `move_data_dir_aside`).
-    pub async fn bootstrap(&mut self) -> Result<u64, PgError> {
+    /// initdb only (PostgreSQL stays stopped): the first step of a bootstrap, kept
+    /// short so the HA loop renews its lease between steps. Leaves a marker beside the
+    /// data directory until [`Postgres::clear_bootstrap_marker`]: a data directory
+    /// whose bootstrap never got recorded in the store may be set aside.
+    pub async fn initdb(&mut self) -> Result<(), PgError> {
         self.ensure_stopped("bootstrap").await?;
         if self.data_dir_state() != DataDirState::Missing {
             return Err(PgError::DataDirNotEmpty {
@@ -683,6 +683,8 @@ impl Postgres {
             });
         }
         self.prepare_dirs(true)?;
+        let marker = self.bootstrap_marker();
+        os::write_file(&marker, b"", 0o600, None).map_err(PgError::io("write", &marker))?;
         let su = self.cfg.superuser.clone();
         let pw = password(&su)?;
         // initdb reads the first line; the file is the user's, 0600, and removed on drop.
@@ -714,6 +716,34 @@ impl Postgres {
         tracing::info!(data_dir = %self.data_dir.display(), "running initdb");
         self.run_logged(cmd, "initdb").await?;
         drop(pwfile);
+        Ok(())
+    }
+
+    fn bootstrap_marker(&self) -> PathBuf {
+        self.parent().join("pgquorum.bootstrap-pending")
+    }
+
+    /// The data directory was made by [`Postgres::initdb`] and not yet recorded.
+    pub fn bootstrap_pending(&self) -> bool {
+        self.bootstrap_marker().exists()
+    }
+
+    /// Called once the cluster's system identifier is recorded in the store.
+    pub fn clear_bootstrap_marker(&self) -> Result<(), PgError> {
+        let p = self.bootstrap_marker();
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PgError::io("remove", &p)(e)),
+        }
+    }
+
+    /// initdb, configure, start as primary (with the current fence deadline, normally
+    /// none yet), create the replication role. Returns the system identifier. Leaves
+    /// PostgreSQL running. Needs an absent or empty data directory; a failure after
+    /// initdb leaves the initialized directory in place (see `move_data_dir_aside`).
+    pub async fn bootstrap(&mut self) -> Result<u64, PgError> {
+        self.initdb().await?;
         self.start(StartMode::Primary).await?;
         self.create_replication_role().await?;
         let rows = self

@@ -32,6 +32,7 @@ fn pg_primary() -> PgView {
         following: None,
         was_primary: true,
         down_for_ms: None,
+        unrecorded_bootstrap: false,
         sync_standby_names: None,
         streaming_replicas: vec![("b".into(), false), ("c".into(), false)],
         stalled_behind_timeline_ms: None,
@@ -380,6 +381,15 @@ fn decisions() {
                 ours: 42,
                 cluster: SYS,
             },
+        ),
+        (
+            "own unrecorded bootstrap lost to another member's: set it aside",
+            with(obs_replica(), |o| {
+                o.pg.data = DataState::Initialized { system_id: 42 };
+                o.pg.unrecorded_bootstrap = true;
+            }),
+            vec![SetAsideFailedBootstrap],
+            Reason::LostBootstrap,
         ),
         (
             "invalid data dir: report",
