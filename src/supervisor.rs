@@ -323,6 +323,7 @@ impl Supervisor {
             optime: view.optime,
             timeline: view.timeline,
             sync: view.sync.clone(),
+            switchover: view.switchover.clone(),
         }
     }
 
@@ -619,6 +620,12 @@ impl Supervisor {
             }
             Action::SetSyncStandby(name) => {
                 self.pg.set_synchronous_standby(name.as_deref()).await?;
+            }
+            Action::ClearSwitchover => {
+                self.client
+                    .delete(model::SWITCHOVER_KEY, false, None)
+                    .await?;
+                tracing::info!("switchover complete");
             }
             Action::RecordSync(name) => {
                 let state = SyncState {

@@ -189,6 +189,8 @@ struct Scenario {
     /// still reach it: what it acknowledges during the rest of its lease never
     /// reaches a replica, and no lag check can see it (reported, not bounded).
     loss_bounded_by_lag: bool,
+    /// No acknowledged transfer may be lost even in asynchronous mode (planned faults).
+    no_loss: bool,
 }
 
 impl Scenario {
@@ -198,6 +200,7 @@ impl Scenario {
             opts,
             netns: false,
             loss_bounded_by_lag: true,
+            no_loss: false,
         }
     }
 }
@@ -294,10 +297,10 @@ where
         Duration::ZERO,
         "two nodes accepted writes at the same time"
     );
-    if sync {
+    if sync || s.no_loss {
         assert!(
             lost.is_empty(),
-            "synchronous mode lost acknowledged transfers: {lost:?}"
+            "acknowledged transfers lost (sync mode or a planned change): {lost:?}"
         );
     } else if s.loss_bounded_by_lag {
         assert!(
@@ -500,6 +503,24 @@ async fn pg_fault_isolate_replica_and_flap_its_link_sync() {
             }
             tokio::time::sleep(Duration::from_millis(700)).await;
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_switchover_during_load_async() {
+    let s = Scenario {
+        no_loss: true,
+        ..Scenario::new("switchover during load", async_opts())
+    };
+    run_scenario(s, async |c: &mut PgCluster, p: u64| {
+        let to = c.ids().into_iter().find(|i| *i != p).unwrap();
+        let name = c.node(to).name.clone();
+        let out = c
+            .ctl(&["switchover", "--candidate", &name])
+            .expect("ctl switchover");
+        eprintln!("{}", out.trim());
+        assert_eq!(c.wait_primary(&[p], SLOW_WAIT).await, to);
     })
     .await;
 }

@@ -54,6 +54,17 @@ pub enum CtlCommand {
     Members,
     /// List the PostgreSQL members and their replication state, like `patronictl list`.
     List,
+    /// Planned change of primary: the primary stops cleanly (every commit reaches the
+    /// candidate), releases its lease, and the candidate is promoted. Waits for it.
+    Switchover {
+        /// Member to promote (a running, streaming replica); default: the most
+        /// advanced eligible one.
+        #[arg(long)]
+        candidate: Option<String>,
+        /// Seconds to wait for the new primary before cancelling the request.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
     /// Add or remove cluster members.
     #[command(subcommand)]
     Member(MemberCommand),
@@ -219,9 +230,99 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 format_list(&st.cluster, &listing)
             })
         }
+        CtlCommand::Switchover { candidate, wait } => {
+            switchover(&client, json, candidate, Duration::from_secs(wait)).await
+        }
         CtlCommand::Member(cmd) => member(&client, json, cmd).await,
         CtlCommand::Kv(cmd) => kv(&client, json, cmd).await,
         CtlCommand::Lease(cmd) => lease(&client, json, cmd).await,
+    }
+}
+
+async fn pg_view(client: &Client) -> Result<ClusterView, CtlError> {
+    let resp = client.get(model::PREFIX, true, false).await?;
+    Ok(ClusterView::from_kvs(
+        resp.kvs
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.as_slice())),
+    )
+    .0)
+}
+
+async fn switchover(
+    client: &Client,
+    json: bool,
+    candidate: Option<String>,
+    wait: Duration,
+) -> Result<(), CtlError> {
+    let view = pg_view(client).await?;
+    let Some(leader) = view.leader.clone() else {
+        return Err(CtlError::BadInput(
+            "no member holds the leader lease: there is no primary to switch over from".into(),
+        ));
+    };
+    let runnable = |m: &MemberStatus| {
+        m.name != leader
+            && m.role == model::Role::Replica
+            && m.state == model::PgRunState::Running
+            && !m.tags.nofailover
+    };
+    match &candidate {
+        Some(c) => match view.members.get(c) {
+            None => {
+                return Err(CtlError::BadInput(format!(
+                    "{c} is not a member (see `pgquorum ctl list`)"
+                )));
+            }
+            Some(m) if !runnable(m) => {
+                return Err(CtlError::BadInput(format!(
+                    "{c} cannot take over: it must be a running replica not tagged nofailover, other than the primary {leader}"
+                )));
+            }
+            Some(_) => {}
+        },
+        None if !view.members.values().any(runnable) => {
+            return Err(CtlError::BadInput(
+                "no running replica can take over (see `pgquorum ctl list`)".into(),
+            ));
+        }
+        None => {}
+    }
+    let req = model::Switchover {
+        leader: leader.clone(),
+        candidate: candidate.clone(),
+    };
+    let body = serde_json::to_vec(&req).expect("switchover serializes");
+    let put = client.put(model::SWITCHOVER_KEY, body, 0, Some(0)).await?;
+    if !put.succeeded {
+        return Err(CtlError::CompareFailed(format!(
+            "a switchover is already requested ({}); cancel it with `pgquorum ctl kv del {}`",
+            model::SWITCHOVER_KEY,
+            model::SWITCHOVER_KEY
+        )));
+    }
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(v) = pg_view(client).await
+            && let Some(new) = v.leader
+            && new != leader
+        {
+            let secs = started.elapsed().as_secs_f64();
+            return emit(
+                json,
+                json!({ "from": leader, "to": new, "seconds": secs }),
+                || format!("switched over from {leader} to {new} in {secs:.1} s\n"),
+            );
+        }
+        if started.elapsed() >= wait {
+            let _ = client.delete(model::SWITCHOVER_KEY, false, None).await;
+            return Err(CtlError::BadInput(format!(
+                "no new primary within {} s; the request was cancelled and {leader} stays primary \
+                 unless it already stepped down (see `pgquorum ctl list` and its log)",
+                wait.as_secs()
+            )));
+        }
     }
 }
 

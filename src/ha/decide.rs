@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use super::model::{MemberStatus, PgRunState, Role, SyncState, Tags};
+use super::model::{MemberStatus, PgRunState, Role, Switchover, SyncState, Tags};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataState {
@@ -70,6 +70,7 @@ pub struct StoreView {
     /// Timeline of the primary that published `optime`.
     pub timeline: Option<u64>,
     pub sync: Option<SyncState>,
+    pub switchover: Option<Switchover>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,6 +146,8 @@ pub enum Action {
     SetSyncStandby(Option<String>),
     /// Record the synchronous standby in the store.
     RecordSync(Option<String>),
+    /// Delete the switchover request (done by the new primary).
+    ClearSwitchover,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +159,9 @@ pub enum Reason {
     InvalidDataDir(String),
     ForeignSystemId { ours: u64, cluster: u64 },
     LostBootstrap,
+    SwitchingOver(String),
+    SwitchoverNoCandidate,
+    SwitchoverInProgress(String),
     BootstrapTakeLease,
     Bootstrapping,
     RecordingSystemId,
@@ -205,6 +211,15 @@ impl fmt::Display for Reason {
                 f,
                 "data dir has system identifier {ours} but the cluster's is {cluster}; refusing to join (move the data dir aside to re-clone)"
             ),
+            SwitchingOver(to) => write!(
+                f,
+                "switchover requested: stopping cleanly and handing the lease to {to}"
+            ),
+            SwitchoverNoCandidate => write!(
+                f,
+                "switchover requested but no eligible replica is streaming; staying primary"
+            ),
+            SwitchoverInProgress(to) => write!(f, "switchover in progress to {to}"),
             LostBootstrap => write!(
                 f,
                 "this member's interrupted bootstrap lost to another member's: setting its data dir aside to clone"
@@ -417,6 +432,27 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
             decision(vec![Action::RenewLease, Action::Promote], Reason::Promoting)
         }
         Some(Role::Primary) => {
+            if let Some(sw) = &store.switchover {
+                if sw.leader == o.me {
+                    if let Some(to) = switchover_target(o, store, sw) {
+                        // A fast shutdown sends all WAL to connected standbys before it
+                        // ends, so the candidate has every commit when it takes over.
+                        return decision(
+                            vec![
+                                Action::PublishOptime,
+                                Action::Stop(StopKind::Fast),
+                                Action::ReleaseLease,
+                            ],
+                            Reason::SwitchingOver(to),
+                        );
+                    }
+                } else {
+                    // This member became primary: the request is done (or stale).
+                    let mut actions = vec![Action::RenewLease, Action::ClearSwitchover];
+                    actions.extend(sync_actions(o, store));
+                    return decision(actions, Reason::HealthyPrimary);
+                }
+            }
             let mut actions = vec![Action::RenewLease, Action::PublishOptime];
             let mut others: Vec<String> = store.members.iter().map(|m| m.name.clone()).collect();
             others.sort();
@@ -427,6 +463,29 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
         // Running but not answering yet: keep the lease while it starts.
         _ => decision(vec![Action::RenewLease], Reason::StartingPrimary),
     }
+}
+
+/// The member a switchover would hand over to: the named candidate, or else the
+/// most advanced eligible replica; `None` when it is not a running, streaming replica
+/// (then the primary stays).
+fn switchover_target(o: &Observation, store: &StoreView, sw: &Switchover) -> Option<String> {
+    let streaming = |name: &str| o.pg.streaming_replicas.iter().any(|(n, _)| n == name);
+    let eligible = |m: &&MemberStatus| {
+        m.role == Role::Replica
+            && m.state == PgRunState::Running
+            && !m.tags.nofailover
+            && streaming(&m.name)
+            && (!o.policy.synchronous_mode
+                || store.sync.as_ref().and_then(|s| s.sync_standby.as_deref())
+                    == Some(m.name.as_str()))
+    };
+    let mut candidates: Vec<&MemberStatus> = store.members.iter().filter(eligible).collect();
+    if let Some(c) = &sw.candidate {
+        candidates.retain(|m| &m.name == c);
+    }
+    candidates
+        .sort_by_key(|m| std::cmp::Reverse((m.timeline, m.receive_lsn, m.tags.failover_priority)));
+    candidates.first().map(|m| m.name.clone())
 }
 
 /// Synchronous standby management on the primary. The store record is what a
@@ -583,6 +642,35 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
     }
     if o.tags.nofailover {
         return decision(vec![], Reason::NotEligible("tagged nofailover"));
+    }
+    // A switchover that found no taker within one ttl (the candidate died) falls
+    // back to the ordinary failover rules.
+    if let Some(sw) = &store.switchover
+        && o.no_leader_for_ms < o.policy.candidate_grace_ms
+    {
+        if sw.leader == o.me {
+            return decision(
+                vec![],
+                Reason::NotEligible("this member is the one switching over"),
+            );
+        }
+        if let Some(c) = &sw.candidate {
+            if c != &o.me {
+                return decision(vec![], Reason::SwitchoverInProgress(c.clone()));
+            }
+            // The named candidate: eligible by the operator's choice, within the checks below.
+            if let Some(optime) = store.optime
+                && optime.saturating_sub(pg.lsn) > o.policy.maximum_lag_on_failover
+            {
+                return decision(
+                    vec![],
+                    Reason::NotEligible(
+                        "lags the last known primary position by more than maximum_lag_on_failover",
+                    ),
+                );
+            }
+            return decision(vec![Action::AcquireLease], Reason::TakingOver);
+        }
     }
     if o.policy.synchronous_mode {
         let recorded = store.sync.as_ref().and_then(|s| s.sync_standby.as_deref());

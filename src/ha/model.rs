@@ -9,6 +9,7 @@
 //! - `/pg/optime` — last WAL position (LSN as u64) the primary reported.
 //! - `/pg/timeline` — the timeline that primary was on (a member on an older one
 //!   may lack acknowledged commits of a newer primary and is never promoted).
+//! - `/pg/switchover` — a requested switchover (`Switchover` JSON), deleted by the new primary.
 //! - `/pg/sync` — `SyncState` JSON: the standby the primary runs synchronous with.
 //! - `/pg/config` — cluster-wide HA settings, written at bootstrap from the
 //!   bootstrapping node's config; every member uses them over its own file's.
@@ -28,6 +29,8 @@ pub const SYNC_KEY: &str = "/pg/sync";
 pub const TIMELINE_KEY: &str = "/pg/timeline";
 /// Cluster-wide HA settings (`config::HaSettings` JSON); validated by the store on write.
 pub const CONFIG_KEY: &str = "/pg/config";
+/// A requested switchover (`Switchover` JSON), deleted by the new primary.
+pub const SWITCHOVER_KEY: &str = "/pg/switchover";
 /// Present while the cluster is paused: members take no automatic action.
 pub const PAUSE_KEY: &str = "/pg/pause";
 
@@ -92,6 +95,15 @@ pub struct MemberStatus {
     pub node_id: u64,
 }
 
+/// A planned change of primary, requested by an operator (`pgquorum ctl switchover`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switchover {
+    /// The primary to step down; the request is ignored by any other.
+    pub leader: String,
+    /// The member to promote; `None`: the best eligible replica.
+    pub candidate: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncState {
     pub leader: String,
@@ -106,6 +118,7 @@ pub struct ClusterView {
     pub optime: Option<u64>,
     pub timeline: Option<u64>,
     pub sync: Option<SyncState>,
+    pub switchover: Option<Switchover>,
     pub config: Option<crate::config::HaSettings>,
     pub paused: bool,
 }
@@ -137,6 +150,7 @@ impl ClusterView {
                 TIMELINE_KEY => view.timeline = text.trim().parse().ok(),
                 INITIALIZE_KEY => system_id = text.trim().parse().ok(),
                 SYNC_KEY => view.sync = serde_json::from_slice(value).ok(),
+                SWITCHOVER_KEY => view.switchover = serde_json::from_slice(value).ok(),
                 CONFIG_KEY => view.config = serde_json::from_slice(value).ok(),
                 PAUSE_KEY => view.paused = true,
                 k if k.starts_with(MEMBERS_PREFIX) => {

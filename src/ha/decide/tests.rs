@@ -1,6 +1,7 @@
 //! Table-driven tests: each case is an observation and the exact decision.
 
 use super::*;
+use crate::ha::model::Switchover;
 
 const SYS: u64 = 7_000_000_000_000_000_001;
 
@@ -72,6 +73,7 @@ fn store(leader: Option<&str>) -> StoreView {
         optime: Some(1000),
         timeline: Some(1),
         sync: None,
+        switchover: None,
     }
 }
 
@@ -439,6 +441,91 @@ fn decisions() {
                 let mut c = member("c", Role::Replica, 5000);
                 c.tags.nofailover = true;
                 o.store.as_mut().unwrap().members = vec![c];
+            }),
+            vec![AcquireLease],
+            Reason::TakingOver,
+        ),
+        (
+            "switchover to a streaming replica: stop cleanly, release",
+            with(obs_primary(), |o| {
+                let s = o.store.as_mut().unwrap();
+                s.members = vec![
+                    member("b", Role::Replica, 1000),
+                    member("c", Role::Replica, 990),
+                ];
+                s.switchover = Some(Switchover {
+                    leader: "a".into(),
+                    candidate: Some("c".into()),
+                });
+            }),
+            vec![PublishOptime, Stop(StopKind::Fast), ReleaseLease],
+            Reason::SwitchingOver("c".into()),
+        ),
+        (
+            "switchover to a member that is not streaming: stay primary",
+            with(obs_primary(), |o| {
+                let s = o.store.as_mut().unwrap();
+                s.members = vec![
+                    member("b", Role::Replica, 1000),
+                    member("c", Role::Replica, 990),
+                ];
+                s.switchover = Some(Switchover {
+                    leader: "a".into(),
+                    candidate: Some("x".into()),
+                });
+            }),
+            vec![
+                RenewLease,
+                PublishOptime,
+                Action::EnsureSlots {
+                    members: vec!["b".into(), "c".into()],
+                },
+            ],
+            Reason::HealthyPrimary,
+        ),
+        (
+            "switchover done: the new primary clears the request",
+            with(obs_primary(), |o| {
+                o.store.as_mut().unwrap().switchover = Some(Switchover {
+                    leader: "z".into(),
+                    candidate: None,
+                });
+            }),
+            vec![RenewLease, ClearSwitchover],
+            Reason::HealthyPrimary,
+        ),
+        (
+            "switchover: only the named candidate takes over",
+            with(obs_failover(), |o| {
+                o.store.as_mut().unwrap().switchover = Some(Switchover {
+                    leader: "a".into(),
+                    candidate: Some("c".into()),
+                });
+            }),
+            vec![],
+            Reason::SwitchoverInProgress("c".into()),
+        ),
+        (
+            "switchover: the named candidate takes over even if another is ahead",
+            with(obs_failover(), |o| {
+                let s = o.store.as_mut().unwrap();
+                s.members = vec![member("c", Role::Replica, 1001)];
+                s.switchover = Some(Switchover {
+                    leader: "a".into(),
+                    candidate: Some("b".into()),
+                });
+            }),
+            vec![AcquireLease],
+            Reason::TakingOver,
+        ),
+        (
+            "switchover not taken within a ttl: ordinary failover",
+            with(obs_failover(), |o| {
+                o.store.as_mut().unwrap().switchover = Some(Switchover {
+                    leader: "a".into(),
+                    candidate: Some("c".into()),
+                });
+                o.no_leader_for_ms = 3_000;
             }),
             vec![AcquireLease],
             Reason::TakingOver,
