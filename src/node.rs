@@ -188,11 +188,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             }));
         }
     }
+    // Raft leadership first: the lease release below, and the replica taking the
+    // lease over right after it, then go to a leader that stays.
+    hand_over_leadership(&raft, cfg.node_id).await;
     let _ = sup_stop_tx.send(true);
     if let Some(s) = supervisor {
         let _ = s.await;
     }
-    hand_over_leadership(&raft, cfg.node_id).await;
     let _ = stop_tx.send(true);
     let _ = server.await;
     if let Err(e) = raft.shutdown().await {
