@@ -1,116 +1,26 @@
 //! Real network partitions: each node runs in its own network namespace, wired to
-//! a bridge in a further namespace by a veth pair; cutting a node's veth cuts Raft
-//! and client traffic alike. All addresses live inside namespaces this test
+//! a bridge in a further namespace by a veth pair (`pg::NetNs`); cutting a node's
+//! veth cuts Raft and client traffic alike. All addresses live inside namespaces this test
 //! creates and deletes. Needs root (CI runs as root).
 
 mod common;
+mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use common::{MemberSpec, NodeSpec, Proc, WAIT, poll_until};
+use pg::NetNs as Net;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pgquorum");
 const PORT: u16 = 7001;
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Namespaces and links of one test, removed on drop (deleting a namespace
-/// deletes the veth ends inside it).
-struct Net {
-    tag: String,
-    n: u64,
-}
-
-impl Net {
-    fn new(n: u64) -> Net {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let tag = format!(
-            "pq{:x}{}",
-            std::process::id() % 0xfffff,
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let net = Net { tag, n };
-        let sw = net.switch();
-        ip(&["netns", "add", &sw]);
-        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &sw, "link", "set", "br0", "up"]);
-        for id in 1..=n {
-            let ns = net.ns(id);
-            let (a, b) = (format!("{}v{id}a", net.tag), format!("{}v{id}b", net.tag));
-            ip(&["netns", "add", &ns]);
-            ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
-            ip(&["link", "set", &a, "netns", &ns]);
-            ip(&["link", "set", &b, "netns", &sw]);
-            ip(&["-n", &sw, "link", "set", &b, "master", "br0", "up"]);
-            ip(&["-n", &ns, "link", "set", "lo", "up"]);
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", net.addr(id)),
-                "dev",
-                &a,
-            ]);
-            ip(&["-n", &ns, "link", "set", &a, "up"]);
-        }
-        net
-    }
-
-    fn switch(&self) -> String {
-        format!("{}s", self.tag)
-    }
-
-    fn ns(&self, id: u64) -> String {
-        format!("{}n{id}", self.tag)
-    }
-
-    fn addr(&self, id: u64) -> String {
-        format!("10.77.0.{id}")
-    }
-
-    fn endpoint(&self, id: u64) -> String {
-        format!("{}:{PORT}", self.addr(id))
-    }
-
-    /// Cuts (or restores) every link of node `id`.
-    fn set_link(&self, id: u64, up: bool) {
-        let b = format!("{}v{id}b", self.tag);
-        ip(&[
-            "-n",
-            &self.switch(),
-            "link",
-            "set",
-            &b,
-            if up { "up" } else { "down" },
-        ]);
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for id in 1..=self.n {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(id)])
-                .status();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.switch()])
-            .status();
-    }
+/// `host:port` of node `id`'s gRPC API inside its namespace.
+fn endpoint(net: &Net, id: u64) -> String {
+    format!("{}:{PORT}", net.addr(id))
 }
 
 struct Node {
@@ -137,7 +47,7 @@ fn start_node(net: &Net, dir: &Path, id: u64) -> Proc {
 
 /// `pgquorum ctl --output json` run inside node `from`'s namespace against `targets`.
 fn ctl(net: &Net, from: u64, targets: &[u64], args: &[&str]) -> Output {
-    let eps: Vec<String> = targets.iter().map(|t| net.endpoint(*t)).collect();
+    let eps: Vec<String> = targets.iter().map(|t| endpoint(net, *t)).collect();
     Command::new("ip")
         .args([
             "netns",
@@ -196,7 +106,7 @@ async fn netns_isolated_leader_cannot_commit_majority_keeps_working() {
         .map(|id| MemberSpec {
             id,
             name: format!("n{id}"),
-            addr: net.endpoint(id),
+            addr: endpoint(&net, id),
         })
         .collect();
     let mut nodes = Vec::new();
@@ -207,7 +117,7 @@ async fn netns_isolated_leader_cannot_commit_majority_keeps_working() {
             cluster_name: cluster.clone(),
             node_id: id,
             name: format!("n{id}"),
-            listen_addr: net.endpoint(id),
+            listen_addr: endpoint(&net, id),
             data_dir: dir.join("data"),
             join: false,
             initial_cluster: members.clone(),

@@ -698,6 +698,20 @@ impl NetNs {
         format!("{}.{id}", self.subnet)
     }
 
+    /// Takes node `id`'s link to the bridge down (or up): it is cut off from
+    /// everyone, the test's own namespace included.
+    pub fn set_link(&self, id: u64, up: bool) {
+        let b = format!("{}v{id}b", self.tag);
+        ip(&[
+            "-n",
+            &self.switch(),
+            "link",
+            "set",
+            &b,
+            if up { "up" } else { "down" },
+        ]);
+    }
+
     /// Cuts (or heals) all traffic between nodes `a` and `b`, both ways, leaving
     /// each reachable from the test's namespace (its clients stay on both sides).
     pub fn cut(&self, a: u64, b: u64, cut: bool) {
