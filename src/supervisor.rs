@@ -381,7 +381,7 @@ impl Supervisor {
                 .filter(|r| r.state == "streaming")
                 .map(|r| (r.application_name.clone(), r.sync_state == "sync"))
                 .collect(),
-            stalled_behind_timeline_ms: self
+            not_streaming_ms: self
                 .stalled_since
                 .map(|t| now.duration_since(t).as_millis() as u64),
         }

@@ -51,7 +51,7 @@ pub struct PgView {
     pub streaming_replicas: Vec<(String, bool)>,
     /// Replica: for how long (ms) it has not been streaming although its leader
     /// serves as primary; `None` while streaming.
-    pub stalled_behind_timeline_ms: Option<u64>,
+    pub not_streaming_ms: Option<u64>,
 }
 
 /// A replica that cannot stream from its serving leader for this long most likely
@@ -590,38 +590,47 @@ fn follow(o: &Observation, leader: &str) -> Decision {
         Some(up)
             if up == leader
                 && pg
-                    .stalled_behind_timeline_ms
+                    .not_streaming_ms
                     .is_some_and(|ms| ms >= STALLED_REPLICA_REWIND_MS) =>
         {
-            decision(
-                vec![
-                    Action::Stop(StopKind::Fast),
-                    Action::Rewind { leader: l.clone() },
-                    Action::StartReplica {
-                        leader: Some(l.clone()),
-                    },
-                ],
-                Reason::DivergedReplica(l),
-            )
+            decision(rewind_and_follow(leader), Reason::DivergedReplica(l))
         }
         Some(up) if up == leader => decision(vec![], Reason::HealthyReplica(l)),
         // A former primary started as a standby without upstream (during an election
         // it lost) may hold WAL the new primary never had.
-        _ if pg.was_primary => decision(
-            vec![
-                Action::Stop(StopKind::Fast),
-                Action::Rewind { leader: l.clone() },
-                Action::StartReplica {
-                    leader: Some(l.clone()),
-                },
-            ],
-            Reason::Rewinding(l),
-        ),
+        _ if pg.was_primary => decision(rewind_and_follow(leader), Reason::Rewinding(l)),
         _ => decision(
             vec![Action::Follow { leader: l.clone() }],
             Reason::Refollowing(l),
         ),
     }
+}
+
+/// `Some` (not eligible) when this member lags the last known primary position by
+/// more than `maximum_lag_on_failover`.
+fn too_far_behind(o: &Observation, store: &StoreView) -> Option<Decision> {
+    let optime = store.optime?;
+    (optime.saturating_sub(o.pg.lsn) > o.policy.maximum_lag_on_failover).then(|| {
+        decision(
+            vec![],
+            Reason::NotEligible(
+                "lags the last known primary position by more than maximum_lag_on_failover",
+            ),
+        )
+    })
+}
+
+/// Stop cleanly, rewind onto `leader`, start as its replica.
+fn rewind_and_follow(leader: &str) -> Vec<Action> {
+    vec![
+        Action::Stop(StopKind::Fast),
+        Action::Rewind {
+            leader: leader.to_string(),
+        },
+        Action::StartReplica {
+            leader: Some(leader.to_string()),
+        },
+    ]
 }
 
 fn no_leader(o: &Observation, store: &StoreView) -> Decision {
@@ -659,15 +668,8 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
                 return decision(vec![], Reason::SwitchoverInProgress(c.clone()));
             }
             // The named candidate: eligible by the operator's choice, within the checks below.
-            if let Some(optime) = store.optime
-                && optime.saturating_sub(pg.lsn) > o.policy.maximum_lag_on_failover
-            {
-                return decision(
-                    vec![],
-                    Reason::NotEligible(
-                        "lags the last known primary position by more than maximum_lag_on_failover",
-                    ),
-                );
+            if let Some(d) = too_far_behind(o, store) {
+                return d;
             }
             return decision(vec![Action::AcquireLease], Reason::TakingOver);
         }
@@ -691,15 +693,8 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
             Reason::NotEligible("on an older timeline than the last primary"),
         );
     }
-    if let Some(optime) = store.optime
-        && optime.saturating_sub(pg.lsn) > o.policy.maximum_lag_on_failover
-    {
-        return decision(
-            vec![],
-            Reason::NotEligible(
-                "lags the last known primary position by more than maximum_lag_on_failover",
-            ),
-        );
+    if let Some(d) = too_far_behind(o, store) {
+        return d;
     }
     // After a restart of the whole cluster the former primary (most data, published
     // optime possibly stale: it may have stopped without quorum) needs time to

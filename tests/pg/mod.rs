@@ -250,15 +250,19 @@ impl PgCluster {
         self.node(id).proc.as_ref().expect("running").pid() as i32
     }
 
-    /// `kill -9` of pgquorum only; its PostgreSQL is left to the guard.
-    pub fn kill_supervisor(&mut self, id: u64) {
-        let mut p = self
-            .nodes
+    /// Node `id`'s process handle, which must be running; the node counts as stopped.
+    fn take_proc(&mut self, id: u64) -> Proc {
+        self.nodes
             .get_mut(&id)
             .expect("node")
             .proc
             .take()
-            .expect("running");
+            .expect("running")
+    }
+
+    /// `kill -9` of pgquorum only; its PostgreSQL is left to the guard.
+    pub fn kill_supervisor(&mut self, id: u64) {
+        let mut p = self.take_proc(id);
         p.kill9();
     }
 
@@ -266,13 +270,7 @@ impl PgCluster {
     /// (the postmaster leads its own process group) at the same moment.
     pub fn kill_host(&mut self, id: u64) {
         let pm = self.postmaster_pid(id);
-        let p = self
-            .nodes
-            .get_mut(&id)
-            .expect("node")
-            .proc
-            .take()
-            .expect("running");
+        let p = self.take_proc(id);
         unsafe {
             if let Some(pm) = pm {
                 libc::kill(-pm, libc::SIGKILL);
@@ -286,13 +284,7 @@ impl PgCluster {
     /// SIGTERM of node `id`; waits for the process to exit and returns whether it
     /// exited successfully.
     pub async fn terminate(&mut self, id: u64) -> bool {
-        let mut p = self
-            .nodes
-            .get_mut(&id)
-            .expect("node")
-            .proc
-            .take()
-            .expect("running");
+        let mut p = self.take_proc(id);
         p.sigterm();
         match p.wait_exit(SLOW_WAIT).await {
             Some(st) => st.success(),

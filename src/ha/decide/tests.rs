@@ -36,7 +36,7 @@ fn pg_primary() -> PgView {
         unrecorded_bootstrap: false,
         sync_standby_names: None,
         streaming_replicas: vec![("b".into(), false), ("c".into(), false)],
-        stalled_behind_timeline_ms: None,
+        not_streaming_ms: None,
     }
 }
 
@@ -47,7 +47,7 @@ fn pg_replica(following: Option<&str>, lsn: u64) -> PgView {
         following: following.map(String::from),
         was_primary: false,
         streaming_replicas: vec![],
-        stalled_behind_timeline_ms: None,
+        not_streaming_ms: None,
         ..pg_primary()
     }
 }
@@ -316,7 +316,7 @@ fn decisions() {
         (
             "replica briefly not streaming behind the leader's timeline: wait",
             with(obs_replica(), |o| {
-                o.pg.stalled_behind_timeline_ms = Some(STALLED_REPLICA_REWIND_MS - 1)
+                o.pg.not_streaming_ms = Some(STALLED_REPLICA_REWIND_MS - 1)
             }),
             vec![],
             Reason::HealthyReplica("a".into()),
@@ -324,7 +324,7 @@ fn decisions() {
         (
             "replica stuck behind the leader's timeline: rewind",
             with(obs_replica(), |o| {
-                o.pg.stalled_behind_timeline_ms = Some(STALLED_REPLICA_REWIND_MS)
+                o.pg.not_streaming_ms = Some(STALLED_REPLICA_REWIND_MS)
             }),
             vec![
                 Stop(StopKind::Fast),
