@@ -103,7 +103,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     let lessor = Arc::new(Mutex::new(Lessor::default()));
     tokio::spawn(expiry::run_stamper(lessor.clone(), lease_rx));
 
-    let net = NetworkFactory::new(&cfg.cluster_name, cfg.node_id);
+    let net = NetworkFactory::new(
+        &cfg.cluster_name,
+        cfg.node_id,
+        Duration::from_millis(cfg.raft.election_timeout_min_ms),
+    );
     let raft = Raft::new(cfg.node_id, raft_cfg, net, log, sm.clone())
         .await
         .map_err(|e| NodeError::RaftStart(e.to_string()))?;

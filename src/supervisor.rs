@@ -5,6 +5,9 @@
 //! Fencing does not depend on this loop being scheduled: every lease renewal that
 //! commits moves the deadline of the guard process that owns the postmaster
 //! (`postgres::guard`), which kills PostgreSQL by itself when the deadline passes.
+//! Renewals do not depend on it either: the leader lease (and the member-status
+//! lease) are renewed every `loop_wait` on their own tasks (`client::LeaseRenewer`),
+//! so a slow cycle cannot fence a healthy primary.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,10 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use tokio::sync::watch;
-use tonic::Code;
 
 use crate::api::rest::Health;
-use crate::client::{Client, ClientError, LeaseKeeper};
+use crate::client::{Client, ClientError, LeaseKeeper, LeaseRenewer};
 use crate::config::{HaSettings, NodeConfig};
 use crate::ha::decide::{
     self, Action, DataState, Decision, Observation, PgView, Policy, StopKind, StoreView,
@@ -46,8 +48,9 @@ pub struct Supervisor {
     pg: Postgres,
     pg_addr: String,
     api_url: String,
-    leader_lease: Option<LeaseKeeper>,
-    status_lease: Option<LeaseKeeper>,
+    /// Renewed on its own task; see [`Supervisor::keep_leader_lease`].
+    leader_lease: Option<LeaseRenewer>,
+    status_lease: Option<LeaseRenewer>,
     last_published: Option<MemberStatus>,
     following: Option<String>,
     down_since: Option<Instant>,
@@ -165,8 +168,10 @@ impl Supervisor {
             let _ = self.pg.stop(StopMode::Immediate).await;
         }
         if let Some(l) = self.leader_lease.take() {
+            let id = l.id();
+            l.stop().await;
             // PostgreSQL is down: releasing now lets a replica take over within a cycle.
-            match self.client.lease_revoke(l.id()).await {
+            match self.client.lease_revoke(id).await {
                 Ok(_) => tracing::info!("leader lease released"),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not release the leader lease; it will expire")
@@ -174,7 +179,9 @@ impl Supervisor {
             }
         }
         if let Some(s) = self.status_lease.take() {
-            let _ = self.client.lease_revoke(s.id()).await;
+            let id = s.id();
+            s.stop().await;
+            let _ = self.client.lease_revoke(id).await;
         }
         let _ = self.pg.set_fence_deadline(None);
     }
@@ -224,8 +231,8 @@ impl Supervisor {
             .leader_lease
             .as_ref()
             .is_some_and(|l| l.is_valid(tokio::time::Instant::now()));
-        if !lease_valid && self.leader_lease.is_some() {
-            self.leader_lease = None;
+        if !lease_valid && let Some(l) = self.leader_lease.take() {
+            l.stop().await;
         }
         match view.as_ref().map(|v| v.leader.is_none()) {
             Some(true) => {
@@ -295,7 +302,7 @@ impl Supervisor {
             match LeaseKeeper::attach(self.client.clone(), kv.lease).await {
                 Ok(l) => {
                     tracing::info!(lease = kv.lease, "took back this member's leader lease");
-                    self.leader_lease = Some(l);
+                    self.keep_leader_lease(l);
                     if let Err(e) = self.fence_deadline() {
                         tracing::warn!(error = %e, "cannot set the fence deadline");
                     }
@@ -404,6 +411,21 @@ impl Supervisor {
         Ok(ConnTarget { host, port })
     }
 
+    /// Renews the leader lease every loop_wait on a task of its own, which moves
+    /// PostgreSQL's fence deadline after each committed renewal: a slow cycle (a
+    /// long action, a store that answers slowly over a bad link) must not starve
+    /// renewals and fence a healthy primary. The HA cycle still judges the lease
+    /// each time (`lease_held`) and arms or disarms the fence.
+    fn keep_leader_lease(&mut self, keeper: LeaseKeeper) {
+        let fence = self.pg.fence_handle();
+        let every = Duration::from_millis(self.ha.loop_wait_ms);
+        self.leader_lease = Some(LeaseRenewer::spawn(keeper, every, move |until| {
+            if let Err(e) = fence.move_if_armed(until.into_std()) {
+                tracing::debug!(error = %e, "renewed the leader lease; PostgreSQL is not running");
+            }
+        }));
+    }
+
     fn fence_deadline(&mut self) -> Result<(), SupervisorError> {
         let d = self
             .leader_lease
@@ -436,7 +458,7 @@ impl Supervisor {
                 match put {
                     Ok(r) if r.succeeded => {
                         tracing::info!(lease = keeper.id(), "acquired the leader lease");
-                        self.leader_lease = Some(keeper);
+                        self.keep_leader_lease(keeper);
                         self.fence_deadline()?;
                     }
                     other => {
@@ -448,24 +470,26 @@ impl Supervisor {
                     }
                 }
             }
+            // Renewals run on the lease's own task; here the cycle confirms the lease
+            // is still there and keeps the fence armed with its deadline.
             Action::RenewLease => {
-                let Some(l) = self.leader_lease.as_mut() else {
+                let Some(l) = self.leader_lease.as_ref() else {
                     return Err(SupervisorError::Other("no leader lease to renew".into()));
                 };
-                match l.renew().await {
-                    Ok(_) => self.fence_deadline()?,
-                    Err(e) if e.code() == Some(Code::NotFound) => {
-                        tracing::warn!("the leader lease is gone");
-                        self.leader_lease = None;
-                        return Err(e.into());
+                if l.valid_until().is_none() {
+                    tracing::warn!("the leader lease is gone");
+                    if let Some(l) = self.leader_lease.take() {
+                        l.stop().await;
                     }
-                    // The deadline did not move; the guard fences if this goes on.
-                    Err(e) => return Err(e.into()),
+                    return Err(SupervisorError::Other("the leader lease is gone".into()));
                 }
+                self.fence_deadline()?;
             }
             Action::ReleaseLease => {
                 if let Some(l) = self.leader_lease.take() {
-                    let _ = self.client.lease_revoke(l.id()).await;
+                    let id = l.id();
+                    l.stop().await;
+                    let _ = self.client.lease_revoke(id).await;
                 }
                 self.pg.set_fence_deadline(None)?;
             }
@@ -683,15 +707,23 @@ impl Supervisor {
         let probe = self.pg.probe().await;
         let status = self.my_status(&probe, view);
         let ttl = Duration::from_millis(self.ha.ttl_ms);
-        if let Some(l) = self.status_lease.as_mut()
-            && l.renew().await.is_err()
+        // Renewed on its own task like the leader lease: a slow cycle must not make
+        // this member's record vanish. Lapsed or gone: publish under a new one.
+        if self
+            .status_lease
+            .as_ref()
+            .is_some_and(|l| !l.is_valid(tokio::time::Instant::now()))
+            && let Some(l) = self.status_lease.take()
         {
-            self.status_lease = None;
+            l.stop().await;
             self.last_published = None;
         }
         if self.status_lease.is_none() {
             match LeaseKeeper::grant(self.client.clone(), ttl).await {
-                Ok(l) => self.status_lease = Some(l),
+                Ok(l) => {
+                    let every = Duration::from_millis(self.ha.loop_wait_ms);
+                    self.status_lease = Some(LeaseRenewer::spawn(l, every, |_| {}));
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot publish member status");
                     return;

@@ -1,6 +1,8 @@
 //! Lease properties on real 3-node clusters (argument: src/store/DESIGN.md).
 //!
 //! - a lease that is renewed never expires, also while Raft leaders are killed;
+//! - a `LeaseRenewer` keeps its lease and reports every committed deadline, and
+//!   once stopped reports nothing more and lets the lease expire;
 //! - a lease that is not renewed expires after its TTL, never before the holder's
 //!   own deadline, and takes its keys with it.
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure};
 use common::{Cluster, WAIT};
-use pgquorum::client::LeaseKeeper;
+use pgquorum::client::{LeaseKeeper, LeaseRenewer};
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -185,4 +187,64 @@ async fn leader_kill_never_expires_a_renewed_lease() {
         c.logs()
     );
     client.lease_ttl(id).await.expect("lease alive at the end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewer_keeps_the_lease_until_stopped() {
+    let c = Cluster::start(3).await;
+    c.wait_for_leader().await;
+    let client = c.client();
+    let ttl = Duration::from_millis(1000);
+    let keeper = LeaseKeeper::grant(client.clone(), ttl)
+        .await
+        .expect("grant");
+    let id = keeper.id();
+    let reported = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let renewer = {
+        let reported = reported.clone();
+        LeaseRenewer::spawn(keeper, ttl / 4, move |until| {
+            reported.lock().unwrap().push(until)
+        })
+    };
+    // The owner does nothing for three TTLs; the lease must stay alive throughout.
+    let until = Instant::now() + ttl * 3;
+    while Instant::now() < until {
+        assert!(
+            renewer.is_valid(Instant::now()),
+            "the renewer's deadline passed\n{}",
+            c.logs()
+        );
+        client
+            .lease_ttl(id)
+            .await
+            .unwrap_or_else(|e| panic!("lease {id} gone while renewed: {e}\n{}", c.logs()));
+        tokio::time::sleep(ttl / 4).await;
+    }
+    let deadlines = reported.lock().unwrap().clone();
+    assert!(
+        deadlines.len() >= 4,
+        "only {} renewals reported",
+        deadlines.len()
+    );
+    assert!(
+        deadlines.windows(2).all(|w| w[0] <= w[1]),
+        "deadlines went backwards: {deadlines:?}"
+    );
+    assert_eq!(renewer.valid_until(), deadlines.last().copied());
+
+    renewer.stop().await;
+    let after_stop = reported.lock().unwrap().len();
+    c.wait_for("the stopped lease to expire", WAIT, async || {
+        match client.lease_ttl(id).await {
+            Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
+            Err(e) => bail!("{e}"),
+            Ok(_) => bail!("lease {id} still alive"),
+        }
+    })
+    .await;
+    assert_eq!(
+        reported.lock().unwrap().len(),
+        after_stop,
+        "a stopped renewer reported a renewal"
+    );
 }

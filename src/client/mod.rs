@@ -639,6 +639,84 @@ impl LeaseKeeper {
     }
 }
 
+/// A [`LeaseKeeper`] renewed on a task of its own, every `every`, so renewals never
+/// wait for whatever else the owner is doing (the supervisor's HA cycle makes
+/// several store writes and may run a slow action; on a slow network a cycle can
+/// outlast the lease). After each committed renewal the new deadline goes to
+/// `on_renewed` first (the supervisor moves PostgreSQL's fence deadline there),
+/// then becomes visible through [`LeaseRenewer::valid_until`].
+///
+/// The same safety contract as [`LeaseKeeper`]: only a committed renewal moves the
+/// deadline. Once the lease is reported gone the task stops; the deadline is then
+/// `None`, and `on_renewed` is never told (the last deadline it got still fences).
+#[derive(Debug)]
+pub struct LeaseRenewer {
+    id: u64,
+    state: tokio::sync::watch::Receiver<Option<Instant>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaseRenewer {
+    pub fn spawn(
+        mut keeper: LeaseKeeper,
+        every: Duration,
+        on_renewed: impl Fn(Instant) + Send + 'static,
+    ) -> Self {
+        let id = keeper.id();
+        let (tx, state) = tokio::sync::watch::channel(keeper.valid_until());
+        let task = tokio::spawn(async move {
+            // A renewal that took longer than `every` is followed by the next at once.
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match keeper.renew().await {
+                    Ok(_) => {
+                        if let Some(until) = keeper.valid_until() {
+                            on_renewed(until);
+                        }
+                        tx.send_replace(keeper.valid_until());
+                    }
+                    Err(e) if e.code() == Some(Code::NotFound) => {
+                        tracing::warn!(lease = id, "the lease is gone: {e}");
+                        tx.send_replace(None);
+                        return;
+                    }
+                    Err(e) => tracing::debug!(lease = id, error = %e, "lease renewal failed"),
+                }
+            }
+        });
+        LeaseRenewer { id, state, task }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Until when the lease is certainly held; `None` once it is known to be gone.
+    pub fn valid_until(&self) -> Option<Instant> {
+        *self.state.borrow()
+    }
+
+    pub fn is_valid(&self, now: Instant) -> bool {
+        self.valid_until().is_some_and(|until| now < until)
+    }
+
+    /// Stops renewing (the lease then expires unless revoked) and returns once the
+    /// task is gone, so `on_renewed` is not running and will not run again: after
+    /// this the owner may clear what `on_renewed` set.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for LeaseRenewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -317,23 +317,100 @@ impl PgError {
     }
 }
 
-/// The running guard, seen from pgquorum.
+/// The running guard, seen from pgquorum. The write end of its control pipe lives in
+/// the [`FenceHandle`].
 struct GuardHandle {
     child: tokio::process::Child,
-    /// Write end of the guard's stdin. Dropping it (or pgquorum dying) is EOF for the
-    /// guard, which then kills PostgreSQL.
-    control: fs::File,
     reports: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     /// Postmaster pid = process group id.
     pgid: i32,
     stop_requested: bool,
 }
 
-impl GuardHandle {
-    fn send(&mut self, c: Control) -> io::Result<()> {
-        // One write of a few bytes on a non-blocking pipe: atomic, never blocks.
-        self.control.write_all(c.to_line().as_bytes())
+#[derive(Default)]
+struct FenceState {
+    deadline: Option<Instant>,
+    /// Write end of the running guard's stdin. Closing it (or pgquorum dying) is EOF
+    /// for the guard, which then kills PostgreSQL.
+    pipe: Option<fs::File>,
+}
+
+/// The fence deadline and the way to the running guard. Cloned by the leader-lease
+/// renewal task, which moves the deadline after every committed renewal without
+/// waiting for the HA loop (busy, maybe, with a slow action).
+#[derive(Clone, Default)]
+pub struct FenceHandle(std::sync::Arc<std::sync::Mutex<FenceState>>);
+
+impl FenceHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FenceState> {
+        // Every critical section leaves the state consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Forwards the fence deadline to the guard (and remembers it for the next start).
+    /// `None` = no deadline (replicas). A deadline in the past kills PostgreSQL at once.
+    pub fn set(&self, deadline: Option<Instant>) -> Result<(), PgError> {
+        let mut f = self.lock();
+        f.deadline = deadline;
+        if let Some(p) = &mut f.pipe {
+            send(p, control_for(deadline)).map_err(|e| {
+                PgError::Guard(format!(
+                    "cannot pass the fence deadline to the guard ({e}); PostgreSQL is stopped or stopping"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Moves an armed deadline (a primary's) to `deadline`; leaves "no deadline"
+    /// alone, so a renewal that lands after the supervisor disarmed the fence (when
+    /// it starts a replica) cannot arm it again.
+    pub fn move_if_armed(&self, deadline: Instant) -> Result<(), PgError> {
+        let mut f = self.lock();
+        if f.deadline.is_none() {
+            return Ok(());
+        }
+        f.deadline = Some(deadline);
+        if let Some(p) = &mut f.pipe {
+            send(p, control_for(Some(deadline))).map_err(|e| {
+                PgError::Guard(format!(
+                    "cannot pass the fence deadline to the guard ({e}); PostgreSQL is stopped or stopping"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.lock().deadline
+    }
+
+    fn send(&self, c: Control) -> io::Result<()> {
+        match &mut self.lock().pipe {
+            Some(p) => send(p, c),
+            None => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
+        }
+    }
+
+    /// A new guard runs: from now on deadlines go to it. The current deadline goes at
+    /// once, in case it moved while the guard was starting with the one before.
+    fn attach(&self, mut pipe: fs::File) -> io::Result<()> {
+        let mut f = self.lock();
+        let r = send(&mut pipe, control_for(f.deadline));
+        f.pipe = Some(pipe);
+        r
+    }
+
+    fn detach(&self) {
+        self.lock().pipe = None;
+    }
+}
+
+fn send(pipe: &mut fs::File, c: Control) -> io::Result<()> {
+    // One write of a few bytes on a non-blocking pipe: atomic, never blocks.
+    pipe.write_all(c.to_line().as_bytes())
 }
 
 /// A supervised PostgreSQL instance on this host.
@@ -346,7 +423,7 @@ pub struct Postgres {
     data_dir: PathBuf,
     log_path: PathBuf,
     passfile: PathBuf,
-    deadline: Option<Instant>,
+    fence: FenceHandle,
     guard: Option<GuardHandle>,
     last_exit: Option<PgExit>,
     sql: sql::Session,
@@ -427,7 +504,7 @@ impl Postgres {
             run_as,
             // The running binary even if its file was replaced by an upgrade.
             guard_exe: PathBuf::from("/proc/self/exe"),
-            deadline: None,
+            fence: FenceHandle::default(),
             guard: None,
             last_exit: None,
             sql,
@@ -656,18 +733,14 @@ impl Postgres {
             .is_ok()
     }
 
-    /// Forwards the fence deadline to the guard (and remembers it for the next start).
-    /// `None` = no deadline (replicas). A deadline in the past kills PostgreSQL at once.
+    /// See [`FenceHandle::set`].
     pub fn set_fence_deadline(&mut self, deadline: Option<Instant>) -> Result<(), PgError> {
-        self.deadline = deadline;
-        if let Some(g) = &mut self.guard {
-            g.send(control_for(deadline)).map_err(|e| {
-                PgError::Guard(format!(
-                    "cannot pass the fence deadline to the guard ({e}); PostgreSQL is stopped or stopping"
-                ))
-            })?;
-        }
-        Ok(())
+        self.fence.set(deadline)
+    }
+
+    /// For a task that moves the fence deadline on its own (lease renewal).
+    pub fn fence_handle(&self) -> FenceHandle {
+        self.fence.clone()
     }
 
     /// initdb only (PostgreSQL stays stopped): the first step of a bootstrap, kept
@@ -881,11 +954,11 @@ impl Postgres {
         };
         tracing::info!(?mode, pgid, "stopping PostgreSQL");
         // A failed send means the guard is exiting already; waiting covers that.
-        let _ = g.send(Control::Stop(kind));
+        let _ = self.fence.send(Control::Stop(kind));
         let mut status = tokio::time::timeout(wait, g.child.wait()).await;
         if status.is_err() {
             tracing::warn!(pgid, "PostgreSQL did not stop in time; killing it");
-            let _ = g.send(Control::Stop(StopKind::Kill));
+            let _ = self.fence.send(Control::Stop(StopKind::Kill));
             status = tokio::time::timeout(STOP_WAIT_KILL, g.child.wait()).await;
         }
         if status.is_err() {
@@ -1560,7 +1633,7 @@ impl Postgres {
 
     async fn spawn_guard(&mut self, log_from: u64) -> Result<(), PgError> {
         let args = GuardArgs {
-            deadline: match control_for(self.deadline) {
+            deadline: match control_for(self.fence.deadline()) {
                 Control::Deadline(ns) => Some(ns),
                 _ => None,
             },
@@ -1603,11 +1676,14 @@ impl Postgres {
             Some(Report::Postmaster(pgid)) => {
                 self.guard = Some(GuardHandle {
                     child,
-                    control,
                     reports,
                     pgid,
                     stop_requested: false,
                 });
+                if let Err(e) = self.fence.attach(control) {
+                    // The guard is gone already; the next probe reaps it.
+                    tracing::warn!(error = %e, "cannot pass the fence deadline to the new guard");
+                }
                 self.last_exit = None;
                 self.sql.reset();
                 Ok(())
@@ -1645,6 +1721,7 @@ impl Postgres {
         let Some(mut g) = self.guard.take() else {
             return PgExit::GuardFailed("no guard".into());
         };
+        self.fence.detach();
         // The guard has exited, so its stdout reaches EOF right after its last report.
         let mut last = None;
         while let Ok(Ok(Some(line))) =

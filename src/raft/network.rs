@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::OptionalSend;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -37,26 +37,42 @@ const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 pub struct NetworkFactory {
     cluster: String,
     self_id: NodeId,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    min_rpc_timeout: Duration,
+    peers: Arc<Mutex<HashMap<String, PeerChannel>>>,
+}
+
+/// One peer's connection and when it last answered.
+struct PeerChannel {
+    channel: Channel,
+    last_ok: Instant,
 }
 
 impl NetworkFactory {
-    pub fn new(cluster: &str, self_id: NodeId) -> Self {
+    /// `min_rpc_timeout`: the least time an RPC gets before it counts as timed out
+    /// (see [`PeerClient::call`]); the election timeout is the natural choice.
+    pub fn new(cluster: &str, self_id: NodeId, min_rpc_timeout: Duration) -> Self {
         Self {
             cluster: cluster.to_string(),
             self_id,
-            channels: Arc::default(),
+            min_rpc_timeout,
+            peers: Arc::default(),
         }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut map = self.channels.lock().expect("lock");
-        if let Some(c) = map.get(addr) {
-            return Ok(c.clone());
+        let mut map = self.peers.lock().expect("lock");
+        if let Some(p) = map.get(addr) {
+            return Ok(p.channel.clone());
         }
-        let ch = new_channel(addr)?;
-        map.insert(addr.to_string(), ch.clone());
-        Ok(ch)
+        let channel = new_channel(addr)?;
+        map.insert(
+            addr.to_string(),
+            PeerChannel {
+                channel: channel.clone(),
+                last_ok: Instant::now(),
+            },
+        );
+        Ok(channel)
     }
 }
 
@@ -79,7 +95,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             from: self.self_id,
             channel: self.channel(&node.addr).map_err(|e| e.to_string()),
             addr: node.addr.clone(),
-            channels: self.channels.clone(),
+            min_rpc_timeout: self.min_rpc_timeout,
+            peers: self.peers.clone(),
         }
     }
 }
@@ -90,7 +107,8 @@ pub struct PeerClient {
     from: NodeId,
     channel: Result<Channel, String>,
     addr: String,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    min_rpc_timeout: Duration,
+    peers: Arc<Mutex<HashMap<String, PeerChannel>>>,
 }
 
 fn net_err(e: impl ToString) -> NetworkError<TypeConfig> {
@@ -110,18 +128,45 @@ fn status_to_rpc(target: NodeId, s: Status) -> RPCError {
 }
 
 impl PeerClient {
-    /// After a timeout or a broken connection, the next RPC uses a new connection:
-    /// a TCP connection that lived through a partition can stay stuck in
-    /// retransmission backoff for minutes after the network heals.
-    fn reset_channel(&mut self) {
-        let fresh = new_channel(&self.addr);
-        if let Ok(c) = &fresh {
-            self.channels
-                .lock()
-                .expect("lock")
-                .insert(self.addr.clone(), c.clone());
+    /// A failed or timed-out RPC replaces the connection, but only once the peer has
+    /// not answered for this long: a TCP connection that lived through a partition can
+    /// stay stuck in retransmission backoff for minutes after the network heals, while
+    /// on a slow link (RTT near the timeout) reconnecting on every timeout would make
+    /// each RPC pay a new handshake and time out again, forever.
+    fn reconnect_after(&self) -> Duration {
+        (2 * self.min_rpc_timeout).max(Duration::from_secs(1))
+    }
+
+    fn answered(&self) {
+        if let Some(p) = self.peers.lock().expect("lock").get_mut(&self.addr) {
+            p.last_ok = Instant::now();
         }
-        self.channel = fresh.map_err(|e| e.to_string());
+    }
+
+    fn failed(&mut self) {
+        let mut map = self.peers.lock().expect("lock");
+        let quiet_since = map.get(&self.addr).map(|p| p.last_ok);
+        if let Some(t) = quiet_since
+            && t.elapsed() < self.reconnect_after()
+        {
+            // Another client may already have replaced it: use the current one.
+            self.channel = Ok(map[&self.addr].channel.clone());
+            return;
+        }
+        match new_channel(&self.addr) {
+            Ok(channel) => {
+                map.insert(
+                    self.addr.clone(),
+                    PeerChannel {
+                        channel: channel.clone(),
+                        // The new connection gets a full period before it is judged.
+                        last_ok: Instant::now(),
+                    },
+                );
+                self.channel = Ok(channel);
+            }
+            Err(e) => self.channel = Err(e.to_string()),
+        }
     }
 
     fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError> {
@@ -151,11 +196,20 @@ impl PeerClient {
         F: FnOnce(RaftServiceClient<Channel>, Request<pb::RaftMessage>) -> Fut,
         Fut: Future<Output = Result<Response<pb::RaftMessage>, Status>>,
     {
+        // openraft asks for the heartbeat interval as the limit (100 ms by default),
+        // which a follower across a slow link or behind a slow fsync misses on every
+        // append: replication would stall although every reply arrives. An append
+        // answered within the election timeout still commits in time, so that is
+        // the least an RPC gets. (openraft's heartbeat worker keeps its own limit.)
+        let limit = option.hard_ttl().max(self.min_rpc_timeout);
         let mut request = Request::new(self.message(req)?);
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(limit);
         let fut = f(self.client()?, request);
-        let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
-            Ok(Ok(r)) => r,
+        let reply = match tokio::time::timeout(limit, fut).await {
+            Ok(Ok(r)) => {
+                self.answered();
+                r
+            }
             Ok(Err(s)) => {
                 if matches!(
                     s.code(),
@@ -164,12 +218,15 @@ impl PeerClient {
                         | tonic::Code::Cancelled
                         | tonic::Code::DeadlineExceeded
                 ) {
-                    self.reset_channel();
+                    self.failed();
+                } else {
+                    // A refusal (wrong cluster, not a member) is still an answer.
+                    self.answered();
                 }
                 return Err(status_to_rpc(self.target, s));
             }
             Err(_) => {
-                self.reset_channel();
+                self.failed();
                 return Err(RPCError::Network(net_err(format!(
                     "node {}: timed out",
                     self.target

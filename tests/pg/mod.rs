@@ -485,11 +485,47 @@ pub async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// Like [`connect`], from local address `from` (the observer's own address, which
+/// link faults leave alone).
+pub async fn connect_from(
+    conninfo: &str,
+    from: std::net::Ipv4Addr,
+) -> anyhow::Result<tokio_postgres::Client> {
+    let config: tokio_postgres::Config = conninfo.parse()?;
+    let host = match config.get_hosts() {
+        [tokio_postgres::config::Host::Tcp(h)] => h.parse::<std::net::Ipv4Addr>()?,
+        _ => anyhow::bail!("one IPv4 host expected in {conninfo:?}"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let attempt = async {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind((from, 0).into())?;
+        let stream = sock.connect((host, port).into()).await?;
+        stream.set_nodelay(true)?;
+        Ok::<_, anyhow::Error>(config.connect_raw(stream, tokio_postgres::NoTls).await?)
+    };
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .map_err(|_| anyhow!("connect timed out"))??;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
 /// Connects and runs a write that needs a primary (`txid_current()` assigns a
 /// transaction id, which a standby refuses).
 pub async fn is_writable(conninfo: &str) -> bool {
+    is_writable_from(conninfo, None).await
+}
+
+/// [`is_writable`], connecting from local address `from` when given.
+pub async fn is_writable_from(conninfo: &str, from: Option<std::net::Ipv4Addr>) -> bool {
     let attempt = async {
-        let c = connect(conninfo).await?;
+        let c = match from {
+            Some(ip) => connect_from(conninfo, ip).await?,
+            None => connect(conninfo).await?,
+        };
         c.simple_query("SELECT txid_current()").await?;
         Ok::<_, anyhow::Error>(())
     };
@@ -525,13 +561,14 @@ pub async fn http(host: &str, port: u16, method: &str, path: &str) -> Option<(u1
         .ok()
 }
 
-/// Records, per node, when it was seen accepting writes, polling all nodes
-/// concurrently. `overlap()` tells whether two nodes were ever seen writable in
-/// overlapping sample windows.
 /// Per node: the windows (before, after) of each write attempt that succeeded.
 pub type Windows = BTreeMap<u64, Vec<(Instant, Instant)>>;
 type NodeWindows = (u64, Vec<(Instant, Instant)>);
 
+/// Records, per node, when it was seen accepting writes, polling all nodes
+/// concurrently. With network namespaces it connects from the observer's own
+/// address, which [`NetNs::degrade`] leaves alone: a delayed answer would widen the
+/// window and could show an overlap that never happened.
 pub struct WriteObserver {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<NodeWindows>>,
@@ -539,6 +576,7 @@ pub struct WriteObserver {
 
 impl WriteObserver {
     pub fn start(c: &PgCluster) -> Self {
+        let from = c.net.as_ref().map(|n| n.observer_addr());
         let (stop, rx) = tokio::sync::watch::channel(false);
         let tasks = c
             .ids()
@@ -551,7 +589,7 @@ impl WriteObserver {
                     while !*rx.borrow() {
                         // The write was accepted at some instant inside [before, after].
                         let before = Instant::now();
-                        let ok = is_writable(&conninfo).await;
+                        let ok = is_writable_from(&conninfo, from).await;
                         let after = Instant::now();
                         if ok {
                             seen.push((before, after));
@@ -674,6 +712,8 @@ impl NetNs {
         ip(&["link", "set", &hb, "netns", &sw]);
         ip(&["-n", &sw, "link", "set", &hb, "master", "br0", "up"]);
         ip(&["addr", "add", &format!("{}.254/24", net.subnet), "dev", &h]);
+        // Secondary: used only when bound to, by the observer.
+        ip(&["addr", "add", &format!("{}.253/24", net.subnet), "dev", &h]);
         ip(&["link", "set", &h, "up"]);
         net
     }
@@ -688,6 +728,72 @@ impl NetNs {
 
     pub fn addr(&self, id: u64) -> String {
         format!("{}.{id}", self.subnet)
+    }
+
+    /// The test namespace's second address, for the write observer only.
+    pub fn observer_addr(&self) -> std::net::Ipv4Addr {
+        format!("{}.253", self.subnet).parse().expect("address")
+    }
+
+    fn dev(&self, id: u64) -> String {
+        format!("{}v{id}a", self.tag)
+    }
+
+    /// Adds latency and loss to everything node `id` sends (Raft, replication,
+    /// answers to clients), except to the observer, until the returned guard drops.
+    /// `tc netem` would be the usual tool, but this kernel has no `sch_netem`: loss is
+    /// an iptables `statistic` match dropping packets at random, and latency holds
+    /// each packet in userspace (NFQUEUE) for `delay` before letting it go, in order.
+    /// Applied to every node, each link gets `delay` one way and `loss_pct` per packet
+    /// per direction.
+    pub fn degrade(&self, id: u64, delay: Duration, loss_pct: u32) -> Degraded {
+        let ns = self.ns(id);
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (ns, stop) = (ns.clone(), stop.clone());
+            std::thread::spawn(move || delayer(&ns, delay, &stop, bound_tx))
+        };
+        bound_rx
+            .recv()
+            .expect("delayer thread")
+            .unwrap_or_else(|e| panic!("NFQUEUE in namespace {ns}: {e}"));
+        let dev = self.dev(id);
+        let observer = format!("{}/32", self.observer_addr());
+        let mut rules = vec![vec!["-d", &observer, "-j", "RETURN"]];
+        let probability = format!("{:.4}", f64::from(loss_pct) / 100.0);
+        if loss_pct > 0 {
+            rules.push(vec![
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &probability,
+                "-j",
+                "DROP",
+            ]);
+        }
+        rules.push(vec!["-j", "NFQUEUE", "--queue-num", "0"]);
+        let rules: Vec<Vec<String>> = rules
+            .into_iter()
+            .map(|r| {
+                ["-o", dev.as_str()]
+                    .into_iter()
+                    .chain(r)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect();
+        for r in &rules {
+            iptables(&ns, "-A", r);
+        }
+        Degraded {
+            ns,
+            rules,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Takes node `id`'s link to the bridge down (or up): it is cut off from
@@ -732,5 +838,107 @@ impl Drop for NetNs {
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &self.switch()])
             .status();
+    }
+}
+
+fn iptables(ns: &str, verb: &str, rule: &[String]) {
+    // The legacy backend: iptables-nft would need nft's `queue` expression, which this
+    // kernel lacks (NFQUEUE is there as an xtables target).
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "iptables-legacy", "-w", verb, "OUTPUT"])
+        .args(rule)
+        .output()
+        .expect("run iptables-legacy (package iptables)");
+    assert!(
+        out.status.success(),
+        "iptables-legacy {verb} OUTPUT {} in {ns}: {}",
+        rule.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Latency and loss on one node's link, removed on drop (see [`NetNs::degrade`]).
+pub struct Degraded {
+    ns: String,
+    rules: Vec<Vec<String>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Degraded {
+    fn drop(&mut self) {
+        // Rules first, so nothing new is queued; then the delayer lets the held
+        // packets go and stops.
+        for r in self.rules.iter().rev() {
+            iptables(&self.ns, "-D", r);
+        }
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs on its own thread, moved into namespace `ns`: receives every packet queued to
+/// NFQUEUE 0 there and accepts it `delay` after it arrived, in arrival order. Reports
+/// on `bound` once the queue is bound (or why not).
+fn delayer(
+    ns: &str,
+    delay: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    bound: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    use std::os::fd::AsRawFd as _;
+    let setup = || -> Result<nfq::Queue, String> {
+        let f = fs::File::open(format!("/run/netns/{ns}")).map_err(|e| e.to_string())?;
+        // SAFETY: setns(2) on this thread only; the fd is open for the call.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns: {}", std::io::Error::last_os_error()));
+        }
+        let mut q = nfq::Queue::open().map_err(|e| format!("open: {e}"))?;
+        q.bind(0).map_err(|e| format!("bind: {e}"))?;
+        // Metadata only: the verdict never changes a packet.
+        q.set_copy_range(0, 0).map_err(|e| e.to_string())?;
+        q.set_queue_max_len(0, 65_536).map_err(|e| e.to_string())?;
+        q.set_recv_gso(0, true).map_err(|e| e.to_string())?;
+        q.set_nonblocking(true);
+        Ok(q)
+    };
+    let mut q = match setup() {
+        Ok(q) => {
+            let _ = bound.send(Ok(()));
+            q
+        }
+        Err(e) => {
+            let _ = bound.send(Err(e));
+            return;
+        }
+    };
+    let mut held: std::collections::VecDeque<(Instant, nfq::Message)> = Default::default();
+    loop {
+        let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
+        let mut idle = true;
+        loop {
+            match q.recv() {
+                Ok(m) => {
+                    held.push_back((Instant::now() + delay, m));
+                    idle = false;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("NFQUEUE receive in {ns}: {e}"),
+            }
+        }
+        let now = Instant::now();
+        while held.front().is_some_and(|(due, _)| stopping || *due <= now) {
+            let (_, m) = held.pop_front().expect("front");
+            q.verdict(m).expect("NFQUEUE verdict");
+            idle = false;
+        }
+        if stopping && held.is_empty() && idle {
+            return;
+        }
+        if idle {
+            std::thread::sleep(Duration::from_micros(500));
+        }
     }
 }
