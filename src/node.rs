@@ -61,6 +61,16 @@ pub enum NodeError {
     Postgres(#[from] crate::postgres::PgError),
     #[error("PostgreSQL supervisor: {0}")]
     Supervisor(#[from] crate::supervisor::SupervisorError),
+    #[error(
+        "initial_cluster member {id} at {addr} belongs to cluster {found:?}, not {expected:?}: \
+         fix cluster_name or initial_cluster in this node's config (nothing was written)"
+    )]
+    ForeignPeer {
+        id: u64,
+        addr: String,
+        found: String,
+        expected: String,
+    },
     #[error("cannot listen for the REST API on {addr}: {source}; is another process using it?")]
     RestBind {
         addr: std::net::SocketAddr,
@@ -92,6 +102,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     };
     let raft_cfg = crate::raft::raft_config(&cfg.cluster_name, &cfg.raft)
         .map_err(|e| NodeError::RaftConfig(e.to_string()))?;
+    if DataDir::is_new(&cfg.data_dir) {
+        refuse_foreign_peers(&cfg).await?;
+    }
     let dir = DataDir::open(&cfg.data_dir, &cfg.cluster_name, cfg.node_id)?;
     let storage_err = |source| NodeError::Storage {
         path: cfg.data_dir.clone(),
@@ -260,7 +273,10 @@ async fn form_cluster(raft: &Raft, cfg: &NodeConfig) {
         Ok(false) => {}
     }
     for m in cfg.initial_cluster.iter().filter(|m| m.id != cfg.node_id) {
-        if peer_is_formed(&m.addr).await {
+        if peer_status(&m.addr)
+            .await
+            .is_some_and(|s| !s.members.is_empty())
+        {
             tracing::info!(
                 peer = m.id,
                 "the cluster already exists; waiting for its leader to contact this node"
@@ -287,19 +303,37 @@ async fn form_cluster(raft: &Raft, cfg: &NodeConfig) {
     }
 }
 
-async fn peer_is_formed(addr: &str) -> bool {
-    let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
-        return false;
-    };
-    let ep = ep
+/// A node about to create its data dir first asks the other initial members which
+/// cluster they belong to: one configured for another cluster (a copied config, a
+/// wrong address) would otherwise campaign against strangers forever, and its data
+/// dir would then carry the wrong cluster name.
+async fn refuse_foreign_peers(cfg: &NodeConfig) -> Result<(), NodeError> {
+    for m in cfg.initial_cluster.iter().filter(|m| m.id != cfg.node_id) {
+        if let Some(s) = peer_status(&m.addr).await
+            && !s.cluster.is_empty()
+            && s.cluster != cfg.cluster_name
+        {
+            return Err(NodeError::ForeignPeer {
+                id: m.id,
+                addr: m.addr.clone(),
+                found: s.cluster,
+                expected: cfg.cluster_name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The peer's own status, if it answers within half a second.
+async fn peer_status(addr: &str) -> Option<pb::StatusResponse> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
         .connect_timeout(Duration::from_millis(300))
         .timeout(Duration::from_millis(500));
-    let Ok(ch) = ep.connect().await else {
-        return false;
-    };
+    let ch = ep.connect().await.ok()?;
     let mut c = pb::admin_client::AdminClient::new(ch);
-    match c.status(pb::StatusRequest {}).await {
-        Ok(r) => !r.into_inner().members.is_empty(),
-        Err(_) => false,
-    }
+    c.status(pb::StatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
 }

@@ -169,6 +169,70 @@ async fn pg_hostile_input_on_every_port_changes_nothing() {
         .expect_err("bad /pg/config");
     assert_eq!(e.code(), Code::InvalidArgument);
 
+    // A whole node configured for another cluster, claiming node 1's id and listing
+    // our nodes 2 and 3 as its peers: it must refuse to start, say why, and create
+    // nothing (its data dir would carry the wrong cluster name). Our nodes never hear
+    // of it.
+    let dir = c.temp_path().join("intruder");
+    std::fs::create_dir_all(&dir).unwrap();
+    let intruder_addr = format!("127.0.0.1:{}", common::free_ports(1)[0]);
+    let mut peers = vec![common::MemberSpec {
+        id: 1,
+        name: "intruder".into(),
+        addr: intruder_addr.clone(),
+    }];
+    for id in [2, 3] {
+        let n = c.node(id);
+        peers.push(common::MemberSpec {
+            id,
+            name: n.name.clone(),
+            addr: format!("{}:{}", n.host, n.raft_port),
+        });
+    }
+    let spec = common::NodeSpec {
+        cluster_name: format!("{}-intruder", c.name),
+        node_id: 1,
+        name: "intruder".into(),
+        listen_addr: intruder_addr.clone(),
+        data_dir: dir.join("raft"),
+        join: false,
+        initial_cluster: peers,
+    };
+    std::fs::write(dir.join("node.toml"), spec.to_toml()).unwrap();
+    let log = dir.join("node.log");
+    let mut intruder = common::spawn_node(&dir.join("node.toml"), &log);
+    let status = c
+        .wait_for("the intruder to refuse to start", SLOW_WAIT, async || {
+            intruder
+                .try_wait()?
+                .ok_or_else(|| anyhow::anyhow!("still running:\n{}", common::tail(&log, 20)))
+        })
+        .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "the intruder exited 0:\n{text}");
+    assert!(
+        text.contains(&format!("belongs to cluster \"{}\"", c.name)),
+        "the intruder did not say why it refused:\n{text}"
+    );
+    assert!(
+        !dir.join("raft").exists(),
+        "the refused intruder created its data dir"
+    );
+    for id in c.ids() {
+        let n = c.node(id);
+        let st = pgquorum::client::Client::new(vec![format!("{}:{}", n.host, n.raft_port)])
+            .unwrap()
+            .status()
+            .await
+            .expect("status");
+        assert_eq!(st.cluster, c.name);
+        assert!(
+            st.members.iter().all(|m| m.addr != intruder_addr),
+            "node {id} lists the intruder: {:?}",
+            st.members
+        );
+    }
+
     // Nothing changed: every node runs, same primary, same data.
     for id in c.ids() {
         assert!(

@@ -89,6 +89,11 @@ pub struct DataDir {
 
 impl DataDir {
     /// Opens (or, when absent or empty, creates) the data dir for `cluster`/`node_id`.
+    /// Whether `path` holds no data dir yet (this node's first start).
+    pub fn is_new(path: &Path) -> bool {
+        !path.join(IDENTITY_FILE).exists()
+    }
+
     pub fn open(path: &Path, cluster: &str, node_id: u64) -> Result<Self, DataDirError> {
         let io_err = |source| DataDirError::Io {
             path: path.to_path_buf(),
