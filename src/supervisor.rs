@@ -167,9 +167,7 @@ impl Supervisor {
             tracing::warn!(error = %e, "clean stop failed; stopping immediately");
             let _ = self.pg.stop(StopMode::Immediate).await;
         }
-        if let Some(l) = self.leader_lease.take() {
-            let id = l.id();
-            l.stop().await;
+        if let Some(id) = self.stop_leader_lease().await {
             // PostgreSQL is down: releasing now lets a replica take over within a cycle.
             match self.client.lease_revoke(id).await {
                 Ok(_) => tracing::info!("leader lease released"),
@@ -231,9 +229,19 @@ impl Supervisor {
             .leader_lease
             .as_ref()
             .is_some_and(|l| l.is_valid(tokio::time::Instant::now()));
-        if !lease_valid && let Some(l) = self.leader_lease.take() {
-            l.stop().await;
+        // Only a lease that guards the leader key is renewed: one that lapsed, or that
+        // another member's key has replaced, is dropped (and released if still valid).
+        let leader_is_other = view
+            .as_ref()
+            .and_then(|v| v.leader.as_deref())
+            .is_some_and(|l| l != self.me);
+        if (!lease_valid || leader_is_other)
+            && let Some(id) = self.stop_leader_lease().await
+            && lease_valid
+        {
+            let _ = self.client.lease_revoke(id).await;
         }
+        let lease_valid = lease_valid && !leader_is_other;
         match view.as_ref().map(|v| v.leader.is_none()) {
             Some(true) => {
                 self.leaderless_since.get_or_insert(now);
@@ -302,7 +310,7 @@ impl Supervisor {
             match LeaseKeeper::attach(self.client.clone(), kv.lease).await {
                 Ok(l) => {
                     tracing::info!(lease = kv.lease, "took back this member's leader lease");
-                    self.keep_leader_lease(l);
+                    self.keep_leader_lease(l).await;
                     if let Err(e) = self.fence_deadline() {
                         tracing::warn!(error = %e, "cannot set the fence deadline");
                     }
@@ -416,7 +424,13 @@ impl Supervisor {
     /// long action, a store that answers slowly over a bad link) must not starve
     /// renewals and fence a healthy primary. The HA cycle still judges the lease
     /// each time (`lease_held`) and arms or disarms the fence.
-    fn keep_leader_lease(&mut self, keeper: LeaseKeeper) {
+    ///
+    /// At most one such task runs: any earlier one is stopped first, so only the lease
+    /// that guards the leader key ever moves the fence deadline.
+    async fn keep_leader_lease(&mut self, keeper: LeaseKeeper) {
+        if let Some(old) = self.stop_leader_lease().await {
+            let _ = self.client.lease_revoke(old).await;
+        }
         let fence = self.pg.fence_handle();
         let every = Duration::from_millis(self.ha.loop_wait_ms);
         self.leader_lease = Some(LeaseRenewer::spawn(keeper, every, move |until| {
@@ -424,6 +438,15 @@ impl Supervisor {
                 tracing::debug!(error = %e, "renewed the leader lease; PostgreSQL is not running");
             }
         }));
+    }
+
+    /// Stops renewing the leader lease (once this returns, its task no longer moves the
+    /// fence deadline); returns its id.
+    async fn stop_leader_lease(&mut self) -> Option<u64> {
+        let l = self.leader_lease.take()?;
+        let id = l.id();
+        l.stop().await;
+        Some(id)
     }
 
     fn fence_deadline(&mut self) -> Result<(), SupervisorError> {
@@ -458,7 +481,7 @@ impl Supervisor {
                 match put {
                     Ok(r) if r.succeeded => {
                         tracing::info!(lease = keeper.id(), "acquired the leader lease");
-                        self.keep_leader_lease(keeper);
+                        self.keep_leader_lease(keeper).await;
                         self.fence_deadline()?;
                     }
                     other => {
@@ -478,17 +501,13 @@ impl Supervisor {
                 };
                 if l.valid_until().is_none() {
                     tracing::warn!("the leader lease is gone");
-                    if let Some(l) = self.leader_lease.take() {
-                        l.stop().await;
-                    }
+                    self.stop_leader_lease().await;
                     return Err(SupervisorError::Other("the leader lease is gone".into()));
                 }
                 self.fence_deadline()?;
             }
             Action::ReleaseLease => {
-                if let Some(l) = self.leader_lease.take() {
-                    let id = l.id();
-                    l.stop().await;
+                if let Some(id) = self.stop_leader_lease().await {
                     let _ = self.client.lease_revoke(id).await;
                 }
                 self.pg.set_fence_deadline(None)?;
