@@ -120,7 +120,7 @@ async fn pg_hostile_input_on_every_port_changes_nothing() {
         ),
         (c.name.clone(), 2, garbage(1000, 1), Code::InvalidArgument),
     ] {
-        for call in 0..3 {
+        for call in 0..4 {
             let msg = pb::RaftMessage {
                 cluster: cluster.clone(),
                 from,
@@ -129,6 +129,7 @@ async fn pg_hostile_input_on_every_port_changes_nothing() {
             let r = match call {
                 0 => raft.vote(msg).await,
                 1 => raft.append_entries(msg).await,
+                2 => raft.transfer_leader(msg).await,
                 _ => raft.pre_vote(msg).await,
             };
             let code = r.expect_err("a hostile Raft message was accepted").code();

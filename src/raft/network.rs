@@ -16,7 +16,8 @@ use openraft::errors::{NetworkError, ReplicationClosed, StreamingError, Unreacha
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -270,6 +271,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
     }
 
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError> {
+        self.call(&rpc, &option, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -377,6 +389,14 @@ impl pb::raft_service_server::RaftService for RaftGrpc {
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let rpc: VoteRequest<TypeConfig> = self.decode(req.get_ref())?;
         self.reply(self.raft.pre_vote(rpc).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> = self.decode(req.get_ref())?;
+        self.reply(self.raft.handle_transfer_leader(rpc).await)
     }
 
     async fn install_snapshot(
