@@ -207,7 +207,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     }
     // Raft leadership first: the lease release below, and the replica taking the
     // lease over right after it, then go to a leader that stays.
-    hand_over_leadership(&raft, cfg.node_id).await;
+    hand_over_leadership(
+        &raft,
+        cfg.node_id,
+        Duration::from_millis(cfg.raft.election_timeout_max_ms),
+    )
+    .await;
     let _ = sup_stop_tx.send(true);
     if let Some(s) = supervisor {
         let _ = s.await;
@@ -225,8 +230,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
 
 /// A planned stop of the Raft leader would leave the cluster without one for an
 /// election timeout, during which no lease can be taken over: hand leadership to the
-/// most up-to-date voter first and wait (briefly) until it has taken over.
-async fn hand_over_leadership(raft: &Raft, me: u64) {
+/// most up-to-date voter first and wait until it has taken over, at most `wait`
+/// (TransferLeader makes it one round trip and a vote). The wait must stay well inside
+/// the primary's lease budget: renewals fail while leadership moves, and a stop that
+/// outlasts the lease is a fence (PostgreSQL killed) rather than a clean shutdown.
+async fn hand_over_leadership(raft: &Raft, me: u64, wait: Duration) {
     let m = raft.metrics().borrow_watched().clone();
     if m.current_leader != Some(me) {
         return;
@@ -243,7 +251,7 @@ async fn hand_over_leadership(raft: &Raft, me: u64) {
         return;
     }
     let mut rx = raft.metrics();
-    let moved = tokio::time::timeout(Duration::from_secs(2), async {
+    let moved = tokio::time::timeout(wait, async {
         loop {
             let leader = rx.borrow_watched().current_leader;
             if leader.is_some() && leader != Some(me) {
