@@ -352,16 +352,7 @@ impl FenceHandle {
     /// Forwards the fence deadline to the guard (and remembers it for the next start).
     /// `None` = no deadline (replicas). A deadline in the past kills PostgreSQL at once.
     pub fn set(&self, deadline: Option<Instant>) -> Result<(), PgError> {
-        let mut f = self.lock();
-        f.deadline = deadline;
-        if let Some(p) = &mut f.pipe {
-            send(p, control_for(deadline)).map_err(|e| {
-                PgError::Guard(format!(
-                    "cannot pass the fence deadline to the guard ({e}); PostgreSQL is stopped or stopping"
-                ))
-            })?;
-        }
-        Ok(())
+        Self::store(&mut self.lock(), deadline)
     }
 
     /// Moves an armed deadline (a primary's) to `deadline`; leaves "no deadline"
@@ -372,9 +363,13 @@ impl FenceHandle {
         if f.deadline.is_none() {
             return Ok(());
         }
-        f.deadline = Some(deadline);
+        Self::store(&mut f, Some(deadline))
+    }
+
+    fn store(f: &mut FenceState, deadline: Option<Instant>) -> Result<(), PgError> {
+        f.deadline = deadline;
         if let Some(p) = &mut f.pipe {
-            send(p, control_for(Some(deadline))).map_err(|e| {
+            send(p, control_for(deadline)).map_err(|e| {
                 PgError::Guard(format!(
                     "cannot pass the fence deadline to the guard ({e}); PostgreSQL is stopped or stopping"
                 ))
@@ -1788,4 +1783,57 @@ fn text(row: &[Option<String>], col: usize) -> String {
 
 fn lsn(v: Option<&str>) -> u64 {
     v.and_then(parse_lsn).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(mut r: fs::File) -> String {
+        use std::io::Read as _;
+        let mut s = String::new();
+        r.read_to_string(&mut s).expect("read pipe");
+        s
+    }
+
+    #[test]
+    fn a_renewal_never_arms_a_disarmed_fence() {
+        let f = FenceHandle::default();
+        let later = Instant::now() + Duration::from_secs(5);
+        f.move_if_armed(later).unwrap();
+        assert_eq!(f.deadline(), None, "a renewal armed a replica's fence");
+        let soon = Instant::now() + Duration::from_secs(1);
+        f.set(Some(soon)).unwrap();
+        f.move_if_armed(later).unwrap();
+        assert_eq!(f.deadline(), Some(later));
+        f.set(None).unwrap();
+        f.move_if_armed(later).unwrap();
+        assert_eq!(f.deadline(), None);
+    }
+
+    #[test]
+    fn deadlines_reach_the_attached_guard_in_order() {
+        let (r, w) = os::control_pipe().expect("pipe");
+        let f = FenceHandle::default();
+        let d = Instant::now() + Duration::from_secs(5);
+        f.set(Some(d)).unwrap();
+        // Attaching sends the current deadline at once.
+        f.attach(w).unwrap();
+        f.move_if_armed(d + Duration::from_secs(1)).unwrap();
+        f.set(None).unwrap();
+        f.detach();
+        assert!(f.set(Some(d)).is_ok(), "no guard: remembered only");
+        let text = read_all(fs::File::from(r));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text:?}");
+        assert!(matches!(
+            guard::parse_control(lines[0]),
+            Ok(Control::Deadline(_))
+        ));
+        assert!(matches!(
+            guard::parse_control(lines[1]),
+            Ok(Control::Deadline(_))
+        ));
+        assert_eq!(guard::parse_control(lines[2]), Ok(Control::NoDeadline));
+    }
 }
