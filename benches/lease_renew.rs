@@ -128,17 +128,23 @@ async fn main() {
     );
 
     let t = Instant::now();
+    let mut lat = Vec::with_capacity(PUTS_SINGLE);
     for i in 0..PUTS_SINGLE {
+        let t = Instant::now();
         client
             .put(&format!("single/{i}"), b"value".to_vec(), 0, None)
             .await
             .expect("put");
+        lat.push(t.elapsed());
     }
     let el = t.elapsed();
+    lat.sort();
     println!(
-        "put, 1 client: {PUTS_SINGLE} puts in {:.2} s = {:.0} puts/s",
+        "put, 1 client: {PUTS_SINGLE} puts in {:.2} s = {:.0} puts/s (p50 {:.3} ms  p99 {:.3} ms)",
         el.as_secs_f64(),
-        PUTS_SINGLE as f64 / el.as_secs_f64()
+        PUTS_SINGLE as f64 / el.as_secs_f64(),
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.99)),
     );
 
     let until = Instant::now() + CONCURRENT_FOR;

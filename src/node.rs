@@ -15,8 +15,8 @@ use std::time::Duration;
 use openraft::async_runtime::watch::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::admin::AdminService;
 use crate::api::pb;
@@ -141,15 +141,18 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         cluster: cfg.cluster_name.clone(),
     };
     let mut server_stop = stop_rx.clone();
+    // tonic ignores the builder's TCP_NODELAY for a listener of our own: without it on
+    // accepted sockets, Nagle holds small replies for the peer's delayed ACK, ~40 ms
+    // stalls on about one Raft write in five (lease_renew p99 48 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(
         Server::builder()
-            .tcp_nodelay(true)
             .add_service(
                 pb::raft_service_server::RaftServiceServer::new(raft_svc)
                     .max_decoding_message_size(64 * 1024 * 1024),
             )
             .add_service(pb::admin_server::AdminServer::new(admin))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             }),
     );
