@@ -9,7 +9,8 @@
 //! [`LeaseKeeper`] keeps a lease alive and tracks, on the local monotonic clock,
 //! until when the lease is certainly still held. Anything that acts as the lease
 //! holder (the supervisor running a primary) must check
-//! [`LeaseKeeper::is_valid`] before acting.
+//! [`LeaseKeeper::is_valid`] before acting. [`LeaseRenewer`] runs a keeper on a task
+//! of its own, so renewals never wait for the holder's other work.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
