@@ -431,11 +431,19 @@ impl PgCluster {
             } else {
                 "stopped"
             };
+            // pgquorum's own lines: openraft's warnings while a peer is down would
+            // otherwise fill the whole tail.
+            let own: Vec<String> = fs::read_to_string(n.log_path())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.contains(" openraft::"))
+                .map(str::to_string)
+                .collect();
             writeln!(
                 out,
-                "----- {} ({state}) pgquorum log -----\n{}",
+                "----- {} ({state}) pgquorum log, without openraft lines -----\n{}",
                 n.name,
-                tail(&n.log_path(), 80)
+                own[own.len().saturating_sub(80)..].join("\n")
             )
             .unwrap();
             writeln!(
@@ -454,6 +462,9 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
+            // Whole logs and data dirs stay for a post-mortem (CI machines are fresh).
+            self.tmp.disable_cleanup(true);
+            eprintln!("kept for inspection: {}", self.tmp.path().display());
         }
         let ids = self.ids();
         for id in ids {
