@@ -235,15 +235,7 @@ where
     let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
     c.wait_streaming(p, &others, SLOW_WAIT).await;
     if sync {
-        c.wait_for("a synchronous standby", SLOW_WAIT, async || {
-            for r in &others {
-                if c.http_status(*r, "GET", "/sync").await == Some(200) {
-                    return Ok(());
-                }
-            }
-            anyhow::bail!("none yet")
-        })
-        .await;
+        wait_sync_standby(&c, &others).await;
     }
     Workload::setup(&c, p).await;
     let start_lsn = wal_lsn(&c, p).await;
@@ -261,6 +253,13 @@ where
         let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
         c.wait_streaming(p, &others, SLOW_WAIT).await;
         work.wait_acked(&c, before + 50).await;
+        // Healed in synchronous mode includes a recorded synchronous standby: until
+        // then no member provably holds every acknowledged commit, and a further
+        // fault would be a double failure, after which no member may take over
+        // (pg_cluster.rs: pg_sync_mode_without_a_recorded_standby_does_not_fail_over).
+        if sync {
+            wait_sync_standby(&c, &others).await;
+        }
         eprintln!(
             "{}: round {} healed, primary is node {p}",
             s.name,
@@ -324,6 +323,18 @@ where
             wal_per_transfer
         );
     }
+}
+
+async fn wait_sync_standby(c: &PgCluster, replicas: &[u64]) {
+    c.wait_for("a synchronous standby", SLOW_WAIT, async || {
+        for r in replicas {
+            if c.http_status(*r, "GET", "/sync").await == Some(200) {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("none yet")
+    })
+    .await;
 }
 
 async fn wal_lsn(c: &PgCluster, id: u64) -> u64 {

@@ -399,3 +399,77 @@ async fn pg_sync_mode_loses_no_acknowledged_commit() {
     eprintln!("acknowledged {} commits, {} lost", acked.len(), lost.len());
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
 }
+
+/// In synchronous mode only the member recorded as synchronous standby may take over.
+/// A primary that dies while none is recorded (it had just come up, or its standby
+/// had left and it went on alone) leaves no member that provably holds every
+/// acknowledged commit: none takes over on its own. The way out is the operator's:
+/// turning synchronous mode off in `/pg/config`, after which the ordinary rules
+/// (`maximum_lag_on_failover`) apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_sync_mode_without_a_recorded_standby_does_not_fail_over() {
+    if !have_pg() {
+        return;
+    }
+    let opts = PgOptions {
+        synchronous_mode: true,
+        ..PgOptions::default()
+    };
+    let ttl = Duration::from_millis(opts.ttl_ms);
+    let (mut c, p, replicas) = healthy_cluster(opts).await;
+    let n = c.node(p);
+    let client = pgquorum::client::Client::new(
+        c.ids()
+            .iter()
+            .map(|i| format!("{}:{}", c.node(*i).host, c.node(*i).raft_port))
+            .collect(),
+    )
+    .unwrap();
+    // Pause first, so the primary cannot record a standby again, then clear the record:
+    // the state a primary is in between coming up and its first recorded standby.
+    client
+        .put("/pg/pause", b"test".to_vec(), 0, None)
+        .await
+        .unwrap();
+    c.wait_for("the primary to see the pause", SLOW_WAIT, async || {
+        let (_, body) = c.http(p, "GET", "/patroni").await.unwrap_or_default();
+        ensure!(body.contains("\"pause\":true"), "not yet: {body}");
+        Ok(())
+    })
+    .await;
+    let none = format!(r#"{{"leader":"{}","sync_standby":null}}"#, n.name);
+    client
+        .put("/pg/sync", none.into_bytes(), 0, None)
+        .await
+        .unwrap();
+    c.kill_supervisor(p);
+    // The killed node may have led Raft: retry until a new leader answers.
+    c.wait_for("the pause to be lifted", SLOW_WAIT, async || {
+        client.delete("/pg/pause", false, None).await?;
+        Ok(())
+    })
+    .await;
+
+    // Three ttls without a writable node: the lease lapses after one, and then every
+    // member must decline.
+    let until = Instant::now() + 3 * ttl;
+    while Instant::now() < until {
+        for r in &replicas {
+            assert!(
+                !c.is_writable(*r).await,
+                "node {r} took over without being the recorded synchronous standby\n{}",
+                c.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kv = client.get("/pg/config", false, false).await.unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_slice(&kv.kvs[0].value).unwrap();
+    cfg["synchronous_mode"] = serde_json::Value::Bool(false);
+    client
+        .put("/pg/config", serde_json::to_vec(&cfg).unwrap(), 0, None)
+        .await
+        .unwrap();
+    let q = c.wait_primary(&[p], SLOW_WAIT).await;
+    assert!(replicas.contains(&q));
+}
