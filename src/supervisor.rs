@@ -602,6 +602,9 @@ impl Supervisor {
             }
             Action::Rewind { leader } => {
                 let target = Self::target(view, &leader)?;
+                // A replica rewound because its starts kept failing gets another full
+                // period before the next rewind (each one checkpoints the leader).
+                self.down_since = None;
                 match self.pg.rewind(&target).await {
                     Ok(()) => {}
                     // pg_rewind (or the crash recovery before it) ran and failed: the

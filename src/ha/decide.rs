@@ -54,9 +54,10 @@ pub struct PgView {
     pub not_streaming_ms: Option<u64>,
 }
 
-/// A replica that cannot stream from its serving leader for this long most likely
-/// has WAL the leader never had (it diverged before the leader's promotion): it is
-/// rewound (pg_rewind changes nothing when it had not diverged).
+/// A replica that cannot stream from its serving leader for this long, or cannot
+/// start as its standby at all, most likely has WAL the leader never had (it diverged
+/// before the leader's promotion): it is rewound (pg_rewind changes nothing when it
+/// had not diverged).
 pub const STALLED_REPLICA_REWIND_MS: u64 = 10_000;
 
 /// The cluster as read from the Raft store this cycle.
@@ -563,16 +564,24 @@ fn follow(o: &Observation, leader: &str) -> Decision {
         );
     }
     if !pg.running {
+        let rewind_then_start = vec![
+            Action::Rewind { leader: l.clone() },
+            Action::StartReplica {
+                leader: Some(l.clone()),
+            },
+        ];
         if pg.was_primary {
-            return decision(
-                vec![
-                    Action::Rewind { leader: l.clone() },
-                    Action::StartReplica {
-                        leader: Some(l.clone()),
-                    },
-                ],
-                Reason::Rewinding(l),
-            );
+            return decision(rewind_then_start, Reason::Rewinding(l));
+        }
+        // A replica that received WAL past the new timeline's fork point (from the old
+        // primary, before it was cut off) cannot even start as a standby of the new
+        // leader ("requested timeline does not contain minimum recovery point"): after
+        // as long as a stalled replica gets, rewind it.
+        if pg
+            .down_for_ms
+            .is_some_and(|ms| ms >= STALLED_REPLICA_REWIND_MS)
+        {
+            return decision(rewind_then_start, Reason::DivergedReplica(l));
         }
         return decision(
             vec![Action::StartReplica {

@@ -368,6 +368,24 @@ fn decisions() {
             Reason::StartingReplica("a".into()),
         ),
         (
+            "replica whose starts keep failing, not for long yet: start again",
+            with(obs_replica(), |o| {
+                o.pg = pg_stopped(false);
+                o.pg.down_for_ms = Some(STALLED_REPLICA_REWIND_MS - 1);
+            }),
+            vec![StartReplica { leader: a() }],
+            Reason::StartingReplica("a".into()),
+        ),
+        (
+            "replica that cannot start on the leader's timeline: rewind, then follow",
+            with(obs_replica(), |o| {
+                o.pg = pg_stopped(false);
+                o.pg.down_for_ms = Some(STALLED_REPLICA_REWIND_MS);
+            }),
+            vec![Rewind { leader: "a".into() }, StartReplica { leader: a() }],
+            Reason::DivergedReplica("a".into()),
+        ),
+        (
             "diverged former primary: rewind, then follow",
             with(obs_replica(), |o| o.pg = pg_stopped(true)),
             vec![Rewind { leader: "a".into() }, StartReplica { leader: a() }],
