@@ -351,10 +351,7 @@ fn async_opts() -> PgOptions {
 }
 
 fn sync_opts() -> PgOptions {
-    PgOptions {
-        synchronous_mode: true,
-        ..PgOptions::default()
-    }
+    PgOptions::synchronous()
 }
 
 async fn crash_host(c: &mut PgCluster, p: u64) {

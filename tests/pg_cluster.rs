@@ -308,10 +308,7 @@ async fn pg_sync_mode_loses_no_acknowledged_commit() {
     if !have_pg() {
         return;
     }
-    let opts = PgOptions {
-        synchronous_mode: true,
-        ..PgOptions::default()
-    };
+    let opts = PgOptions::synchronous();
     let (mut c, old, replicas) = healthy_cluster(opts).await;
     exec(&c, old, "CREATE TABLE acked (id bigint PRIMARY KEY)")
         .await
@@ -411,10 +408,7 @@ async fn pg_sync_mode_without_a_recorded_standby_does_not_fail_over() {
     if !have_pg() {
         return;
     }
-    let opts = PgOptions {
-        synchronous_mode: true,
-        ..PgOptions::default()
-    };
+    let opts = PgOptions::synchronous();
     let ttl = Duration::from_millis(opts.ttl_ms);
     let (mut c, p, replicas) = healthy_cluster(opts).await;
     let n = c.node(p);

@@ -189,13 +189,7 @@ impl AdminService {
     fn forward_failed(&self, s: Status) -> Status {
         // A connection that timed out or broke may be a half-dead TCP connection left
         // from a partition (retransmissions backing off for minutes): never reuse it.
-        if matches!(
-            s.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::Unknown
-                | tonic::Code::Cancelled
-                | tonic::Code::DeadlineExceeded
-        ) {
+        if super::connection_failed(&s) {
             self.channels.lock().expect("lock").clear();
         }
         match s.code() {

@@ -9,6 +9,19 @@ pub mod pb {
     tonic::include_proto!("pgquorum.v1");
 }
 
+/// Whether a call to a peer failed in the connection (refused, broken, cancelled,
+/// timed out) rather than being answered: the callers then consider replacing the
+/// connection, which may be a half-dead one left from a partition.
+pub(crate) fn connection_failed(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+    )
+}
+
 /// Metadata key carrying the Raft leader's address on `Unavailable` answers.
 pub const LEADER_HINT: &str = "x-pgquorum-leader";
 /// Set on a request one member forwarded to another, so it is forwarded at most once.

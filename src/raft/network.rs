@@ -212,13 +212,7 @@ impl PeerClient {
                 r
             }
             Ok(Err(s)) => {
-                if matches!(
-                    s.code(),
-                    tonic::Code::Unavailable
-                        | tonic::Code::Unknown
-                        | tonic::Code::Cancelled
-                        | tonic::Code::DeadlineExceeded
-                ) {
+                if crate::api::connection_failed(&s) {
                     self.failed();
                 } else {
                     // A refusal (wrong cluster, not a member) is still an answer.

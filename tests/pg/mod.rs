@@ -55,6 +55,16 @@ impl Default for PgOptions {
     }
 }
 
+impl PgOptions {
+    /// The defaults with `synchronous_mode` on.
+    pub fn synchronous() -> Self {
+        Self {
+            synchronous_mode: true,
+            ..Self::default()
+        }
+    }
+}
+
 pub struct PgNode {
     pub id: u64,
     pub name: String,
