@@ -407,6 +407,76 @@ async fn pg_fault_sigstop_pgquorum_beyond_ttl_async() {
     .await;
 }
 
+/// Ctrl-Z of a node started in a terminal, or a tool pausing a process group: the
+/// whole process group of the primary's pgquorum is stopped. Before the guard had a
+/// session of its own it froze too, and the postmaster kept accepting writes after
+/// a replica was promoted (~9 s of two writable primaries measured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_sigstop_pgquorum_process_group_beyond_ttl_async() {
+    run_scenario(
+        Scenario::new("SIGSTOP pgquorum's process group > ttl", async_opts()),
+        async |c: &mut PgCluster, p: u64| {
+            let pgid = c.supervisor_pid(p);
+            signal(-pgid, libc::SIGSTOP);
+            c.wait_primary(&[p], SLOW_WAIT).await;
+            tokio::time::sleep(Duration::from_millis(c.opts.ttl_ms)).await;
+            signal(-pgid, libc::SIGCONT);
+        },
+    )
+    .await;
+}
+
+/// The guard alone is stopped, then the primary loses its quorum (both other nodes'
+/// pgquorum frozen for more than a ttl): pgquorum itself must kill PostgreSQL by the
+/// lease deadline, before the others (resumed) can promote a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_sigstop_guard_then_primary_loses_quorum_async() {
+    run_scenario(
+        Scenario::new("SIGSTOP guard, primary loses quorum", async_opts()),
+        async |c: &mut PgCluster, p: u64| {
+            let guard = c.guard_pid(p).expect("the primary's guard");
+            signal(guard, libc::SIGSTOP);
+            let others: Vec<i32> = c
+                .ids()
+                .into_iter()
+                .filter(|i| *i != p)
+                .map(|i| c.supervisor_pid(i))
+                .collect();
+            for o in &others {
+                signal(-*o, libc::SIGSTOP);
+            }
+            // The fault lasts two ttls; the resumed nodes then promote a replica a
+            // ttl or so later. The observer catches the old primary if it is still
+            // writable by then.
+            tokio::time::sleep(Duration::from_millis(2 * c.opts.ttl_ms)).await;
+            for o in &others {
+                signal(-*o, libc::SIGCONT);
+            }
+            // Any primary will do: the old one may take its lease back once quorum
+            // returns (it restarts PostgreSQL under a new guard).
+            c.wait_primary(&[], SLOW_WAIT).await;
+            // pgquorum kills a stopped guard whose PostgreSQL is gone; else resume it.
+            // SAFETY: kill(2) on a process this test stopped; it may be gone already.
+            unsafe { libc::kill(guard, libc::SIGCONT) };
+        },
+    )
+    .await;
+}
+
+/// `kill -9` of the primary's guard alone: its postmaster dies with it (PDEATHSIG),
+/// pgquorum kills the backends left behind, and starts PostgreSQL again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_kill9_guard_async() {
+    run_scenario(
+        Scenario::new("kill -9 the primary's guard", async_opts()),
+        async |c: &mut PgCluster, p: u64| {
+            let guard = c.guard_pid(p).expect("the primary's guard");
+            signal(guard, libc::SIGKILL);
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_fault_restart_all_nodes_in_random_order_async() {
     run_scenario(

@@ -10,13 +10,20 @@
 //! guard's own) in its own process group, with stdout/stderr appended to `log-file`
 //! and `PR_SET_PDEATHSIG(SIGKILL)`, so it dies if the guard dies.
 //!
+//! The guard runs in a session and process group of its own (`setsid`), so nothing
+//! aimed at pgquorum's process group (Ctrl-Z, `kill -STOP -<pgid>`, a service
+//! manager's signals) reaches it: it keeps enforcing the deadline while pgquorum is
+//! frozen. It also ignores the terminal stop signals.
+//!
 //! Control lines on stdin (see [`Control`]): `deadline <ns>`, `nodeadline`,
-//! `stop fast|immediate|kill`. Stdin EOF (pgquorum died or dropped its handle) kills
+//! `stop fast|immediate|kill`, and `ping`, pgquorum's heartbeat. Stdin EOF (pgquorum died or dropped its handle) kills
 //! the process group at once. Any line the guard does not understand is treated the
 //! same way: a supervisor that cannot talk to the guard cannot keep the fence.
 //!
 //! Reports on stdout (see [`Report`]): `postmaster <pid>` once the postmaster runs,
-//! then one `exit ...` line just before the guard exits. Exit code: the postmaster's
+//! `alive` every [`HEARTBEAT_NS`], then one `exit ...` line just before the guard
+//! exits. Stdout is non-blocking: a reader that stops reading can cost heartbeats,
+//! never block the guard. Exit code: the postmaster's
 //! (128 + signal when killed), or [`EXIT_FENCED`], [`EXIT_ORPHANED`], [`EXIT_ERROR`].
 //!
 //! Single-threaded plain std + libc, no tokio: nothing here can be starved by other
@@ -48,6 +55,10 @@ const QUIT_TO_KILL_NS: u64 = 10_000_000_000;
 const REAP_ORPHANS: Duration = Duration::from_secs(5);
 /// Longest accepted control line.
 const MAX_LINE: usize = 128;
+/// The guard's heartbeat on stdout.
+pub const HEARTBEAT_NS: u64 = 200_000_000;
+/// pgquorum's pings stopping for this long is logged (the deadline still applies).
+const PGQUORUM_SILENT_NS: u64 = 2_000_000_000;
 /// Safety margin subtracted from every converted deadline.
 const DEADLINE_MARGIN_NS: u64 = 1_000_000;
 
@@ -68,6 +79,8 @@ pub enum Control {
     Deadline(u64),
     NoDeadline,
     Stop(StopKind),
+    /// pgquorum's heartbeat.
+    Ping,
 }
 
 impl Control {
@@ -78,6 +91,7 @@ impl Control {
             Control::Stop(StopKind::Fast) => "stop fast\n".into(),
             Control::Stop(StopKind::Immediate) => "stop immediate\n".into(),
             Control::Stop(StopKind::Kill) => "stop kill\n".into(),
+            Control::Ping => "ping\n".into(),
         }
     }
 }
@@ -91,6 +105,7 @@ pub fn parse_control(line: &str) -> Result<Control, String> {
             .map(Control::Deadline)
             .map_err(|_| format!("bad deadline {ns:?}"))?,
         (Some("nodeadline"), None, None) => Control::NoDeadline,
+        (Some("ping"), None, None) => Control::Ping,
         (Some("stop"), Some("fast"), None) => Control::Stop(StopKind::Fast),
         (Some("stop"), Some("immediate"), None) => Control::Stop(StopKind::Immediate),
         (Some("stop"), Some("kill"), None) => Control::Stop(StopKind::Kill),
@@ -104,6 +119,8 @@ pub fn parse_control(line: &str) -> Result<Control, String> {
 pub enum Report {
     /// The postmaster runs with this pid (= its process group id).
     Postmaster(i32),
+    /// The guard's heartbeat.
+    Alive,
     /// The postmaster exited with this code.
     ExitStatus(i32),
     /// The postmaster was killed by this signal (not by the guard's fence).
@@ -120,6 +137,7 @@ impl Report {
     pub fn to_line(&self) -> String {
         match self {
             Report::Postmaster(p) => format!("postmaster {p}\n"),
+            Report::Alive => "alive\n".into(),
             Report::ExitStatus(c) => format!("exit status {c}\n"),
             Report::ExitSignal(s) => format!("exit signal {s}\n"),
             Report::Fenced => "exit fenced\n".into(),
@@ -132,6 +150,7 @@ impl Report {
         let (head, rest) = line.split_once(' ').unwrap_or((line, ""));
         Some(match (head, rest) {
             ("postmaster", p) => Report::Postmaster(p.parse().ok()?),
+            ("alive", "") => Report::Alive,
             ("exit", "fenced") => Report::Fenced,
             ("exit", "orphaned") => Report::Orphaned,
             ("exit", r) => match r.split_once(' ')? {
@@ -239,11 +258,12 @@ pub fn main() -> ExitCode {
 }
 
 fn report(r: &Report) {
-    // Errors are ignored: if pgquorum is gone nobody reads this, and a failed write
-    // must not turn into a panic that skips the cleanup already done.
-    let mut out = io::stdout().lock();
-    let _ = out.write_all(r.to_line().as_bytes());
-    let _ = out.flush();
+    // One write(2) of a short line (atomic on a pipe), bypassing std's buffer, on a
+    // non-blocking stdout. Errors are ignored: if pgquorum is gone or not reading,
+    // nobody needs this, and a failed write must never stall or abort the guard.
+    let line = r.to_line();
+    // SAFETY: writing a valid buffer of the given length to fd 1.
+    let _ = unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
 }
 
 fn run(args: GuardArgs) -> (Report, u8) {
@@ -265,6 +285,9 @@ fn run(args: GuardArgs) -> (Report, u8) {
         stage: None,
         escalate: None,
         buf: Vec::new(),
+        next_beat: 0,
+        heard: mono_now_ns(),
+        silence_logged: false,
     };
     if let Err(e) = g.setup() {
         let m = format!("cannot set up: {e}");
@@ -305,6 +328,11 @@ struct Guard {
     stage: Option<StopKind>,
     escalate: Option<(u64, Escalation)>,
     buf: Vec<u8>,
+    /// When the next `alive` is due.
+    next_beat: u64,
+    /// When pgquorum last sent a control line.
+    heard: u64,
+    silence_logged: bool,
 }
 
 impl Guard {
@@ -325,8 +353,26 @@ impl Guard {
             // Only pgquorum controls us: a terminal's Ctrl-C or a service manager's
             // SIGTERM to the whole group must not kill the guard (that would crash
             // PostgreSQL) while pgquorum is shutting it down in order.
-            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            for s in [
+                libc::SIGINT,
+                libc::SIGTERM,
+                libc::SIGHUP,
+                libc::SIGQUIT,
+                libc::SIGTSTP,
+                libc::SIGTTIN,
+                libc::SIGTTOU,
+            ] {
                 libc::signal(s, libc::SIG_IGN);
+            }
+            // Out of pgquorum's session and process group: a stop or signal sent to
+            // that group (Ctrl-Z in a terminal, `kill -STOP -<pgid>`) must not freeze
+            // the fence together with the supervisor. Fails only for a group leader,
+            // which pgquorum never starts; then refuse to run PostgreSQL at all.
+            if libc::setsid() < 0 {
+                return Err(io::Error::other(format!(
+                    "cannot leave pgquorum's session (setsid: {})",
+                    io::Error::last_os_error()
+                )));
             }
             // Parent death is reported as SIGUSR2 through a signalfd, not as SIGKILL:
             // the guard must survive long enough to kill the postmaster's whole group
@@ -359,9 +405,11 @@ impl Guard {
             if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let fl = libc::fcntl(0, libc::F_GETFL);
-            if fl < 0 || libc::fcntl(0, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-                return Err(io::Error::last_os_error());
+            for fd in [0, 1] {
+                let fl = libc::fcntl(fd, libc::F_GETFL);
+                if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
         }
         Ok(())
@@ -394,6 +442,9 @@ impl Guard {
                     libc::SIGHUP,
                     libc::SIGQUIT,
                     libc::SIGUSR2,
+                    libc::SIGTSTP,
+                    libc::SIGTTIN,
+                    libc::SIGTTOU,
                 ] {
                     libc::signal(s, libc::SIG_DFL);
                 }
@@ -437,6 +488,7 @@ impl Guard {
                 return self.postmaster_gone();
             }
             self.escalate_if_due();
+            self.heartbeat();
             let (stdin_ready, sig_ready) = self.wait();
             // The deadline is checked before any new control line is applied: a
             // renewal that arrives after the old deadline cannot undo the fence.
@@ -453,6 +505,26 @@ impl Guard {
                     Err(e) => return self.orphaned(&format!("bad control input: {e}")),
                 }
             }
+        }
+    }
+
+    /// Sends `alive` when due, and notes (once) when pgquorum has gone quiet.
+    fn heartbeat(&mut self) {
+        let now = mono_now_ns();
+        if now >= self.next_beat {
+            report(&Report::Alive);
+            self.next_beat = now + HEARTBEAT_NS;
+        }
+        if !self.silence_logged && now.saturating_sub(self.heard) >= PGQUORUM_SILENT_NS {
+            self.silence_logged = true;
+            let what = match self.deadline {
+                Some(_) => "the fence deadline still applies",
+                None => "no deadline is set (not a primary)",
+            };
+            self.say(&format!(
+                "pgquorum has sent nothing for {} s (stopped or starved?); {what}",
+                now.saturating_sub(self.heard) / 1_000_000_000
+            ));
         }
     }
 
@@ -493,6 +565,7 @@ impl Guard {
         if let Some((at, _)) = self.escalate {
             timeout_ns = timeout_ns.min(at.saturating_sub(now));
         }
+        timeout_ns = timeout_ns.min(self.next_beat.saturating_sub(now));
         let mut fds = vec![libc::pollfd {
             fd: 0,
             events: libc::POLLIN,
@@ -549,6 +622,8 @@ impl Guard {
                 _ => Err(format!("read: {e}")),
             };
         }
+        self.heard = mono_now_ns();
+        self.silence_logged = false;
         self.buf.extend_from_slice(&chunk[..n as usize]);
         while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.buf.drain(..=pos).collect();
@@ -567,6 +642,7 @@ impl Guard {
             Control::Deadline(d) => self.deadline = Some(d),
             Control::NoDeadline => self.deadline = None,
             Control::Stop(kind) => self.stop(kind),
+            Control::Ping => {}
         }
     }
 
@@ -709,6 +785,7 @@ mod tests {
             Control::Stop(StopKind::Fast),
             Control::Stop(StopKind::Immediate),
             Control::Stop(StopKind::Kill),
+            Control::Ping,
         ] {
             let line = c.to_line();
             assert!(line.ends_with('\n'));
@@ -739,6 +816,7 @@ mod tests {
     fn reports_round_trip() {
         for r in [
             Report::Postmaster(4242),
+            Report::Alive,
             Report::ExitStatus(0),
             Report::ExitStatus(1),
             Report::ExitSignal(9),

@@ -6,6 +6,7 @@
 //! when pgquorum goes away. See `DESIGN.md` beside this file.
 
 mod conf;
+mod fence;
 pub mod guard;
 mod os;
 mod sql;
@@ -22,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
-use self::guard::{Control, GuardArgs, Report, StopKind, deadline_to_mono_ns};
+pub use self::fence::FenceHandle;
+use self::fence::control_for;
+use self::guard::{Control, GuardArgs, Report, StopKind};
 use self::os::RunAs;
 use crate::config::{Credentials, PostgresConfig};
 use crate::ha::model::parse_lsn;
@@ -321,91 +324,12 @@ impl PgError {
 /// the [`FenceHandle`].
 struct GuardHandle {
     child: tokio::process::Child,
-    reports: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// Reads the guard's reports as they come (its heartbeat feeds the
+    /// [`FenceHandle`]); yields the last report other than the heartbeat.
+    reader: tokio::task::JoinHandle<Option<Report>>,
     /// Postmaster pid = process group id.
     pgid: i32,
     stop_requested: bool,
-}
-
-#[derive(Default)]
-struct FenceState {
-    deadline: Option<Instant>,
-    /// Write end of the running guard's stdin. Closing it (or pgquorum dying) is EOF
-    /// for the guard, which then kills PostgreSQL.
-    pipe: Option<fs::File>,
-}
-
-/// The fence deadline and the way to the running guard. Cloned by the leader-lease
-/// renewal task, which moves the deadline after every committed renewal without
-/// waiting for the HA loop (busy, maybe, with a slow action).
-#[derive(Clone, Default)]
-pub struct FenceHandle(std::sync::Arc<std::sync::Mutex<FenceState>>);
-
-impl FenceHandle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FenceState> {
-        // Every critical section leaves the state consistent.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Forwards the fence deadline to the guard (and remembers it for the next start).
-    /// `None` = no deadline (replicas). A deadline in the past kills PostgreSQL at once.
-    pub fn set(&self, deadline: Option<Instant>) -> Result<(), PgError> {
-        Self::store(&mut self.lock(), deadline)
-    }
-
-    /// Moves an armed deadline (a primary's) to `deadline`; leaves "no deadline"
-    /// alone, so a renewal that lands after the supervisor disarmed the fence (when
-    /// it starts a replica) cannot arm it again.
-    pub fn move_if_armed(&self, deadline: Instant) -> Result<(), PgError> {
-        let mut f = self.lock();
-        if f.deadline.is_none() {
-            return Ok(());
-        }
-        Self::store(&mut f, Some(deadline))
-    }
-
-    fn store(f: &mut FenceState, deadline: Option<Instant>) -> Result<(), PgError> {
-        f.deadline = deadline;
-        if let Some(p) = &mut f.pipe {
-            send(p, control_for(deadline)).map_err(|e| {
-                PgError::Guard(format!(
-                    "cannot pass the fence deadline to the guard ({e}); PostgreSQL is stopped or stopping"
-                ))
-            })?;
-        }
-        Ok(())
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.lock().deadline
-    }
-
-    fn send(&self, c: Control) -> io::Result<()> {
-        match &mut self.lock().pipe {
-            Some(p) => send(p, c),
-            None => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
-        }
-    }
-
-    /// A new guard runs: from now on deadlines go to it. The current deadline goes at
-    /// once, in case it moved while the guard was starting with the one before.
-    fn attach(&self, mut pipe: fs::File) -> io::Result<()> {
-        let mut f = self.lock();
-        let r = send(&mut pipe, control_for(f.deadline));
-        f.pipe = Some(pipe);
-        r
-    }
-
-    fn detach(&self) {
-        self.lock().pipe = None;
-    }
-}
-
-fn send(pipe: &mut fs::File, c: Control) -> io::Result<()> {
-    // One write of a few bytes on a non-blocking pipe: atomic, never blocks.
-    pipe.write_all(c.to_line().as_bytes())
 }
 
 /// A supervised PostgreSQL instance on this host.
@@ -947,11 +871,23 @@ impl Postgres {
             StopMode::Immediate => (StopKind::Immediate, STOP_WAIT_IMMEDIATE),
             StopMode::Kill => (StopKind::Kill, STOP_WAIT_KILL),
         };
+        // A guard that has gone quiet (stopped, starved) will not act on the request:
+        // do not wait the full escalation for it before killing it and the group.
+        let guard_silent = self.fence.guard_silent_for() >= fence::GUARD_SILENT;
+        let wait = if guard_silent {
+            tracing::warn!(
+                pgid,
+                "pg-guard does not answer; stopping PostgreSQL without it"
+            );
+            Duration::from_secs(1)
+        } else {
+            wait
+        };
         tracing::info!(?mode, pgid, "stopping PostgreSQL");
         // A failed send means the guard is exiting already; waiting covers that.
         let _ = self.fence.send(Control::Stop(kind));
         let mut status = tokio::time::timeout(wait, g.child.wait()).await;
-        if status.is_err() {
+        if status.is_err() && !guard_silent {
             tracing::warn!(pgid, "PostgreSQL did not stop in time; killing it");
             let _ = self.fence.send(Control::Stop(StopKind::Kill));
             status = tokio::time::timeout(STOP_WAIT_KILL, g.child.wait()).await;
@@ -961,8 +897,8 @@ impl Postgres {
                 pgid,
                 "the guard does not respond; killing it and the process group"
             );
-            let _ = g.child.start_kill();
             os::kill_group(pgid, libc::SIGKILL);
+            let _ = g.child.start_kill();
             status = tokio::time::timeout(STOP_WAIT_KILL, g.child.wait()).await;
         }
         match status {
@@ -1662,20 +1598,40 @@ impl Postgres {
             return Err(PgError::Guard("no stdout pipe".into()));
         };
         let mut reports = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(GUARD_REPORT_TIMEOUT, reports.next_line()).await;
-        let report = match first {
-            Ok(Ok(Some(line))) => Report::parse(&line),
-            _ => None,
-        };
+        let first = tokio::time::timeout(GUARD_REPORT_TIMEOUT, async {
+            loop {
+                match reports.next_line().await {
+                    Ok(Some(line)) => match Report::parse(&line) {
+                        Some(Report::Alive) => continue,
+                        r => return r,
+                    },
+                    _ => return None,
+                }
+            }
+        })
+        .await;
+        let report = first.ok().flatten();
         match report {
             Some(Report::Postmaster(pgid)) => {
+                let fence = self.fence.clone();
+                let reader = tokio::spawn(async move {
+                    let mut last = None;
+                    while let Ok(Some(line)) = reports.next_line().await {
+                        fence.guard_heard();
+                        match Report::parse(&line) {
+                            Some(Report::Alive) | None => {}
+                            Some(r) => last = Some(r),
+                        }
+                    }
+                    last
+                });
                 self.guard = Some(GuardHandle {
                     child,
-                    reports,
+                    reader,
                     pgid,
                     stop_requested: false,
                 });
-                if let Err(e) = self.fence.attach(control) {
+                if let Err(e) = self.fence.attach(control, pgid) {
                     // The guard is gone already; the next probe reaps it.
                     tracing::warn!(error = %e, "cannot pass the fence deadline to the new guard");
                 }
@@ -1705,8 +1661,24 @@ impl Postgres {
     /// If the guard has exited: records why, makes sure nothing of the instance is
     /// left, forgets it, and returns the reason.
     async fn reap_guard(&mut self) -> Option<PgExit> {
-        let status = match self.guard.as_mut()?.child.try_wait() {
+        let silent = self.fence.guard_silent_for() >= fence::GUARD_SILENT;
+        let g = self.guard.as_mut()?;
+        let status = match g.child.try_wait() {
             Ok(Some(s)) => s,
+            // PostgreSQL is gone (pgquorum's own fencer killed it, say) but the guard,
+            // stopped or hung, cannot report it: end the guard so the instance counts
+            // as stopped and can be started again under a working one.
+            _ if silent && !os::process_alive(g.pgid) => {
+                tracing::warn!(
+                    pgid = g.pgid,
+                    "PostgreSQL is gone and its pg-guard does not answer; killing the guard"
+                );
+                let _ = g.child.start_kill();
+                match tokio::time::timeout(STOP_WAIT_KILL, g.child.wait()).await {
+                    Ok(Ok(s)) => s,
+                    _ => return None,
+                }
+            }
             _ => return None,
         };
         Some(self.finish_guard(status).await)
@@ -1718,15 +1690,16 @@ impl Postgres {
         };
         self.fence.detach();
         // The guard has exited, so its stdout reaches EOF right after its last report.
-        let mut last = None;
-        while let Ok(Ok(Some(line))) =
-            tokio::time::timeout(Duration::from_millis(200), g.reports.next_line()).await
-        {
-            if let Some(r) = Report::parse(&line) {
-                last = Some(r);
+        let last = match tokio::time::timeout(Duration::from_millis(500), &mut g.reader).await {
+            Ok(Ok(last)) => last,
+            _ => {
+                g.reader.abort();
+                None
             }
-        }
+        };
+        let fenced_here = self.fence.take_fenced_here();
         let exit = match last {
+            _ if fenced_here => PgExit::Fenced,
             Some(Report::Fenced) => PgExit::Fenced,
             Some(Report::ExitStatus(_) | Report::ExitSignal(_)) if g.stop_requested => {
                 PgExit::Stopped
@@ -1735,7 +1708,7 @@ impl Postgres {
             Some(Report::ExitSignal(s)) => PgExit::Signaled(s),
             Some(Report::Orphaned) => PgExit::GuardFailed("the guard lost its control pipe".into()),
             Some(Report::Error(m)) => PgExit::GuardFailed(m),
-            Some(Report::Postmaster(_)) | None => {
+            Some(Report::Postmaster(_) | Report::Alive) | None => {
                 PgExit::GuardFailed(format!("the guard died without a report ({status})"))
             }
         };
@@ -1751,18 +1724,6 @@ impl Postgres {
         self.sql.reset();
         self.last_exit = Some(exit.clone());
         exit
-    }
-}
-
-fn control_for(deadline: Option<Instant>) -> Control {
-    match deadline {
-        Some(d) => {
-            // Monotonic clock first, then Instant: the conversion errs early.
-            let mono = os::mono_now_ns();
-            let now = Instant::now();
-            Control::Deadline(deadline_to_mono_ns(d, now, mono))
-        }
-        None => Control::NoDeadline,
     }
 }
 
@@ -1783,57 +1744,4 @@ fn text(row: &[Option<String>], col: usize) -> String {
 
 fn lsn(v: Option<&str>) -> u64 {
     v.and_then(parse_lsn).unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn read_all(mut r: fs::File) -> String {
-        use std::io::Read as _;
-        let mut s = String::new();
-        r.read_to_string(&mut s).expect("read pipe");
-        s
-    }
-
-    #[test]
-    fn a_renewal_never_arms_a_disarmed_fence() {
-        let f = FenceHandle::default();
-        let later = Instant::now() + Duration::from_secs(5);
-        f.move_if_armed(later).unwrap();
-        assert_eq!(f.deadline(), None, "a renewal armed a replica's fence");
-        let soon = Instant::now() + Duration::from_secs(1);
-        f.set(Some(soon)).unwrap();
-        f.move_if_armed(later).unwrap();
-        assert_eq!(f.deadline(), Some(later));
-        f.set(None).unwrap();
-        f.move_if_armed(later).unwrap();
-        assert_eq!(f.deadline(), None);
-    }
-
-    #[test]
-    fn deadlines_reach_the_attached_guard_in_order() {
-        let (r, w) = os::control_pipe().expect("pipe");
-        let f = FenceHandle::default();
-        let d = Instant::now() + Duration::from_secs(5);
-        f.set(Some(d)).unwrap();
-        // Attaching sends the current deadline at once.
-        f.attach(w).unwrap();
-        f.move_if_armed(d + Duration::from_secs(1)).unwrap();
-        f.set(None).unwrap();
-        f.detach();
-        assert!(f.set(Some(d)).is_ok(), "no guard: remembered only");
-        let text = read_all(fs::File::from(r));
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text:?}");
-        assert!(matches!(
-            guard::parse_control(lines[0]),
-            Ok(Control::Deadline(_))
-        ));
-        assert!(matches!(
-            guard::parse_control(lines[1]),
-            Ok(Control::Deadline(_))
-        ));
-        assert_eq!(guard::parse_control(lines[2]), Ok(Control::NoDeadline));
-    }
 }

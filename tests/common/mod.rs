@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -169,6 +170,9 @@ pub fn spawn_node(config: &Path, log: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(f)
         .stderr(err)
+        // Its own process group, as a node started from a shell or a service manager
+        // has: faults can stop or signal the whole group without hitting the test.
+        .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"))
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -237,6 +238,19 @@ impl PgCluster {
     pub fn postmaster_pid(&self, id: u64) -> Option<i32> {
         let text = fs::read_to_string(self.node(id).pg_data().join("postmaster.pid")).ok()?;
         text.lines().next()?.trim().parse().ok()
+    }
+
+    /// The pid of node `id`'s pg-guard: the parent of its postmaster.
+    pub fn guard_pid(&self, id: u64) -> Option<i32> {
+        let pm = self.postmaster_pid(id)?;
+        let stat = fs::read_to_string(format!("/proc/{pm}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let ppid: i32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        // A stale postmaster.pid may name a reused pid: only a real guard counts.
+        let cmd = fs::read(format!("/proc/{ppid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd)
+            .contains("pg-guard")
+            .then_some(ppid)
     }
 
     /// Node `id`'s process runs and its gRPC API answers a status request.
@@ -479,8 +493,15 @@ impl Drop for PgCluster {
         let ids = self.ids();
         for id in ids {
             let pm = self.postmaster_pid(id);
+            // A guard a test stopped would outlive pgquorum (it has its own session).
+            let guard = self.guard_pid(id).filter(|g| *g > 1);
             if let Some(mut p) = self.nodes.get_mut(&id).and_then(|n| n.proc.take()) {
                 p.kill9();
+            }
+            if let Some(g) = guard {
+                unsafe {
+                    libc::kill(g, libc::SIGKILL);
+                }
             }
             // The guard kills PostgreSQL when pgquorum dies; this covers a guard
             // that was itself killed by a test.
@@ -668,6 +689,8 @@ pub fn spawn_node_in(ns: &str, config: &Path, log: &Path) -> std::process::Child
         .stdin(std::process::Stdio::null())
         .stdout(f)
         .stderr(err)
+        // `ip netns exec` execs the node: this is the node's own process group.
+        .process_group(0)
         .spawn()
         .expect("spawn pgquorum in a namespace")
 }
