@@ -167,6 +167,13 @@ impl Supervisor {
             tracing::warn!(error = %e, "clean stop failed; stopping immediately");
             let _ = self.pg.stop(StopMode::Immediate).await;
         }
+        if self.pg.may_be_primary() {
+            // Both stops failed: the lease is left to expire and the fence stays
+            // armed, so the guard (or pgquorum's own fencer, until this process
+            // exits) kills PostgreSQL at the deadline.
+            tracing::error!("PostgreSQL did not stop; leaving the leader lease to expire");
+            return;
+        }
         if let Some(id) = self.stop_leader_lease().await {
             // PostgreSQL is down: releasing now lets a replica take over within a cycle.
             match self.client.lease_revoke(id).await {
@@ -399,6 +406,8 @@ impl Supervisor {
             not_streaming_ms: self
                 .stalled_since
                 .map(|t| now.duration_since(t).as_millis() as u64),
+            may_be_primary: self.pg.may_be_primary(),
+            foreign_postmaster: p.foreign_postmaster,
         }
     }
 
@@ -449,13 +458,16 @@ impl Supervisor {
         Some(id)
     }
 
+    /// Arms the fence with the leader lease's holder-side deadline. Without a valid
+    /// lease the deadline is now (fail closed): this is only called where PostgreSQL
+    /// is, or is about to be, a primary.
     fn fence_deadline(&mut self) -> Result<(), SupervisorError> {
         let d = self
             .leader_lease
             .as_ref()
             .and_then(|l| l.valid_until())
-            .map(|t| t.into_std());
-        self.pg.set_fence_deadline(d)?;
+            .map_or_else(Instant::now, |t| t.into_std());
+        self.pg.set_fence_deadline(Some(d))?;
         Ok(())
     }
 
@@ -507,10 +519,21 @@ impl Supervisor {
                 self.fence_deadline()?;
             }
             Action::ReleaseLease => {
+                // The fence fails closed: the lease goes (and the deadline with it)
+                // only once PostgreSQL is confirmed stopped or a replica.
+                if self.pg.may_be_primary() || probe.foreign_postmaster.is_some() {
+                    return Err(SupervisorError::Other(
+                        "PostgreSQL may still accept writes; keeping the leader lease and the                          fence until it is stopped"
+                            .into(),
+                    ));
+                }
                 if let Some(id) = self.stop_leader_lease().await {
                     let _ = self.client.lease_revoke(id).await;
                 }
                 self.pg.set_fence_deadline(None)?;
+            }
+            Action::StopForeign { pid } => {
+                self.pg.stop_foreign(pid).await?;
             }
             Action::Bootstrap => {
                 self.fence_deadline()?;

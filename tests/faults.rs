@@ -477,6 +477,43 @@ async fn pg_fault_kill9_guard_async() {
     .await;
 }
 
+/// The primary's data dir disappears under the running postmaster (renamed, as an
+/// unmount or a wrong `mv` would), then comes back. pgquorum read it as missing and
+/// released the lease with no stop and no deadline while PostgreSQL kept accepting
+/// writes; now a primary that still answers keeps its lease, and one that cannot be
+/// confirmed is stopped before the lease goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_data_dir_vanishes_under_the_primary_async() {
+    run_scenario(
+        Scenario::new("primary's data dir renamed away", async_opts()),
+        async |c: &mut PgCluster, p: u64| {
+            let data = c.node(p).pg_data();
+            let aside = data.with_extension("moved");
+            std::fs::rename(&data, &aside).expect("rename the data dir");
+            tokio::time::sleep(Duration::from_millis(2 * c.opts.ttl_ms)).await;
+            std::fs::rename(&aside, &data).expect("rename it back");
+        },
+    )
+    .await;
+}
+
+/// Someone starts PostgreSQL by hand on a replica's data dir while its node is down
+/// (a stray postmaster pgquorum did not start). pgquorum used to retry its own start
+/// forever; now it stops the stray instance, says what it was, and takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_stray_postmaster_on_a_replica_async() {
+    run_scenario(
+        Scenario::new("stray postmaster on a replica", async_opts()),
+        async |c: &mut PgCluster, p: u64| {
+            let r = c.ids().into_iter().find(|i| *i != p).expect("a replica");
+            assert!(c.terminate(r).await, "replica node stops cleanly");
+            c.start_stray_postmaster(r);
+            c.restart(r);
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_fault_restart_all_nodes_in_random_order_async() {
     run_scenario(

@@ -11,6 +11,10 @@
 //!   `nofailover`, within `maximum_lag_on_failover` of the last known primary position,
 //!   and, in synchronous mode, the recorded synchronous standby.
 //! - Data is never removed by a decision: a foreign or invalid data dir is reported.
+//! - The fence fails closed: `ReleaseLease` comes only when PostgreSQL is confirmed
+//!   stopped or a replica, or after a `Stop` earlier in the same list. "Cannot tell"
+//!   (running but not answering, a data dir that cannot be read, a postmaster
+//!   pgquorum did not start) counts as "may be primary".
 
 use std::fmt;
 
@@ -52,6 +56,12 @@ pub struct PgView {
     /// Replica: for how long (ms) it has not been streaming although its leader
     /// serves as primary; `None` while streaming.
     pub not_streaming_ms: Option<u64>,
+    /// The running postmaster was started as a primary or promoted (or answered as
+    /// one): until it stops it may accept writes, whatever the last probe said.
+    pub may_be_primary: bool,
+    /// A postmaster pgquorum did not start runs on this data dir (its pid). It is
+    /// outside the fence and may be a primary.
+    pub foreign_postmaster: Option<i32>,
 }
 
 /// A replica that cannot stream from its serving leader for this long, or cannot
@@ -149,6 +159,10 @@ pub enum Action {
     RecordSync(Option<String>),
     /// Delete the switchover request (done by the new primary).
     ClearSwitchover,
+    /// Stop (immediate shutdown) a postmaster pgquorum did not start on our data dir.
+    StopForeign {
+        pid: i32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,7 +172,13 @@ pub enum Reason {
     StoreUnreachable,
     Paused,
     InvalidDataDir(String),
-    ForeignSystemId { ours: u64, cluster: u64 },
+    /// The data dir cannot be read, but PostgreSQL answers as primary: keep leading.
+    UnreadableDataDirPrimaryKeeps(String),
+    ForeignPostmaster(i32),
+    ForeignSystemId {
+        ours: u64,
+        cluster: u64,
+    },
     LostBootstrap,
     SwitchingOver(String),
     SwitchoverNoCandidate,
@@ -207,6 +227,14 @@ impl fmt::Display for Reason {
             InvalidDataDir(why) => write!(
                 f,
                 "PostgreSQL data dir is unusable ({why}); not touching it"
+            ),
+            UnreadableDataDirPrimaryKeeps(why) => write!(
+                f,
+                "PostgreSQL data dir reads as unusable ({why}) but PostgreSQL answers as primary; keeping the lease"
+            ),
+            ForeignPostmaster(pid) => write!(
+                f,
+                "a PostgreSQL server pgquorum did not start (pid {pid}) runs on the data dir: it is outside the fence and may accept writes, stopping it (no lease is taken or released until it is gone)"
             ),
             ForeignSystemId { ours, cluster } => write!(
                 f,
@@ -299,17 +327,43 @@ fn is_primary(pg: &PgView) -> bool {
     pg.running && pg.role == Some(Role::Primary)
 }
 
+/// Whether PostgreSQL may accept writes: known primary, or "cannot tell" (our
+/// primary not answering, a postmaster we did not start).
+pub fn may_be_primary(pg: &PgView) -> bool {
+    pg.foreign_postmaster.is_some() || is_primary(pg) || (pg.running && pg.may_be_primary)
+}
+
+/// Releasing the lease: only after PostgreSQL is stopped, unless it already is.
+fn stop_then_release(pg: &PgView) -> Vec<Action> {
+    if pg.running {
+        vec![Action::Stop(StopKind::Immediate), Action::ReleaseLease]
+    } else {
+        vec![Action::ReleaseLease]
+    }
+}
+
 pub fn decide(o: &Observation) -> Decision {
     let pg = &o.pg;
+    if let Some(pid) = pg.foreign_postmaster {
+        // Neither acquired nor released around it: holding the lease keeps others
+        // from promoting while it may be writable; without it, nobody is helped by
+        // taking one until it is stopped.
+        let mut actions = Vec::new();
+        if o.lease_held {
+            actions.push(Action::RenewLease);
+        }
+        actions.push(Action::StopForeign { pid });
+        return decision(actions, Reason::ForeignPostmaster(pid));
+    }
     let Some(store) = &o.store else {
         // Without the store nothing can be decided; the lease deadline (enforced
         // by the guard process too) decides how long a primary may keep going.
-        return if is_primary(pg) && o.lease_held {
+        return if may_be_primary(pg) && o.lease_held {
             decision(
                 vec![Action::RenewLease],
                 Reason::StoreUnreachablePrimaryKeeps,
             )
-        } else if is_primary(pg) {
+        } else if may_be_primary(pg) {
             decision(
                 vec![Action::Stop(StopKind::Immediate)],
                 Reason::StoreUnreachableNoLease,
@@ -321,7 +375,7 @@ pub fn decide(o: &Observation) -> Decision {
     let i_lead = o.lease_held && store.leader.as_deref() == Some(o.me.as_str());
 
     // Fencing comes before everything, pause included.
-    if is_primary(pg) && !i_lead {
+    if may_be_primary(pg) && !i_lead {
         let mut actions = vec![Action::Stop(StopKind::Immediate)];
         if let Some(l) = &store.leader
             && l != &o.me
@@ -342,8 +396,16 @@ pub fn decide(o: &Observation) -> Decision {
         return decision(actions, Reason::Paused);
     }
     if let DataState::Invalid(why) = &pg.data {
+        // A read error of pg_control (EMFILE, EIO) or a dir renamed under a running
+        // postmaster: the instance that answers is what counts.
+        if i_lead && is_primary(pg) {
+            return decision(
+                vec![Action::RenewLease],
+                Reason::UnreadableDataDirPrimaryKeeps(why.clone()),
+            );
+        }
         let actions = if i_lead {
-            vec![Action::ReleaseLease]
+            stop_then_release(pg)
         } else {
             vec![]
         };
@@ -360,7 +422,7 @@ pub fn decide(o: &Observation) -> Decision {
         && cluster != *system_id
     {
         let actions = if i_lead {
-            vec![Action::ReleaseLease]
+            stop_then_release(pg)
         } else {
             vec![]
         };
@@ -414,7 +476,13 @@ fn bootstrap(o: &Observation, store: &StoreView, i_lead: bool) -> Decision {
 fn lead(o: &Observation, store: &StoreView) -> Decision {
     let pg = &o.pg;
     if pg.data == DataState::Missing {
-        return decision(vec![Action::ReleaseLease], Reason::PrimaryDataMissing);
+        if is_primary(pg) {
+            return decision(
+                vec![Action::RenewLease],
+                Reason::UnreadableDataDirPrimaryKeeps("it reads as empty or missing".into()),
+            );
+        }
+        return decision(stop_then_release(pg), Reason::PrimaryDataMissing);
     }
     if !pg.running {
         if pg.down_for_ms.unwrap_or(0) > o.policy.primary_start_timeout_ms {
@@ -672,17 +740,18 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
                 Reason::NotEligible("this member is the one switching over"),
             );
         }
-        if let Some(c) = &sw.candidate {
-            if c != &o.me {
-                return decision(vec![], Reason::SwitchoverInProgress(c.clone()));
-            }
-            // The named candidate: eligible by the operator's choice, within the checks below.
-            if let Some(d) = too_far_behind(o, store) {
-                return d;
-            }
-            return decision(vec![Action::AcquireLease], Reason::TakingOver);
+        if let Some(c) = &sw.candidate
+            && c != &o.me
+        {
+            return decision(vec![], Reason::SwitchoverInProgress(c.clone()));
         }
     }
+    // The operator's named candidate is exempt only from the ranking below, never
+    // from eligibility (synchronous record, timeline, lag, cold-start wait).
+    let named_candidate = store.switchover.as_ref().is_some_and(|sw| {
+        sw.candidate.as_deref() == Some(o.me.as_str())
+            && o.no_leader_for_ms < o.policy.candidate_grace_ms
+    });
     if o.policy.synchronous_mode {
         let recorded = store.sync.as_ref().and_then(|s| s.sync_standby.as_deref());
         if recorded != Some(o.me.as_str()) {
@@ -718,6 +787,9 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
         && o.no_leader_for_ms < o.policy.candidate_grace_ms
     {
         return decision(vec![], Reason::WaitingForMemberAtOptime);
+    }
+    if named_candidate {
+        return decision(vec![Action::AcquireLease], Reason::TakingOver);
     }
     // The best candidate: newest timeline, highest WAL position, then
     // failover_priority, then name.

@@ -351,6 +351,9 @@ pub struct Postgres {
     cluster_pg_hba: Vec<String>,
     /// How the running postmaster was started (to re-render its files on reload).
     current_mode: Option<StartMode>,
+    /// The running postmaster was started as primary, promoted, or answered as a
+    /// primary: it may accept writes until it stops. Never cleared while it runs.
+    writable_possible: bool,
 }
 
 /// Checks cluster-wide PostgreSQL settings before the store accepts them.
@@ -431,6 +434,7 @@ impl Postgres {
             cluster_parameters: BTreeMap::new(),
             cluster_pg_hba: Vec::new(),
             current_mode: None,
+            writable_possible: false,
         })
     }
 
@@ -489,6 +493,18 @@ impl Postgres {
 
     pub fn postmaster_pid(&self) -> Option<i32> {
         self.guard.as_ref().map(|g| g.pgid)
+    }
+
+    /// Whether a PostgreSQL on this data dir may accept writes: ours, started as a
+    /// primary or promoted and not yet stopped, or one pgquorum did not start. "Cannot
+    /// tell" counts as yes.
+    pub fn may_be_primary(&self) -> bool {
+        // postmaster.pid names our own postmaster while the guard runs it.
+        if self.guard.is_some() {
+            self.writable_possible
+        } else {
+            self.foreign_postmaster().is_some()
+        }
     }
 
     /// What the data directory holds. Reads `global/pg_control` directly (its first
@@ -556,6 +572,10 @@ impl Postgres {
         };
         p.accepting = true;
         p.in_recovery = cell(&rows, 0, 0).map(|v| v == "t");
+        if p.in_recovery == Some(false) {
+            // Promoted by someone else, maybe: it stays "may be primary" until it stops.
+            self.writable_possible = true;
+        }
         match p.in_recovery {
             Some(false) => self.probe_primary(&mut p).await,
             Some(true) => self.probe_replica(&mut p).await,
@@ -821,6 +841,7 @@ impl Postgres {
         }
         self.write_config(&mode)?;
         self.current_mode = Some(mode.clone());
+        self.writable_possible = mode == StartMode::Primary;
         let log_from = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0);
         self.spawn_guard(log_from).await?;
         tracing::info!(
@@ -930,6 +951,8 @@ impl Postgres {
             return Ok(());
         }
         self.set_primary_marker(true)?;
+        // From the request on: a promotion that times out may still complete.
+        self.writable_possible = true;
         tracing::info!("promoting PostgreSQL");
         let rows = self
             .sql
@@ -1722,8 +1745,62 @@ impl Postgres {
             other => tracing::warn!(pgid = g.pgid, reason = %other, "PostgreSQL is gone"),
         }
         self.sql.reset();
+        self.writable_possible = false;
         self.last_exit = Some(exit.clone());
         exit
+    }
+
+    /// Stops a postmaster that pgquorum did not start on our data dir (immediate
+    /// shutdown, SIGKILL after 10 s): it is outside the fence, and may be a primary
+    /// that another member's promotion would make the second one. Says what it was.
+    pub async fn stop_foreign(&mut self, pid: i32) -> Result<(), PgError> {
+        if self.foreign_postmaster() != Some(pid) {
+            return Ok(());
+        }
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let owner = fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()).ok();
+        tracing::error!(
+            pid,
+            uid = owner,
+            command = %cmdline,
+            data_dir = %self.data_dir.display(),
+            "a PostgreSQL server pgquorum did not start runs on this member's data dir; it              is not fenced by the leader lease and could accept writes while another member              is primary, so pgquorum stops it (immediate shutdown). Start PostgreSQL only              through pgquorum."
+        );
+        // SAFETY: kill(2); the pid was just confirmed to be a postmaster in our data dir.
+        unsafe { libc::kill(pid, libc::SIGQUIT) };
+        let t0 = Instant::now();
+        while os::process_runs_in(pid, &self.data_dir) && os::process_alive(pid) {
+            if t0.elapsed() >= STOP_WAIT_IMMEDIATE {
+                tracing::error!(pid, "the foreign postmaster ignores SIGQUIT; killing it");
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if t0.elapsed() >= STOP_WAIT_IMMEDIATE + STOP_WAIT_KILL {
+                return Err(PgError::ForeignPostmaster {
+                    pid,
+                    path: self.data_dir.clone(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(pid, "the foreign postmaster is stopped");
+        Ok(())
+    }
+}
+
+impl Drop for Postgres {
+    /// Letting go of the instance closes the guard's control pipe: the guard then
+    /// kills PostgreSQL, which must never run unsupervised. (Clones of the fence
+    /// handle held elsewhere must not keep the pipe open.)
+    fn drop(&mut self) {
+        self.fence.detach();
     }
 }
 

@@ -253,6 +253,48 @@ impl PgCluster {
             .then_some(ppid)
     }
 
+    /// Starts node `id`'s PostgreSQL by hand with `pg_ctl` (as the `postgres` OS user
+    /// when the tests run as root), outside pgquorum: a stray postmaster.
+    pub fn start_stray_postmaster(&self, id: u64) {
+        let n = self.node(id);
+        let pg_ctl = format!("{PG_BIN}/pg_ctl");
+        let data = n.pg_data().display().to_string();
+        let log = n.dir.join("stray.log");
+        let args = [
+            pg_ctl.as_str(),
+            "-D",
+            data.as_str(),
+            "-l",
+            log.to_str().expect("utf-8 path"),
+            "-o",
+            "-c unix_socket_directories=",
+            "-w",
+            "start",
+        ];
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut cmd = if root {
+            let _ = fs::File::create(&log);
+            std::process::Command::new("chown")
+                .args(["postgres", log.to_str().unwrap()])
+                .status()
+                .expect("chown");
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).args(args);
+            c
+        } else {
+            let mut c = std::process::Command::new(args[0]);
+            c.args(&args[1..]);
+            c
+        };
+        let out = cmd.output().expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Node `id`'s process runs and its gRPC API answers a status request.
     pub async fn status_ok(&mut self, id: u64) -> bool {
         let alive = self

@@ -37,6 +37,8 @@ fn pg_primary() -> PgView {
         sync_standby_names: None,
         streaming_replicas: vec![("b".into(), false), ("c".into(), false)],
         not_streaming_ms: None,
+        may_be_primary: true,
+        foreign_postmaster: None,
     }
 }
 
@@ -48,6 +50,7 @@ fn pg_replica(following: Option<&str>, lsn: u64) -> PgView {
         was_primary: false,
         streaming_replicas: vec![],
         not_streaming_ms: None,
+        may_be_primary: false,
         ..pg_primary()
     }
 }
@@ -61,6 +64,7 @@ fn pg_stopped(was_primary: bool) -> PgView {
         was_primary,
         down_for_ms: Some(0),
         streaming_replicas: vec![],
+        may_be_primary: false,
         ..pg_primary()
     }
 }
@@ -772,3 +776,5 @@ fn never_primary_without_the_lease() {
         }
     }
 }
+
+mod fail_closed;
