@@ -80,7 +80,12 @@ pub enum NodeError {
 }
 
 /// Runs the node until `shutdown` resolves.
-pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+/// `tags` carries `[tags]` reloaded from the config file (SIGHUP) to the supervisor.
+pub async fn run(
+    cfg: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    tags: watch::Receiver<crate::ha::model::Tags>,
+) -> Result<(), NodeError> {
     let listener = TcpListener::bind(cfg.listen_addr)
         .await
         .map_err(|source| NodeError::Bind {
@@ -182,7 +187,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     let (sup_stop_tx, sup_stop_rx) = watch::channel(false);
     let supervisor = match pg {
         Some(pg) => {
-            let sup = Supervisor::new(&cfg, pg, health_tx)?;
+            let sup = Supervisor::new(&cfg, pg, health_tx, tags)?;
             Some(tokio::spawn(sup.run(sup_stop_rx)))
         }
         None => None,

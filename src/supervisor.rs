@@ -64,6 +64,8 @@ pub struct Supervisor {
     should_run: bool,
     last_reason: String,
     health: watch::Sender<Health>,
+    /// `[tags]` re-read from the config file on SIGHUP.
+    tags_reload: watch::Receiver<Tags>,
 }
 
 impl Supervisor {
@@ -71,6 +73,7 @@ impl Supervisor {
         cfg: &NodeConfig,
         pg: Postgres,
         health: watch::Sender<Health>,
+        tags_reload: watch::Receiver<Tags>,
     ) -> Result<Self, SupervisorError> {
         let pgc = cfg
             .postgresql
@@ -112,6 +115,7 @@ impl Supervisor {
             should_run: false,
             last_reason: String::new(),
             health,
+            tags_reload,
         })
     }
 
@@ -194,6 +198,10 @@ impl Supervisor {
     /// One HA cycle. Returns true when another cycle should follow at once
     /// (the lease was just acquired: promote without waiting a loop).
     async fn cycle(&mut self) -> bool {
+        if self.tags_reload.has_changed().unwrap_or(false) {
+            self.tags = self.tags_reload.borrow_and_update().clone();
+            tracing::info!(tags = ?self.tags, "using the reloaded tags");
+        }
         let store = self.read_store().await;
         let probe = self.pg.probe().await;
         let now = Instant::now();
@@ -219,7 +227,11 @@ impl Supervisor {
         }
         match self
             .pg
-            .set_cluster_settings(&self.ha.parameters, &self.ha.pg_hba)
+            .set_cluster_settings(
+                &self.ha.parameters,
+                &self.ha.pg_hba,
+                self.ha.synchronous_mode,
+            )
             .await
         {
             Ok(true) => tracing::info!(

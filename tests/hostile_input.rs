@@ -169,6 +169,27 @@ async fn pg_hostile_input_on_every_port_changes_nothing() {
         .await
         .expect_err("bad /pg/config");
     assert_eq!(e.code(), Code::InvalidArgument);
+    // A setting that silently defeats synchronous mode is refused, and says why.
+    for weak in ["off", "local"] {
+        let e = admin
+            .put(pb::PutRequest {
+                key: "/pg/config".into(),
+                value: format!(
+                    r#"{{"synchronous_mode": true, "parameters": {{"synchronous_commit": "{weak}"}}}}"#
+                )
+                .into_bytes(),
+                lease: 0,
+                expect_mod_revision: None,
+            })
+            .await
+            .expect_err("synchronous_commit that defeats synchronous_mode");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("synchronous_commit"),
+            "{}",
+            e.message()
+        );
+    }
 
     // A whole node configured for another cluster, claiming node 1's id and listing
     // our nodes 2 and 3 as its peers: it must refuse to start, say why, and create

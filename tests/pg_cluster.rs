@@ -467,3 +467,49 @@ async fn pg_sync_mode_without_a_recorded_standby_does_not_fail_over() {
     let q = c.wait_primary(&[p], SLOW_WAIT).await;
     assert!(replicas.contains(&q));
 }
+
+/// SIGHUP (`systemctl reload`) must never end a node: it used to, so a routine
+/// reload of the primary's service was an unplanned failover. The config file is
+/// re-read: `[tags]` apply at once, a file that does not validate changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_sighup_reloads_tags_and_never_ends_the_node() {
+    if !have_pg() {
+        return;
+    }
+    let (mut c, primary, _) = healthy_cluster(PgOptions::default()).await;
+    let pid = c.supervisor_pid(primary);
+    let cfg = c.node(primary).config_path();
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let log = c.node(primary).log_path();
+    let hup = || {
+        // SAFETY: kill(2) on a process this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    };
+    std::fs::write(&cfg, format!("{good}\n[tags]\nnofailover = true\n")).unwrap();
+    hup();
+    c.wait_for("the reloaded tags", SLOW_WAIT, async || {
+        let text = std::fs::read_to_string(&log)?;
+        ensure!(text.contains("applied the new [tags]"), "not yet");
+        Ok(())
+    })
+    .await;
+    std::fs::write(&cfg, "this is not toml").unwrap();
+    hup();
+    c.wait_for("the refused reload", SLOW_WAIT, async || {
+        let text = std::fs::read_to_string(&log)?;
+        ensure!(
+            text.contains("does not validate; nothing changed"),
+            "not yet"
+        );
+        Ok(())
+    })
+    .await;
+    std::fs::write(&cfg, &good).unwrap();
+    assert!(c.status_ok(primary).await, "the node ended on SIGHUP");
+    assert_eq!(
+        c.wait_primary(&[], SLOW_WAIT).await,
+        primary,
+        "SIGHUP changed the primary"
+    );
+    assert!(c.is_writable(primary).await);
+}

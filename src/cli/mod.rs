@@ -76,9 +76,13 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Node { config } => {
                 let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
-                crate::node::run(cfg, shutdown_signal())
+                let (tags_tx, tags_rx) = tokio::sync::watch::channel(cfg.tags.clone());
+                let reload = tokio::spawn(reload_on_sighup(config.clone(), cfg.clone(), tags_tx));
+                let r = crate::node::run(cfg, shutdown_signal(), tags_rx)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string());
+                reload.abort();
+                r
             }
             Command::CheckConfig { config } => {
                 let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
@@ -101,6 +105,50 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGHUP (`systemctl reload`, `kill -HUP`) re-reads the config file: `[tags]` take
+/// effect at once, anything else is reported as needing a restart, a file that does
+/// not validate changes nothing. Never ends the node: a reload must not become an
+/// unplanned failover.
+async fn reload_on_sighup(
+    path: std::path::PathBuf,
+    mut running: NodeConfig,
+    tags: tokio::sync::watch::Sender<crate::ha::model::Tags>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            // Without a handler SIGHUP's default action would end the process.
+            tracing::error!(error = %e, "cannot handle SIGHUP; do not send it to this node");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let new = match NodeConfig::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the config file does not validate; nothing changed");
+                continue;
+            }
+        };
+        if new.tags != running.tags {
+            tracing::info!(tags = ?new.tags, "SIGHUP: applied the new [tags]");
+            let _ = tags.send(new.tags.clone());
+            running.tags = new.tags.clone();
+        }
+        let restart = running.changes_needing_restart(&new);
+        if restart.is_empty() {
+            tracing::info!(config = %path.display(), "SIGHUP: config re-read");
+        } else {
+            tracing::warn!(
+                changed = ?restart,
+                "SIGHUP: these settings changed in the config file and take effect only after a \
+                 restart of the node"
+            );
         }
     }
 }

@@ -198,8 +198,12 @@ impl HaSettings {
                 2 * self.loop_wait_ms + election_timeout_max_ms
             ));
         }
-        crate::postgres::validate_cluster_settings(&self.parameters, &self.pg_hba)
-            .map_err(|e| format!("ha: {e}"))?;
+        crate::postgres::validate_cluster_settings(
+            &self.parameters,
+            &self.pg_hba,
+            self.synchronous_mode,
+        )
+        .map_err(|e| format!("ha: {e}"))?;
         Ok(())
     }
 }
@@ -226,6 +230,40 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// What differs in `new` that a running node cannot take over without a restart
+    /// (`[tags]` are applied live). `[ha]` counts too: once the cluster exists its
+    /// HA settings live in `/pg/config`, cluster-wide.
+    pub fn changes_needing_restart(&self, new: &NodeConfig) -> Vec<&'static str> {
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let mut v = Vec::new();
+        for (name, changed) in [
+            ("cluster_name", self.cluster_name != new.cluster_name),
+            ("node_id", self.node_id != new.node_id),
+            ("name", self.name != new.name),
+            ("listen_addr", self.listen_addr != new.listen_addr),
+            ("advertise_addr", self.advertise_addr != new.advertise_addr),
+            ("data_dir", self.data_dir != new.data_dir),
+            ("join", self.join != new.join),
+            (
+                "initial_cluster",
+                differs(&self.initial_cluster, &new.initial_cluster),
+            ),
+            ("[raft]", differs(&self.raft, &new.raft)),
+            ("[postgresql]", differs(&self.postgresql, &new.postgresql)),
+            ("[ha] (edit /pg/config for the cluster)", self.ha != new.ha),
+            (
+                "rest_listen_addr",
+                self.rest_listen_addr != new.rest_listen_addr,
+            ),
+        ] {
+            if changed {
+                v.push(name);
+            }
+        }
+        v
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -334,6 +372,10 @@ impl NodeConfig {
             None => None,
             Some(p) => Some(postgres_config(p, base).map_err(invalid)?),
         };
+        if let Some(p) = &postgresql {
+            crate::postgres::check_synchronous_commit(&p.parameters, raw.ha.synchronous_mode)
+                .map_err(invalid)?;
+        }
         let rest_listen_addr = match &raw.rest_listen_addr {
             None => None,
             Some(a) => Some(

@@ -139,6 +139,47 @@ pub fn check_parameters(params: &BTreeMap<String, String>) -> Result<(), String>
     Ok(())
 }
 
+/// Whether `synchronous_commit = v` acknowledges a commit before any standby has it
+/// (`off`, `local`, and PostgreSQL's spellings of false).
+fn weak_synchronous_commit(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "off" | "local" | "false" | "no" | "0" | "of"
+    )
+}
+
+/// In synchronous mode no setting may acknowledge a commit the synchronous standby
+/// does not hold: a failover to that standby would lose it.
+pub fn check_synchronous_commit(
+    params: &BTreeMap<String, String>,
+    synchronous_mode: bool,
+) -> Result<(), String> {
+    if !synchronous_mode {
+        return Ok(());
+    }
+    for (k, v) in params {
+        if k.eq_ignore_ascii_case("synchronous_commit") && weak_synchronous_commit(v) {
+            return Err(format!(
+                "postgresql.parameters: synchronous_commit = {v:?} acknowledges commits before the \
+                 synchronous standby has them, which defeats synchronous_mode (a failover would \
+                 lose them); remove it, or use on, remote_write or remote_apply, or turn \
+                 synchronous_mode off"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Drops a `synchronous_commit` that [`check_synchronous_commit`] refuses (PostgreSQL's
+/// default, `on`, applies); returns whether it did.
+pub fn pin_synchronous_commit(params: &mut BTreeMap<String, String>) -> bool {
+    let before = params.len();
+    params.retain(|k, v| {
+        !(k.eq_ignore_ascii_case("synchronous_commit") && weak_synchronous_commit(v))
+    });
+    params.len() != before
+}
+
 /// Checks a role name for use in `pg_hba.conf` (double-quoted there).
 pub fn check_role_name(what: &str, v: &str) -> Result<(), String> {
     if v.is_empty() || v.contains(['"', '\n', '\r', '\0']) {
@@ -305,6 +346,25 @@ pub fn is_clean_shutdown(state: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synchronous_commit_that_defeats_synchronous_mode_is_refused_and_pinned() {
+        let p = |v: &str| BTreeMap::from([("synchronous_commit".to_string(), v.to_string())]);
+        for weak in ["off", "local", "OFF", "false", "0"] {
+            assert!(check_synchronous_commit(&p(weak), true).is_err(), "{weak}");
+            assert!(check_synchronous_commit(&p(weak), false).is_ok(), "{weak}");
+            let mut m = p(weak);
+            assert!(pin_synchronous_commit(&mut m) && m.is_empty(), "{weak}");
+        }
+        for strong in ["on", "remote_write", "remote_apply"] {
+            assert!(
+                check_synchronous_commit(&p(strong), true).is_ok(),
+                "{strong}"
+            );
+            let mut m = p(strong);
+            assert!(!pin_synchronous_commit(&mut m) && m.len() == 1, "{strong}");
+        }
+    }
 
     #[test]
     fn quoting() {

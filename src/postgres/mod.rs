@@ -354,14 +354,20 @@ pub struct Postgres {
     /// The running postmaster was started as primary, promoted, or answered as a
     /// primary: it may accept writes until it stops. Never cleared while it runs.
     writable_possible: bool,
+    /// The cluster runs in synchronous mode: no setting may weaken synchronous_commit.
+    synchronous_mode: bool,
 }
+
+pub use self::conf::check_synchronous_commit;
 
 /// Checks cluster-wide PostgreSQL settings before the store accepts them.
 pub fn validate_cluster_settings(
     parameters: &BTreeMap<String, String>,
     pg_hba: &[String],
+    synchronous_mode: bool,
 ) -> Result<(), String> {
     conf::check_parameters(parameters)?;
+    conf::check_synchronous_commit(parameters, synchronous_mode)?;
     for l in pg_hba {
         conf::check_line_value("pg_hba entries", l)?;
     }
@@ -435,6 +441,7 @@ impl Postgres {
             cluster_pg_hba: Vec::new(),
             current_mode: None,
             writable_possible: false,
+            synchronous_mode: false,
         })
     }
 
@@ -1256,11 +1263,22 @@ impl Postgres {
         &mut self,
         parameters: &BTreeMap<String, String>,
         pg_hba: &[String],
+        synchronous_mode: bool,
     ) -> Result<bool, PgError> {
-        if *parameters == self.cluster_parameters && pg_hba == self.cluster_pg_hba.as_slice() {
+        if *parameters == self.cluster_parameters
+            && pg_hba == self.cluster_pg_hba.as_slice()
+            && synchronous_mode == self.synchronous_mode
+        {
             return Ok(false);
         }
-        validate_cluster_settings(parameters, pg_hba).map_err(PgError::Config)?;
+        validate_cluster_settings(parameters, pg_hba, synchronous_mode).map_err(PgError::Config)?;
+        self.synchronous_mode = synchronous_mode;
+        if synchronous_mode && conf::pin_synchronous_commit(&mut self.cfg.parameters.clone()) {
+            tracing::warn!(
+                "this member's postgresql.parameters set synchronous_commit to a value that \
+                 defeats synchronous_mode; ignoring it while synchronous_mode is on"
+            );
+        }
         self.cluster_parameters = parameters.clone();
         self.cluster_pg_hba = pg_hba.to_vec();
         self.reap_guard().await;
@@ -1276,6 +1294,9 @@ impl Postgres {
     fn effective_parameters(&self) -> BTreeMap<String, String> {
         let mut p = self.cluster_parameters.clone();
         p.extend(self.cfg.parameters.clone());
+        if self.synchronous_mode {
+            conf::pin_synchronous_commit(&mut p);
+        }
         p
     }
 
