@@ -154,17 +154,10 @@ impl Supervisor {
         let last = self.pg.probe().await;
         if self.leader_lease.is_some() && last.in_recovery == Some(false) && last.write_lsn > 0 {
             let _ = self
-                .client
-                .put(
-                    TIMELINE_KEY,
-                    last.timeline.to_string().into_bytes(),
-                    0,
-                    None,
-                )
+                .put_as_leader(TIMELINE_KEY, last.timeline.to_string().into_bytes())
                 .await;
             let _ = self
-                .client
-                .put(OPTIME_KEY, last.write_lsn.to_string().into_bytes(), 0, None)
+                .put_as_leader(OPTIME_KEY, last.write_lsn.to_string().into_bytes())
                 .await;
         }
         if let Err(e) = self.pg.stop(StopMode::Fast).await {
@@ -663,23 +656,11 @@ impl Supervisor {
             Action::PublishOptime => {
                 // Timeline first: a reader that sees the new position also sees its timeline.
                 if probe.timeline > 0 && view.and_then(|v| v.timeline) != Some(probe.timeline) {
-                    self.client
-                        .put(
-                            TIMELINE_KEY,
-                            probe.timeline.to_string().into_bytes(),
-                            0,
-                            None,
-                        )
+                    self.put_as_leader(TIMELINE_KEY, probe.timeline.to_string().into_bytes())
                         .await?;
                 }
                 if probe.write_lsn > 0 && view.and_then(|v| v.optime) != Some(probe.write_lsn) {
-                    self.client
-                        .put(
-                            OPTIME_KEY,
-                            probe.write_lsn.to_string().into_bytes(),
-                            0,
-                            None,
-                        )
+                    self.put_as_leader(OPTIME_KEY, probe.write_lsn.to_string().into_bytes())
                         .await?;
                 }
             }
@@ -715,8 +696,27 @@ impl Supervisor {
                 };
                 let bytes = serde_json::to_vec(&state)
                     .map_err(|e| SupervisorError::Other(e.to_string()))?;
-                self.client.put(SYNC_KEY, bytes, 0, None).await?;
+                self.put_as_leader(SYNC_KEY, bytes).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes a cluster key that only the primary may write, in one state-machine
+    /// step with the check that this member's lease still holds the leader key: a
+    /// primary resuming from a freeze cannot move `/pg/optime`, `/pg/timeline` or
+    /// `/pg/sync` after it was deposed.
+    async fn put_as_leader(&self, key: &str, value: Vec<u8>) -> Result<(), SupervisorError> {
+        let Some(id) = self.leader_lease.as_ref().map(|l| l.id()) else {
+            return Err(SupervisorError::Other(format!(
+                "not writing {key}: this member holds no leader lease"
+            )));
+        };
+        let r = self.client.put_guarded(key, value, LEADER_KEY, id).await?;
+        if !r.succeeded {
+            return Err(SupervisorError::Other(format!(
+                "not writing {key}: this member's lease no longer holds the leader key"
+            )));
         }
         Ok(())
     }

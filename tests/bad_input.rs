@@ -395,6 +395,7 @@ async fn raw_put(addr: &str, key: &str) -> Result<pb::PutResponse, tonic::Status
         value: b"v".to_vec(),
         lease: 0,
         expect_mod_revision: None,
+        ..Default::default()
     })
     .await
     .map(tonic::Response::into_inner)

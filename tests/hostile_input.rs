@@ -165,6 +165,7 @@ async fn pg_hostile_input_on_every_port_changes_nothing() {
             value: b"{not json".to_vec(),
             lease: 0,
             expect_mod_revision: None,
+            ..Default::default()
         })
         .await
         .expect_err("bad /pg/config");
@@ -180,6 +181,7 @@ async fn pg_hostile_input_on_every_port_changes_nothing() {
                 .into_bytes(),
                 lease: 0,
                 expect_mod_revision: None,
+                ..Default::default()
             })
             .await
             .expect_err("synchronous_commit that defeats synchronous_mode");

@@ -513,3 +513,37 @@ async fn pg_sighup_reloads_tags_and_never_ends_the_node() {
     );
     assert!(c.is_writable(primary).await);
 }
+
+/// In synchronous mode only the recorded synchronous standby may take over: a
+/// switchover naming the other replica is refused at once, says why, and leaves no
+/// request behind (a pending one used to let that replica take over, with the
+/// failover rules skipped, if the primary died meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_switchover_refuses_a_candidate_that_could_not_take_over() {
+    if !have_pg() {
+        return;
+    }
+    let (c, primary, replicas) = healthy_cluster(PgOptions::synchronous()).await;
+    let sync = c
+        .wait_for("a recorded synchronous standby", SLOW_WAIT, async || {
+            for r in &replicas {
+                if c.http_status(*r, "GET", "/sync").await == Some(200) {
+                    return Ok(*r);
+                }
+            }
+            anyhow::bail!("none yet")
+        })
+        .await;
+    let other = *replicas.iter().find(|r| **r != sync).unwrap();
+    let name = c.node(other).name.clone();
+    let e = c
+        .ctl(&["switchover", "--candidate", &name])
+        .expect_err("switchover to a replica that is not the synchronous standby");
+    assert!(
+        e.to_string().contains("synchronous standby"),
+        "the refusal says why: {e}"
+    );
+    let pending = c.ctl(&["kv", "get", "/pg/switchover"]).unwrap_or_default();
+    assert!(!pending.contains(&name), "a request was left: {pending}");
+    assert_eq!(c.wait_primary(&[], SLOW_WAIT).await, primary);
+}

@@ -484,6 +484,10 @@ impl Admin for AdminService {
             value: r.value,
             lease: r.lease,
             expect_mod_revision: r.expect_mod_revision,
+            guard: r.guard_key.map(|key| store::LeaseGuard {
+                key,
+                lease: r.guard_lease,
+            }),
         };
         match self.write(cmd).await? {
             store::Response::Put { revision, prev } => Ok(Response::new(pb::PutResponse {

@@ -279,7 +279,13 @@ async fn switchover(
                     "{c} cannot take over: it must be a running replica not tagged nofailover, other than the primary {leader}"
                 )));
             }
-            Some(_) => {}
+            Some(m) => {
+                if let Some(why) = switchover_ineligible(&view, m) {
+                    return Err(CtlError::BadInput(format!(
+                        "{c} cannot take over: {why}; the request was not made"
+                    )));
+                }
+            }
         },
         None if !view.members.values().any(runnable) => {
             return Err(CtlError::BadInput(
@@ -324,6 +330,38 @@ async fn switchover(
             )));
         }
     }
+}
+
+/// Why `m` could not legally take over now (the same rules a failover obeys, which
+/// the new primary's `decide` applies again): `None` when it could.
+fn switchover_ineligible(view: &model::ClusterView, m: &MemberStatus) -> Option<String> {
+    let cfg = view.config.clone().unwrap_or_default();
+    if cfg.synchronous_mode {
+        let recorded = view.sync.as_ref().and_then(|s| s.sync_standby.as_deref());
+        if recorded != Some(m.name.as_str()) {
+            return Some(match recorded {
+                Some(r) => format!(
+                    "synchronous mode: only the recorded synchronous standby ({r}) holds every \
+                     acknowledged commit"
+                ),
+                None => "synchronous mode: no synchronous standby is recorded yet, so no member \
+                         provably holds every acknowledged commit"
+                    .into(),
+            });
+        }
+    }
+    if let Some(t) = view.timeline
+        && m.timeline < t
+    {
+        return Some(format!(
+            "it is on timeline {}, older than the primary's {t}",
+            m.timeline
+        ));
+    }
+    // Lag is not judged here: under load a streaming replica's published position
+    // trails the primary's by a cycle's worth of WAL. The candidate checks it when it
+    // takes over, after the primary's clean stop sent it everything.
+    None
 }
 
 async fn member(client: &Client, json: bool, cmd: MemberCommand) -> Result<(), CtlError> {

@@ -210,6 +210,28 @@ impl Client {
             value,
             lease,
             expect_mod_revision,
+            ..Default::default()
+        };
+        self.unary(req, |mut c, r| async move { c.put(r).await })
+            .await
+    }
+
+    /// A put that applies only while `guard_key` is attached to `guard_lease`
+    /// (`succeeded == false` otherwise): the writes of a lease holder that must not
+    /// land after it was deposed.
+    pub async fn put_guarded(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        guard_key: &str,
+        guard_lease: u64,
+    ) -> Result<pb::PutResponse, ClientError> {
+        let req = pb::PutRequest {
+            key: key.to_owned(),
+            value,
+            guard_key: Some(guard_key.to_owned()),
+            guard_lease,
+            ..Default::default()
         };
         self.unary(req, |mut c, r| async move { c.put(r).await })
             .await

@@ -8,5 +8,5 @@ pub mod state;
 
 pub use lessor::Lessor;
 pub use state::{
-    Command, Effects, Event, EventKind, KeyValue, Lease, LeaseUpdate, Response, State,
+    Command, Effects, Event, EventKind, KeyValue, Lease, LeaseGuard, LeaseUpdate, Response, State,
 };

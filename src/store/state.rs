@@ -22,6 +22,11 @@ pub enum Command {
         lease: u64,
         /// Compare-and-set on the key's mod_revision; `Some(0)` means "must not exist".
         expect_mod_revision: Option<u64>,
+        /// Applies only while `guard.key` is attached to `guard.lease`: a write on
+        /// behalf of a lease holder (the primary's `/pg/optime`, `/pg/sync`) that
+        /// cannot land once the holder was deposed. Absent in older log entries.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guard: Option<LeaseGuard>,
     },
     Delete {
         key: String,
@@ -46,6 +51,13 @@ pub enum Command {
         id: u64,
         renewed_at: u64,
     },
+}
+
+/// See `Command::Put::guard`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGuard {
+    pub key: String,
+    pub lease: u64,
 }
 
 impl fmt::Display for Command {
@@ -191,7 +203,18 @@ impl State {
                 value,
                 lease,
                 expect_mod_revision,
-            } => self.put(key, value, *lease, *expect_mod_revision, &mut fx),
+                guard,
+            } => match guard {
+                Some(g)
+                    if g.lease == 0 || self.kv.get(&g.key).is_none_or(|kv| kv.lease != g.lease) =>
+                {
+                    Response::CompareFailed {
+                        revision: self.revision,
+                        current: self.kv.get(&g.key).cloned(),
+                    }
+                }
+                _ => self.put(key, value, *lease, *expect_mod_revision, &mut fx),
+            },
             Command::Delete {
                 key,
                 prefix,
@@ -399,6 +422,7 @@ mod tests {
             value: value.into(),
             lease: 0,
             expect_mod_revision: None,
+            guard: None,
         }
     }
 
@@ -428,6 +452,7 @@ mod tests {
             value: b"v".to_vec(),
             lease: 0,
             expect_mod_revision: Some(e),
+            guard: None,
         };
         assert!(matches!(
             s.apply(1, &cas(0)).0,
@@ -496,6 +521,56 @@ mod tests {
         assert_eq!(keys, ["ab", "abc", "abd/x"]);
     }
 
+    /// A deposed primary resuming from a freeze must not move `/pg/optime` or
+    /// `/pg/sync` back: its writes are guarded by its lease still holding the leader
+    /// key, checked in the same apply step.
+    #[test]
+    fn a_guarded_put_lands_only_while_the_guard_key_is_on_the_lease() {
+        let mut s = State::default();
+        for (i, id) in [(1, 0), (2, 0)] {
+            s.apply(i, &Command::LeaseGrant { ttl_ms: 1000, id });
+        }
+        let leader = |lease| Command::Put {
+            key: "/pg/leader".into(),
+            value: b"n1".to_vec(),
+            lease,
+            expect_mod_revision: None,
+            guard: None,
+        };
+        let optime = |lease, v: &str| Command::Put {
+            key: "/pg/optime".into(),
+            value: v.into(),
+            lease: 0,
+            expect_mod_revision: None,
+            guard: Some(LeaseGuard {
+                key: "/pg/leader".into(),
+                lease,
+            }),
+        };
+        // No leader key at all: refused.
+        let (r, _) = s.apply(3, &optime(1, "100"));
+        assert!(matches!(r, Response::CompareFailed { .. }), "{r:?}");
+        s.apply(4, &leader(1));
+        let (r, _) = s.apply(5, &optime(1, "200"));
+        assert!(matches!(r, Response::Put { .. }), "{r:?}");
+        // Lease 1 expired (revoked here); lease 2 now holds the key.
+        s.apply(6, &Command::LeaseRevoke { id: 1 });
+        s.apply(7, &leader(2));
+        let (r, _) = s.apply(8, &optime(1, "150"));
+        assert!(matches!(r, Response::CompareFailed { .. }), "{r:?}");
+        assert_eq!(s.get("/pg/optime").unwrap().value, b"200");
+        assert!(matches!(
+            s.apply(9, &optime(0, "150")).0,
+            Response::CompareFailed { .. }
+        ));
+        // Older log entries, without the field, still read.
+        let old: Command = serde_json::from_str(
+            r#"{"Put":{"key":"k","value":[1],"lease":0,"expect_mod_revision":null}}"#,
+        )
+        .unwrap();
+        assert!(matches!(old, Command::Put { guard: None, .. }));
+    }
+
     #[test]
     fn lease_keys_vanish_with_the_lease() {
         let mut s = State::default();
@@ -519,6 +594,7 @@ mod tests {
             value: b"n1".to_vec(),
             lease: 7,
             expect_mod_revision: Some(0),
+            guard: None,
         };
         s.apply(8, &attach);
         assert_eq!(s.leases[&7].keys.len(), 1);
@@ -538,6 +614,7 @@ mod tests {
             value: vec![],
             lease: 99,
             expect_mod_revision: None,
+            guard: None,
         };
         assert_eq!(s.apply(1, &cmd).0, Response::LeaseNotFound { id: 99 });
         assert!(s.kv.is_empty());
@@ -581,6 +658,7 @@ mod tests {
             value: vec![],
             lease,
             expect_mod_revision: None,
+            guard: None,
         };
         s.apply(3, &p(1));
         s.apply(4, &p(2));
@@ -600,6 +678,7 @@ mod tests {
                 value: vec![1],
                 lease: 1,
                 expect_mod_revision: None,
+                guard: None,
             },
             Command::LeaseRenew { id: 1 },
             Command::LeaseExpire {
