@@ -66,6 +66,9 @@ pub struct Supervisor {
     health: watch::Sender<Health>,
     /// `[tags]` re-read from the config file on SIGHUP.
     tags_reload: watch::Receiver<Tags>,
+    /// (standby, primary WAL position sampled after PostgreSQL was first seen
+    /// treating it as synchronous); see `PgView::sync_catchup`.
+    sync_catchup: Option<(String, u64)>,
 }
 
 impl Supervisor {
@@ -116,6 +119,7 @@ impl Supervisor {
             last_reason: String::new(),
             health,
             tags_reload,
+            sync_catchup: None,
         })
     }
 
@@ -197,6 +201,7 @@ impl Supervisor {
         }
         let store = self.read_store().await;
         let probe = self.pg.probe().await;
+        self.track_sync_catchup(&probe).await;
         let now = Instant::now();
         let leader_serving = store.as_ref().ok().is_some_and(|(v, _)| {
             v.leader
@@ -413,6 +418,12 @@ impl Supervisor {
                 .map(|t| now.duration_since(t).as_millis() as u64),
             may_be_primary: self.pg.may_be_primary(),
             foreign_postmaster: p.foreign_postmaster,
+            replica_flush: p
+                .replicas
+                .iter()
+                .map(|r| (r.application_name.clone(), r.flush_lsn))
+                .collect(),
+            sync_catchup: self.sync_catchup.clone(),
         }
     }
 
@@ -700,6 +711,38 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+
+    /// Samples the primary's WAL position once per standby that PostgreSQL has just
+    /// started to treat as synchronous (in this cycle's probe, so the sample comes
+    /// after: every commit acknowledged later waits for it). Forgotten as soon as it
+    /// is not synchronous any more.
+    async fn track_sync_catchup(&mut self, p: &PgProbe) {
+        let sync_now = p
+            .synchronous_standby_names
+            .as_ref()
+            .filter(|n| {
+                p.replicas
+                    .iter()
+                    .any(|r| &r.application_name == *n && r.sync_state == "sync")
+            })
+            .cloned();
+        match (&self.sync_catchup, sync_now) {
+            (Some((n, _)), Some(c)) if *n == c => {}
+            (_, Some(c)) if p.in_recovery == Some(false) => match self.pg.current_wal_lsn().await {
+                Ok(lsn) if lsn > 0 => {
+                    tracing::info!(
+                        standby = %c,
+                        lsn = %model::format_lsn(lsn),
+                        "synchronous standby confirmed; recording it once it has flushed this position"
+                    );
+                    self.sync_catchup = Some((c, lsn));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot sample the WAL position"),
+            },
+            _ => self.sync_catchup = None,
+        }
     }
 
     /// Writes a cluster key that only the primary may write, in one state-machine

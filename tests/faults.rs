@@ -514,6 +514,56 @@ async fn pg_fault_stray_postmaster_on_a_replica_async() {
     .await;
 }
 
+/// The recorded synchronous standby's PostgreSQL dies while the other replica is held behind
+/// (its walreceiver stopped); the primary names the held-back replica next, and dies
+/// as soon as that one is recorded. Commits acknowledged while no standby was named
+/// are not on it: it used to be recorded as soon as PostgreSQL called it `sync`, and
+/// its promotion lost them. Now it is recorded only once it has flushed the primary's
+/// WAL past a position sampled after it became synchronous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_sync_standby_held_behind_while_recorded_sync() {
+    run_scenario(
+        Scenario::new("next sync standby held behind", sync_opts()),
+        async |c: &mut PgCluster, p: u64| {
+            let mut s1 = None;
+            for r in c.ids().into_iter().filter(|i| *i != p) {
+                if c.http_status(r, "GET", "/sync").await == Some(200) {
+                    s1 = Some(r);
+                }
+            }
+            let s1 = s1.expect("a recorded synchronous standby");
+            let s2 = c.ids().into_iter().find(|i| *i != p && *i != s1).unwrap();
+            let wr = c
+                .walreceiver_pid(s2)
+                .expect("the other replica's walreceiver");
+            signal(wr, libc::SIGSTOP);
+            // The recorded standby's PostgreSQL dies (its node stays, for the quorum).
+            let pm = c.postmaster_pid(s1).expect("the standby's postmaster");
+            signal(-pm, libc::SIGKILL);
+            // Held behind for three ttls, or until it is recorded if that comes first.
+            let hold = Instant::now();
+            let mut recorded = false;
+            while hold.elapsed() < Duration::from_millis(3 * c.opts.ttl_ms) {
+                if c.http_status(s2, "GET", "/sync").await == Some(200) {
+                    recorded = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !recorded {
+                signal(wr, libc::SIGCONT);
+                wait_sync_standby(c, &[s2]).await;
+            }
+            c.kill_host(p);
+            // SAFETY: kill(2); the walreceiver may be gone with its primary.
+            unsafe { libc::kill(wr, libc::SIGCONT) };
+            c.wait_primary(&[p], SLOW_WAIT).await;
+            c.restart(p);
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_fault_restart_all_nodes_in_random_order_async() {
     run_scenario(

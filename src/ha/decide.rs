@@ -62,6 +62,12 @@ pub struct PgView {
     /// A postmaster pgquorum did not start runs on this data dir (its pid). It is
     /// outside the fence and may be a primary.
     pub foreign_postmaster: Option<i32>,
+    /// Primary: each standby's flush position (`pg_stat_replication.flush_lsn`).
+    pub replica_flush: Vec<(String, u64)>,
+    /// Primary: (standby, WAL position) sampled right after PostgreSQL was first seen
+    /// treating that standby as synchronous. Commits acknowledged before that need
+    /// not be on it; once its flush position reaches this, it holds them all.
+    pub sync_catchup: Option<(String, u64)>,
 }
 
 /// A replica that cannot stream from its serving leader for this long, or cannot
@@ -559,7 +565,9 @@ fn switchover_target(o: &Observation, store: &StoreView, sw: &Switchover) -> Opt
 
 /// Synchronous standby management on the primary. The store record is what a
 /// failover trusts, so: a standby is recorded only after PostgreSQL confirms it
-/// synchronous, and the record is cleared before PostgreSQL stops waiting for it.
+/// synchronous *and* it has flushed the primary's WAL up to a position sampled after
+/// that (it then holds every commit acknowledged before it became synchronous, too),
+/// and the record is cleared before PostgreSQL stops waiting for it.
 fn sync_actions(o: &Observation, store: &StoreView) -> Vec<Action> {
     let pg = &o.pg;
     let recorded = store
@@ -611,11 +619,19 @@ fn sync_actions(o: &Observation, store: &StoreView) -> Vec<Action> {
                 .filter(|n| eligible(n))
                 .min()
         });
+    let caught_up = |name: &str| {
+        let flushed = pg
+            .replica_flush
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| *f);
+        matches!(&pg.sync_catchup, Some((n, at)) if n == name && flushed.is_some_and(|f| f >= *at))
+    };
     match candidate {
         Some(c) if configured.as_deref() != Some(c.as_str()) => {
             vec![Action::SetSyncStandby(Some(c))]
         }
-        Some(c) if confirmed(&c) => vec![Action::RecordSync(Some(c))],
+        Some(c) if confirmed(&c) && caught_up(&c) => vec![Action::RecordSync(Some(c))],
         Some(_) => vec![],
         None if configured.is_some() => vec![Action::SetSyncStandby(None)],
         None => vec![],

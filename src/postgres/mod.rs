@@ -671,6 +671,19 @@ impl Postgres {
         }
     }
 
+    /// The primary's current WAL write position.
+    pub async fn current_wal_lsn(&mut self) -> Result<u64, PgError> {
+        let rows = self
+            .sql
+            .simple(
+                "current WAL position",
+                "SELECT pg_current_wal_lsn()",
+                SQL_TIMEOUT,
+            )
+            .await?;
+        Ok(lsn(cell(&rows, 0, 0)))
+    }
+
     /// `SELECT 1` within 1 s, connecting if needed.
     pub async fn sql_ok(&mut self) -> bool {
         self.sql

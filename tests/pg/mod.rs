@@ -295,6 +295,28 @@ impl PgCluster {
         );
     }
 
+    /// The pid of node `id`'s walreceiver (a child of its postmaster), if it runs.
+    pub fn walreceiver_pid(&self, id: u64) -> Option<i32> {
+        let pm = self.postmaster_pid(id)?;
+        for e in fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            let ppid: Option<i32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if ppid == Some(pm) && String::from_utf8_lossy(&cmd).contains("walreceiver") {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
     /// Node `id`'s process runs and its gRPC API answers a status request.
     pub async fn status_ok(&mut self, id: u64) -> bool {
         let alive = self

@@ -39,6 +39,8 @@ fn pg_primary() -> PgView {
         not_streaming_ms: None,
         may_be_primary: true,
         foreign_postmaster: None,
+        replica_flush: vec![("b".into(), 1000), ("c".into(), 1000)],
+        sync_catchup: None,
     }
 }
 
@@ -679,11 +681,34 @@ fn decisions() {
             Reason::HealthyPrimary,
         ),
         (
-            "sync mode primary: record the standby once PostgreSQL confirms it",
+            "sync mode primary: confirmed sync but not yet caught up: not recorded",
             with(obs_primary(), |o| {
                 o.policy.synchronous_mode = true;
                 o.pg.sync_standby_names = Some("b".into());
                 o.pg.streaming_replicas = vec![("b".into(), true), ("c".into(), false)];
+                o.pg.replica_flush = vec![("b".into(), 900), ("c".into(), 1000)];
+                o.pg.sync_catchup = Some(("b".into(), 1000));
+            }),
+            vec![RenewLease, PublishOptime, slots()],
+            Reason::HealthyPrimary,
+        ),
+        (
+            "sync mode primary: confirmed sync, no catch-up position sampled yet: not recorded",
+            with(obs_primary(), |o| {
+                o.policy.synchronous_mode = true;
+                o.pg.sync_standby_names = Some("b".into());
+                o.pg.streaming_replicas = vec![("b".into(), true), ("c".into(), false)];
+            }),
+            vec![RenewLease, PublishOptime, slots()],
+            Reason::HealthyPrimary,
+        ),
+        (
+            "sync mode primary: record the standby once PostgreSQL confirms it and it caught up",
+            with(obs_primary(), |o| {
+                o.policy.synchronous_mode = true;
+                o.pg.sync_standby_names = Some("b".into());
+                o.pg.streaming_replicas = vec![("b".into(), true), ("c".into(), false)];
+                o.pg.sync_catchup = Some(("b".into(), 1000));
             }),
             vec![
                 RenewLease,

@@ -224,6 +224,8 @@ fn random_observation(r: &mut Rng) -> Observation {
         not_streaming_ms: r.pick(&[None, Some(20_000)]),
         may_be_primary: running && r.coin(),
         foreign_postmaster: (!running && r.next().is_multiple_of(6)).then_some(777),
+        replica_flush: vec![("b".to_string(), r.pick(&[900, 1000]))],
+        sync_catchup: r.pick(&[None, Some(("b".to_string(), 950))]),
     };
     let mut members = Vec::new();
     for n in names {
