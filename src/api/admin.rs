@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb::admin_client::AdminClient;
 use super::pb::admin_server::Admin;
-use super::{FORWARDED, LEADER_HINT, pb};
+use super::{FORWARDED, LEADER_HINT, OUTCOME, pb};
 use crate::raft::sm_store::SmStore;
 use crate::raft::{Member, NodeId, Raft};
 use crate::store::{self, Command, EventKind, Lessor};
@@ -50,6 +50,13 @@ fn unavailable(msg: String, leader: Option<&Member>) -> Status {
     {
         s.metadata_mut().insert(LEADER_HINT, v);
     }
+    s
+}
+
+/// Marks a failed write whose entry may still commit (see [`OUTCOME`]).
+fn outcome_unknown(mut s: Status) -> Status {
+    s.metadata_mut()
+        .insert(OUTCOME, MetadataValue::from_static("unknown"));
     s
 }
 
@@ -192,6 +199,18 @@ impl AdminService {
         if super::connection_failed(&s) {
             self.channels.lock().expect("lock").clear();
         }
+        // The leader may have received (and applied) a forward that then timed out or
+        // broke; the mark of a leader-side unknown outcome is kept as it is.
+        let unknown = s.metadata().get(OUTCOME).is_some()
+            || matches!(
+                s.code(),
+                tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+            );
+        let s = self.forward_status(s);
+        if unknown { outcome_unknown(s) } else { s }
+    }
+
+    fn forward_status(&self, s: Status) -> Status {
         match s.code() {
             tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
                 if s.metadata().get(LEADER_HINT).is_none() =>
@@ -212,13 +231,13 @@ impl AdminService {
 
     async fn write(&self, cmd: Command) -> Result<store::Response, Status> {
         match tokio::time::timeout(self.timeout, self.raft.client_write(cmd)).await {
-            Err(_) => Err(unavailable(
+            Err(_) => Err(outcome_unknown(unavailable(
                 format!(
                     "not committed within {:?}: the cluster may have lost its majority; the outcome is unknown, check before retrying",
                     self.timeout
                 ),
                 None,
-            )),
+            ))),
             Ok(Ok(r)) => Ok(r.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(unavailable(
                 format!(
@@ -227,7 +246,10 @@ impl AdminService {
                 ),
                 f.leader_node.as_ref(),
             )),
-            Ok(Err(e)) => Err(unavailable(format!("write failed: {e}"), None)),
+            Ok(Err(e)) => Err(outcome_unknown(unavailable(
+                format!("write failed: {e}; the outcome is unknown, check before retrying"),
+                None,
+            ))),
         }
     }
 

@@ -24,5 +24,8 @@ pub(crate) fn connection_failed(s: &tonic::Status) -> bool {
 
 /// Metadata key carrying the Raft leader's address on `Unavailable` answers.
 pub const LEADER_HINT: &str = "x-pgquorum-leader";
+/// Set (to `unknown`) on a failed write that may still have been applied: proposed
+/// but not known to be committed. Clients must not retry such a write blindly.
+pub const OUTCOME: &str = "x-pgquorum-outcome";
 /// Set on a request one member forwarded to another, so it is forwarded at most once.
 pub const FORWARDED: &str = "x-pgquorum-forwarded";

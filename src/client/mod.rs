@@ -63,6 +63,15 @@ pub enum ClientError {
 
     #[error("unexpected answer from pgquorum: {0}; are client and server the same version?")]
     InvalidResponse(String),
+
+    /// A write that may or may not have been applied; it was not retried, since a
+    /// retry could apply it twice (or report a false conflict).
+    #[error(
+        "the write may or may not have been applied ({endpoint}: {last}); it was not retried. \
+         Check the current state (e.g. `pgquorum ctl kv get KEY`, `ctl lease ttl ID`) before \
+         repeating it"
+    )]
+    OutcomeUnknown { endpoint: String, last: String },
 }
 
 impl ClientError {
@@ -70,7 +79,9 @@ impl ClientError {
     pub fn code(&self) -> Option<Code> {
         match self {
             ClientError::Rpc(status) => Some(status.code()),
-            ClientError::Unavailable { .. } => Some(Code::Unavailable),
+            ClientError::Unavailable { .. } | ClientError::OutcomeUnknown { .. } => {
+                Some(Code::Unavailable)
+            }
             ClientError::NoEndpoints
             | ClientError::InvalidEndpoint { .. }
             | ClientError::InvalidResponse(_) => None,
@@ -212,7 +223,7 @@ impl Client {
             expect_mod_revision,
             ..Default::default()
         };
-        self.unary(req, |mut c, r| async move { c.put(r).await })
+        self.write(req, |mut c, r| async move { c.put(r).await })
             .await
     }
 
@@ -233,7 +244,7 @@ impl Client {
             guard_lease,
             ..Default::default()
         };
-        self.unary(req, |mut c, r| async move { c.put(r).await })
+        self.write(req, |mut c, r| async move { c.put(r).await })
             .await
     }
 
@@ -248,7 +259,7 @@ impl Client {
             prefix,
             expect_mod_revision,
         };
-        self.unary(req, |mut c, r| async move { c.delete(r).await })
+        self.write(req, |mut c, r| async move { c.delete(r).await })
             .await
     }
 
@@ -264,7 +275,7 @@ impl Client {
             prefix: prefix.to_owned(),
             start_revision,
         };
-        self.call(req, false, |mut c, r| async move { c.watch(r).await })
+        self.call(req, false, true, |mut c, r| async move { c.watch(r).await })
             .await
     }
 
@@ -275,7 +286,7 @@ impl Client {
         ttl_ms: u64,
         id: u64,
     ) -> Result<pb::LeaseResponse, ClientError> {
-        self.unary(
+        self.write(
             pb::LeaseGrantRequest { ttl_ms, id },
             |mut c, r| async move { c.lease_grant(r).await },
         )
@@ -290,7 +301,7 @@ impl Client {
     }
 
     pub async fn lease_revoke(&self, id: u64) -> Result<pb::LeaseResponse, ClientError> {
-        self.unary(pb::LeaseIdRequest { id }, |mut c, r| async move {
+        self.write(pb::LeaseIdRequest { id }, |mut c, r| async move {
             c.lease_revoke(r).await
         })
         .await
@@ -309,7 +320,18 @@ impl Client {
         F: Fn(AdminClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call(msg, true, f).await
+        self.call(msg, true, true, f).await
+    }
+
+    /// A write that must not apply twice (put, delete, lease grant and revoke): tried
+    /// on other endpoints only while it surely was not applied.
+    async fn write<M, T, F, Fut>(&self, msg: M, f: F) -> Result<T, ClientError>
+    where
+        M: Clone,
+        F: Fn(AdminClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call(msg, true, false, f).await
     }
 
     /// Runs one call with failover. `deadline_header` also tells the server our
@@ -318,6 +340,7 @@ impl Client {
         &self,
         msg: M,
         deadline_header: bool,
+        idempotent: bool,
         f: F,
     ) -> Result<T, ClientError>
     where
@@ -365,6 +388,12 @@ impl Client {
                     // The node answered; it is as good a first choice as any.
                     self.lock().preferred = i;
                     return Err(ClientError::Rpc(status));
+                }
+                if !idempotent && outcome_may_be_applied(&status) {
+                    return Err(ClientError::OutcomeUnknown {
+                        endpoint: addr.to_string(),
+                        last: describe(&status),
+                    });
                 }
                 tracing::debug!(endpoint = %addr, code = ?status.code(), message = status.message(), "pgquorum call failed, trying next endpoint");
                 if let Some(j) = self.leader_hint(&status) {
@@ -458,6 +487,22 @@ fn make_target(addr: String) -> Result<Target, ClientError> {
 }
 
 /// Whether another endpoint might succeed where this one failed.
+/// Whether a failed call may still have been applied: the server said so, or the
+/// call was cut off after it may have reached the server (our timeout, a broken
+/// stream). A refused connection or a "not the leader" answer means it was not.
+fn outcome_may_be_applied(status: &Status) -> bool {
+    if status.metadata().get(crate::api::OUTCOME).is_some() {
+        return true;
+    }
+    match status.code() {
+        Code::DeadlineExceeded => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => {
+            std::error::Error::source(status).is_some()
+        }
+        _ => false,
+    }
+}
+
 fn retryable(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded => true,
@@ -881,6 +926,29 @@ mod tests {
     fn client_normalizes_and_dedups_endpoints() {
         let c = Client::new(vec!["http://a:1/".into(), "a:1".into(), " b:2 ".into()]).unwrap();
         assert_eq!(c.endpoints(), vec!["a:1".to_owned(), "b:2".to_owned()]);
+    }
+
+    #[test]
+    fn writes_are_not_retried_when_they_may_have_been_applied() {
+        let mut marked = Status::unavailable("not committed within 5s");
+        marked
+            .metadata_mut()
+            .insert(crate::api::OUTCOME, "unknown".parse().unwrap());
+        assert!(retryable(&marked) && outcome_may_be_applied(&marked));
+        assert!(outcome_may_be_applied(&Status::deadline_exceeded("x")));
+        // Refused connection, or "not the leader" (with or without a hint): never applied.
+        assert!(!outcome_may_be_applied(&Status::unavailable(
+            "connection refused"
+        )));
+        let e = ClientError::OutcomeUnknown {
+            endpoint: "127.0.0.1:7001".into(),
+            last: "Unavailable: not committed".into(),
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("may or may not") && msg.contains("before"),
+            "{msg}"
+        );
     }
 
     #[test]
