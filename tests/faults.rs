@@ -514,7 +514,7 @@ async fn pg_fault_stray_postmaster_on_a_replica_async() {
     .await;
 }
 
-/// The recorded synchronous standby's PostgreSQL dies while the other replica is held behind
+/// The recorded synchronous standby's PostgreSQL dies (its node frozen) while the other replica is held behind
 /// (its walreceiver stopped); the primary names the held-back replica next, and dies
 /// as soon as that one is recorded. Commits acknowledged while no standby was named
 /// are not on it: it used to be recorded as soon as PostgreSQL called it `sync`, and
@@ -537,8 +537,12 @@ async fn pg_fault_sync_standby_held_behind_while_recorded_sync() {
                 .walreceiver_pid(s2)
                 .expect("the other replica's walreceiver");
             signal(wr, libc::SIGSTOP);
-            // The recorded standby's PostgreSQL dies (its node stays, for the quorum).
+            // The recorded standby's PostgreSQL dies and its node is frozen (so it does
+            // not come back as the synchronous standby); it resumes, for the Raft
+            // quorum, before the primary is killed.
+            let s1_node = c.supervisor_pid(s1);
             let pm = c.postmaster_pid(s1).expect("the standby's postmaster");
+            signal(-s1_node, libc::SIGSTOP);
             signal(-pm, libc::SIGKILL);
             // Held behind for three ttls, or until it is recorded if that comes first.
             let hold = Instant::now();
@@ -554,9 +558,12 @@ async fn pg_fault_sync_standby_held_behind_while_recorded_sync() {
                 signal(wr, libc::SIGCONT);
                 wait_sync_standby(c, &[s2]).await;
             }
+            signal(-s1_node, libc::SIGCONT);
             c.kill_host(p);
+            // The held walreceiver dies too: WAL the kernel buffered for it but it
+            // never wrote is gone, as it would be with a slow disk or link.
             // SAFETY: kill(2); the walreceiver may be gone with its primary.
-            unsafe { libc::kill(wr, libc::SIGCONT) };
+            unsafe { libc::kill(wr, libc::SIGKILL) };
             c.wait_primary(&[p], SLOW_WAIT).await;
             c.restart(p);
         },
