@@ -537,9 +537,10 @@ impl Supervisor {
             Action::ReleaseLease => {
                 // The fence fails closed: the lease goes (and the deadline with it)
                 // only once PostgreSQL is confirmed stopped or a replica.
-                if self.pg.may_be_primary() || probe.foreign_postmaster.is_some() {
+                if self.pg.may_be_primary() {
                     return Err(SupervisorError::Other(
-                        "PostgreSQL may still accept writes; keeping the leader lease and the                          fence until it is stopped"
+                        "PostgreSQL may still accept writes; keeping the leader lease and the \
+                         fence until it is stopped"
                             .into(),
                     ));
                 }

@@ -235,7 +235,7 @@ where
     let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
     c.wait_streaming(p, &others, SLOW_WAIT).await;
     if sync {
-        wait_sync_standby(&c, &others).await;
+        c.wait_sync_standby(&others).await;
     }
     Workload::setup(&c, p).await;
     let start_lsn = wal_lsn(&c, p).await;
@@ -258,7 +258,7 @@ where
         // fault would be a double failure, after which no member may take over
         // (pg_cluster.rs: pg_sync_mode_without_a_recorded_standby_does_not_fail_over).
         if sync {
-            wait_sync_standby(&c, &others).await;
+            c.wait_sync_standby(&others).await;
         }
         eprintln!(
             "{}: round {} healed, primary is node {p}",
@@ -323,18 +323,6 @@ where
             wal_per_transfer
         );
     }
-}
-
-async fn wait_sync_standby(c: &PgCluster, replicas: &[u64]) {
-    c.wait_for("a synchronous standby", SLOW_WAIT, async || {
-        for r in replicas {
-            if c.http_status(*r, "GET", "/sync").await == Some(200) {
-                return Ok(());
-            }
-        }
-        anyhow::bail!("none yet")
-    })
-    .await;
 }
 
 async fn wal_lsn(c: &PgCluster, id: u64) -> u64 {
@@ -525,13 +513,8 @@ async fn pg_fault_sync_standby_held_behind_while_recorded_sync() {
     run_scenario(
         Scenario::new("next sync standby held behind", sync_opts()),
         async |c: &mut PgCluster, p: u64| {
-            let mut s1 = None;
-            for r in c.ids().into_iter().filter(|i| *i != p) {
-                if c.http_status(r, "GET", "/sync").await == Some(200) {
-                    s1 = Some(r);
-                }
-            }
-            let s1 = s1.expect("a recorded synchronous standby");
+            let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
+            let s1 = c.wait_sync_standby(&others).await;
             let s2 = c.ids().into_iter().find(|i| *i != p && *i != s1).unwrap();
             let wr = c
                 .walreceiver_pid(s2)
@@ -556,7 +539,7 @@ async fn pg_fault_sync_standby_held_behind_while_recorded_sync() {
             }
             if !recorded {
                 signal(wr, libc::SIGCONT);
-                wait_sync_standby(c, &[s2]).await;
+                c.wait_sync_standby(&[s2]).await;
             }
             signal(-s1_node, libc::SIGCONT);
             c.kill_host(p);

@@ -314,16 +314,7 @@ async fn pg_sync_mode_loses_no_acknowledged_commit() {
         .await
         .unwrap();
     // A synchronous standby is recorded and serves /sync.
-    let sync = c
-        .wait_for("a synchronous standby", SLOW_WAIT, async || {
-            for r in &replicas {
-                if c.http_status(*r, "GET", "/sync").await == Some(200) {
-                    return Ok(*r);
-                }
-            }
-            anyhow::bail!("no replica answers /sync with 200")
-        })
-        .await;
+    let sync = c.wait_sync_standby(&replicas).await;
 
     // A writer that inserts increasing ids into whichever node accepts them and
     // records each id whose COMMIT was acknowledged.
@@ -524,16 +515,7 @@ async fn pg_switchover_refuses_a_candidate_that_could_not_take_over() {
         return;
     }
     let (c, primary, replicas) = healthy_cluster(PgOptions::synchronous()).await;
-    let sync = c
-        .wait_for("a recorded synchronous standby", SLOW_WAIT, async || {
-            for r in &replicas {
-                if c.http_status(*r, "GET", "/sync").await == Some(200) {
-                    return Ok(*r);
-                }
-            }
-            anyhow::bail!("none yet")
-        })
-        .await;
+    let sync = c.wait_sync_standby(&replicas).await;
     let other = *replicas.iter().find(|r| **r != sync).unwrap();
     let name = c.node(other).name.clone();
     let e = c

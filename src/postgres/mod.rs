@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
+pub use self::conf::check_synchronous_commit;
 pub use self::fence::FenceHandle;
 use self::fence::control_for;
 use self::guard::{Control, GuardArgs, Report, StopKind};
@@ -357,8 +358,6 @@ pub struct Postgres {
     /// The cluster runs in synchronous mode: no setting may weaken synchronous_commit.
     synchronous_mode: bool,
 }
-
-pub use self::conf::check_synchronous_commit;
 
 /// Checks cluster-wide PostgreSQL settings before the store accepts them.
 pub fn validate_cluster_settings(
@@ -1286,7 +1285,7 @@ impl Postgres {
         }
         validate_cluster_settings(parameters, pg_hba, synchronous_mode).map_err(PgError::Config)?;
         self.synchronous_mode = synchronous_mode;
-        if synchronous_mode && conf::pin_synchronous_commit(&mut self.cfg.parameters.clone()) {
+        if conf::check_synchronous_commit(&self.cfg.parameters, synchronous_mode).is_err() {
             tracing::warn!(
                 "this member's postgresql.parameters set synchronous_commit to a value that \
                  defeats synchronous_mode; ignoring it while synchronous_mode is on"
@@ -1655,19 +1654,12 @@ impl Postgres {
             return Err(PgError::Guard("no stdout pipe".into()));
         };
         let mut reports = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(GUARD_REPORT_TIMEOUT, async {
-            loop {
-                match reports.next_line().await {
-                    Ok(Some(line)) => match Report::parse(&line) {
-                        Some(Report::Alive) => continue,
-                        r => return r,
-                    },
-                    _ => return None,
-                }
-            }
-        })
-        .await;
-        let report = first.ok().flatten();
+        // The guard reports the postmaster (or why not) before its first heartbeat.
+        let first = tokio::time::timeout(GUARD_REPORT_TIMEOUT, reports.next_line()).await;
+        let report = match first {
+            Ok(Ok(Some(line))) => Report::parse(&line),
+            _ => None,
+        };
         match report {
             Some(Report::Postmaster(pgid)) => {
                 let fence = self.fence.clone();
@@ -1754,6 +1746,7 @@ impl Postgres {
                 None
             }
         };
+        // Either fencer may have killed it: the guard (its report) or pgquorum's own.
         let fenced_here = self.fence.take_fenced_here();
         let exit = match last {
             _ if fenced_here => PgExit::Fenced,
@@ -1805,7 +1798,10 @@ impl Postgres {
             uid = owner,
             command = %cmdline,
             data_dir = %self.data_dir.display(),
-            "a PostgreSQL server pgquorum did not start runs on this member's data dir; it              is not fenced by the leader lease and could accept writes while another member              is primary, so pgquorum stops it (immediate shutdown). Start PostgreSQL only              through pgquorum."
+            "a PostgreSQL server pgquorum did not start runs on this member's data dir; it \
+             is not fenced by the leader lease and could accept writes while another member \
+             is primary, so pgquorum stops it (immediate shutdown). Start PostgreSQL only \
+             through pgquorum."
         );
         // SAFETY: kill(2); the pid was just confirmed to be a postmaster in our data dir.
         unsafe { libc::kill(pid, libc::SIGQUIT) };

@@ -433,6 +433,20 @@ impl PgCluster {
         .await
     }
 
+    /// Waits until one of `replicas` is the recorded synchronous standby (it answers
+    /// `GET /sync` with 200) and returns it.
+    pub async fn wait_sync_standby(&self, replicas: &[u64]) -> u64 {
+        self.wait_for("a recorded synchronous standby", SLOW_WAIT, async || {
+            for r in replicas {
+                if self.http_status(*r, "GET", "/sync").await == Some(200) {
+                    return Ok(*r);
+                }
+            }
+            anyhow::bail!("no replica answers /sync with 200")
+        })
+        .await
+    }
+
     /// Waits until `replicas` stream from `primary` (per its `pg_stat_replication`)
     /// and report themselves as replicas over REST.
     pub async fn wait_streaming(&self, primary: u64, replicas: &[u64], timeout: Duration) {
