@@ -239,19 +239,16 @@ impl AdminService {
                 None,
             ))),
             Ok(Ok(r)) => Ok(r.data),
-            // Leadership moved between our check and the proposal, or while it was in
-            // flight: openraft does not say whether the entry was appended (and may
-            // still commit under the next leader), so the outcome counts as unknown.
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(outcome_unknown(unavailable(
-                    format!(
-                        "leadership moved to {:?} during the request; the write may still \
-                         commit, check before retrying",
-                        f.leader_id
-                    ),
-                    f.leader_node.as_ref(),
-                )))
-            }
+            // Not the leader when the proposal was made: nothing was appended, a retry
+            // on the new leader is safe. (openraft does not tell this apart from a
+            // proposal cut off in flight by a leadership change: a known limit.)
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(unavailable(
+                format!(
+                    "leadership moved to {:?} during the request; retry",
+                    f.leader_id
+                ),
+                f.leader_node.as_ref(),
+            )),
             Ok(Err(e)) => Err(outcome_unknown(unavailable(
                 format!("write failed: {e}; the outcome is unknown, check before retrying"),
                 None,
