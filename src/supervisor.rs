@@ -16,11 +16,12 @@ use tokio::sync::Notify;
 
 use tokio::sync::watch;
 
-use crate::api::rest::Health;
+use crate::api::rest::{HangCounters, Health};
 use crate::client::{Client, ClientError, LeaseKeeper, LeaseRenewer};
 use crate::config::{HaSettings, NodeConfig};
 use crate::ha::decide::{
-    self, Action, DataState, Decision, Observation, PgView, Policy, StopKind, StoreView,
+    self, Action, DataState, Decision, Observation, PgView, Policy, Reason, Stall, StopKind,
+    StoreView,
 };
 use crate::ha::model::{
     self, ClusterView, INITIALIZE_KEY, LEADER_KEY, MemberStatus, OPTIME_KEY, PgRunState, Role,
@@ -52,6 +53,11 @@ pub struct Supervisor {
     leader_lease: Option<LeaseRenewer>,
     status_lease: Option<LeaseRenewer>,
     last_published: Option<MemberStatus>,
+    /// This cycle's status, published or not (the REST API answers from it).
+    last_status: Option<MemberStatus>,
+    /// A hang of this member's PostgreSQL is in progress (logged and counted once).
+    hang_seen: bool,
+    hangs: HangCounters,
     following: Option<String>,
     down_since: Option<Instant>,
     /// Since when this replica has not streamed while behind its leader's timeline.
@@ -110,6 +116,9 @@ impl Supervisor {
             leader_lease: None,
             status_lease: None,
             last_published: None,
+            last_status: None,
+            hang_seen: false,
+            hangs: HangCounters::default(),
             following: None,
             down_since: None,
             stalled_since: None,
@@ -277,6 +286,9 @@ impl Supervisor {
                 synchronous_mode: self.ha.synchronous_mode,
                 primary_start_timeout_ms: self.ha.primary_start_timeout_ms,
                 candidate_grace_ms: self.ha.ttl_ms,
+                primary_hang_timeout_ms: self.ha.primary_hang_timeout_ms,
+                sync_standby_hang_timeout_ms: self.ha.sync_standby_hang_timeout_ms,
+                synchronous_mode_strict: self.ha.synchronous_mode_strict,
             },
             paused: view.as_ref().is_some_and(|v| v.paused),
             store: store_view,
@@ -287,6 +299,7 @@ impl Supervisor {
                 .map_or(0, |t| now.duration_since(t).as_millis() as u64),
             pg,
         };
+        self.note_hang(&obs.pg.stall);
         let Decision { actions, reason } = decide::decide(&obs);
         let reason_text = reason.to_string();
         if reason_text != self.last_reason {
@@ -296,21 +309,65 @@ impl Supervisor {
             tracing::debug!(reason = %reason, ?actions, "HA decision");
         }
         let mut acquired = false;
+        let acted = !actions.is_empty();
+        let mut all_done = true;
         for a in actions {
             let was_acquire = a == Action::AcquireLease;
             match self.execute(a.clone(), view.as_ref(), &probe).await {
                 Ok(()) => acquired |= was_acquire && self.leader_lease.is_some(),
                 Err(e) => {
                     tracing::warn!(action = ?a, error = %e, "HA action failed");
+                    all_done = false;
                     break;
                 }
             }
         }
-        if let Some(v) = &view {
-            self.publish(v).await;
+        if all_done {
+            self.count_outcome(&reason);
         }
-        self.update_health(view, store.as_ref().ok().and_then(|(_, id)| *id));
+        // After actions PostgreSQL may have changed; otherwise this cycle's probe is
+        // current (and probing a hung instance again would only cost time).
+        let probe = if acted { self.pg.probe().await } else { probe };
+        self.last_status = view.as_ref().map(|v| self.my_status(&probe, v));
+        if let Some(v) = &view {
+            self.publish(v, &probe).await;
+        }
+        self.update_health(view, store.as_ref().ok().and_then(|(_, id)| *id), &probe);
         acquired
+    }
+
+    /// Logs and counts the start and end of a hang of this member's PostgreSQL
+    /// (what is done about it is `decide`'s, and logged with its reason).
+    fn note_hang(&mut self, stall: &Stall) {
+        let hung = stall
+            .longest_ms()
+            .is_some_and(|ms| ms >= decide::MEMBER_HUNG_MS);
+        if hung && !self.hang_seen {
+            self.hangs.detected += 1;
+            tracing::warn!(
+                unanswered_ms = stall.unanswered_ms,
+                wal_flush_stuck_ms = stall.wal_flush_stuck_ms,
+                postmaster_stopped_ms = stall.postmaster_stopped_ms,
+                processes = stall.processes,
+                stopped = stall.stopped,
+                uninterruptible = stall.disk_sleep,
+                "PostgreSQL hangs: it does not answer, its WAL flush does not move, or its postmaster is stopped"
+            );
+        } else if !hung && self.hang_seen {
+            tracing::info!("PostgreSQL answers again");
+        }
+        self.hang_seen = hung;
+    }
+
+    /// Counts the hang handling a completed decision carried out.
+    fn count_outcome(&mut self, reason: &Reason) {
+        match reason {
+            Reason::PrimaryHung(_) => self.hangs.primary_killed += 1,
+            Reason::SyncStandbyReplaced { .. } | Reason::SyncStandbyDropped { .. } => {
+                self.hangs.sync_standby_changes += 1
+            }
+            _ => {}
+        }
     }
 
     async fn read_store(&mut self) -> Result<(ClusterView, Option<u64>), ClientError> {
@@ -424,6 +481,12 @@ impl Supervisor {
                 .map(|r| (r.application_name.clone(), r.flush_lsn))
                 .collect(),
             sync_catchup: self.sync_catchup.clone(),
+            stall: stall_of(&p.liveness, p.running),
+            sync_stalled: p
+                .liveness
+                .sync_wait_stuck
+                .as_ref()
+                .map(|(n, d)| (n.clone(), d.as_millis() as u64)),
         }
     }
 
@@ -618,6 +681,7 @@ impl Supervisor {
                     .stop(match kind {
                         StopKind::Fast => StopMode::Fast,
                         StopKind::Immediate => StopMode::Immediate,
+                        StopKind::Kill => StopMode::Kill,
                     })
                     .await?;
                 self.following = None;
@@ -804,9 +868,8 @@ impl Supervisor {
 
     /// Publishes this member's status under a lease of its own, so the record of
     /// a member that stops publishing disappears after one TTL.
-    async fn publish(&mut self, view: &ClusterView) {
-        let probe = self.pg.probe().await;
-        let status = self.my_status(&probe, view);
+    async fn publish(&mut self, view: &ClusterView, probe: &PgProbe) {
+        let status = self.my_status(probe, view);
         let ttl = Duration::from_millis(self.ha.ttl_ms);
         // Renewed on its own task like the leader lease: a slow cycle must not make
         // this member's record vanish. Lapsed or gone: publish under a new one.
@@ -848,7 +911,7 @@ impl Supervisor {
         }
     }
 
-    fn update_health(&self, view: Option<ClusterView>, system_id: Option<u64>) {
+    fn update_health(&self, view: Option<ClusterView>, system_id: Option<u64>, probe: &PgProbe) {
         let until = self
             .leader_lease
             .as_ref()
@@ -857,7 +920,10 @@ impl Supervisor {
                     .is_none_or(|v| v.leader.as_deref() == Some(self.me.as_str()))
             })
             .and_then(|l| l.valid_until());
-        let status = self.last_published.clone();
+        let status = self.last_status.clone().or(self.last_published.clone());
+        let hangs = self.hangs;
+        let pg_last_answer = probe.liveness.last_answer;
+        let pg_unanswered = probe.liveness.unanswered;
         let ttl = Duration::from_millis(self.ha.ttl_ms);
         let lag = self.ha.maximum_lag_on_failover;
         let reached_store = view.is_some();
@@ -866,6 +932,9 @@ impl Supervisor {
             h.scope = self.scope.clone();
             h.leader_lease_until = until;
             h.status = status;
+            h.hangs = hangs;
+            h.pg_last_answer = pg_last_answer;
+            h.pg_unanswered = pg_unanswered;
             if let Some(v) = view {
                 h.cluster = v;
             }
@@ -881,6 +950,22 @@ impl Supervisor {
                     .map_or(0, |d| d.as_secs());
             }
         });
+    }
+}
+
+/// The health monitor's findings as `decide` reads them.
+fn stall_of(l: &crate::postgres::Liveness, running: bool) -> Stall {
+    if !running {
+        return Stall::default();
+    }
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+    Stall {
+        unanswered_ms: ms(l.unanswered),
+        wal_flush_stuck_ms: ms(l.wal_flush_stuck),
+        postmaster_stopped_ms: ms(l.postmaster_stopped),
+        processes: l.procs.total,
+        stopped: l.procs.stopped,
+        disk_sleep: l.procs.disk_sleep,
     }
 }
 

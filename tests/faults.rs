@@ -11,6 +11,8 @@
 //! and need root (and `iptables-legacy` for latency and loss).
 
 mod common;
+#[path = "faults/hang.rs"]
+mod hang;
 mod pg;
 
 use std::collections::BTreeSet;

@@ -66,6 +66,26 @@ pub struct Health {
     pub system_identifier: Option<u64>,
     /// Unix time (seconds) of the last successful read of the store; 0 = never.
     pub dcs_last_seen: u64,
+    /// When PostgreSQL last answered the health monitor. Checks that need a
+    /// working PostgreSQL fail once this is older than `2 * ttl`, even if the HA
+    /// loop itself stalls (otherwise its status says "not accepting" within a cycle
+    /// of a hang).
+    pub pg_last_answer: Option<Instant>,
+    /// For how long PostgreSQL has not answered, as of the last cycle.
+    pub pg_unanswered: Option<Duration>,
+    pub hangs: HangCounters,
+}
+
+/// Hangs of this member's PostgreSQL and what was done about them, since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HangCounters {
+    /// Hangs seen (no answer, WAL flush stuck, or postmaster stopped for 1 s or more).
+    pub detected: u64,
+    /// Times this member, as primary, killed its hung PostgreSQL and gave up the lease.
+    pub primary_killed: u64,
+    /// Times this member, as primary, un-recorded a synchronous standby that hung or
+    /// left (replacing it, or dropping it when no other was streaming).
+    pub sync_standby_changes: u64,
 }
 
 impl Default for Health {
@@ -85,6 +105,9 @@ impl Default for Health {
             server_version: None,
             system_identifier: None,
             dcs_last_seen: 0,
+            pg_last_answer: None,
+            pg_unanswered: None,
+            hangs: HangCounters::default(),
         }
     }
 }
@@ -93,6 +116,12 @@ impl Health {
     /// This member holds the leader lease at `now` by its own deadline.
     pub fn holds_leader_lock(&self, now: Instant) -> bool {
         self.leader_lease_until.is_some_and(|until| now < until)
+    }
+
+    /// PostgreSQL answered the health monitor within `2 * ttl` of `now`.
+    pub fn pg_answering(&self, now: Instant) -> bool {
+        self.pg_last_answer
+            .is_some_and(|t| now.saturating_duration_since(t) < self.ttl.saturating_mul(2))
     }
 
     /// PostgreSQL runs (state `running`).
@@ -210,7 +239,10 @@ pub fn health_code(
     // even while PostgreSQL is still in recovery or down: routing writes there
     // cannot succeed.
     let primary_ok = has_lock && running && role == Some(Role::Primary);
-    let replica_ok = replica_conditions(h, query);
+    // Not for `/primary`: a hung primary is killed by its own supervisor, and a
+    // stalled loop already turns `/primary` 503 through the lease deadline.
+    let answering = h.pg_answering(now);
+    let replica_ok = answering && replica_conditions(h, query);
     let is_sync = h.is_sync_standby();
 
     let (ok, ignore_tags) = match endpoint {
@@ -221,7 +253,7 @@ pub fn health_code(
         Endpoint::Sync => (is_sync && replica_ok, false),
         Endpoint::ReadOnlySync => (primary_ok || (is_sync && replica_ok), false),
         Endpoint::Async => (!is_sync && replica_ok, false),
-        Endpoint::Health => (running, false),
+        Endpoint::Health => (running && answering, false),
         // Neither takes tag filters in Patroni.
         Endpoint::Liveness => return code(liveness(h, now)),
         Endpoint::Readiness => return code(readiness(h, query, now)),
@@ -335,7 +367,11 @@ fn readiness(h: &Health, query: &[(String, String)], now: Instant) -> bool {
     if h.holds_leader_lock(now) {
         return true;
     }
-    let Some(status) = h.status.as_ref().filter(|_| h.pg_running()) else {
+    let Some(status) = h
+        .status
+        .as_ref()
+        .filter(|_| h.pg_running() && h.pg_answering(now))
+    else {
         return false;
     };
     if replication_state(status) != Some("streaming") {
@@ -862,6 +898,37 @@ pub fn metrics_text(h: &Health) -> String {
         let _ = writeln!(out, "# TYPE {name} {kind}");
         let _ = writeln!(out, "{name}{labels} {value}");
     }
+    let hang_rows: [(&str, &str, &str, f64); 4] = [
+        (
+            "pgquorum_postgres_hangs_total",
+            "counter",
+            "Hangs of this member's PostgreSQL seen (no answer, WAL flush stuck or postmaster stopped for 1 s or more).",
+            h.hangs.detected as f64,
+        ),
+        (
+            "pgquorum_postgres_hang_kills_total",
+            "counter",
+            "Times this member, as primary, killed its hung PostgreSQL and released the leader lease.",
+            h.hangs.primary_killed as f64,
+        ),
+        (
+            "pgquorum_sync_standby_changes_total",
+            "counter",
+            "Times this primary un-recorded a synchronous standby that hung or left.",
+            h.hangs.sync_standby_changes as f64,
+        ),
+        (
+            "pgquorum_postgres_unanswered_seconds",
+            "gauge",
+            "How long PostgreSQL has not answered the health probe (0 while it answers).",
+            h.pg_unanswered.map_or(0.0, |d| d.as_secs_f64()),
+        ),
+    ];
+    for (name, kind, help, value) in hang_rows {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
     // -1 when the state is not known yet, as Patroni does for "unknown".
     let state = status.map_or(-1, |s| state_index(s.state));
     let _ = writeln!(
@@ -1028,6 +1095,7 @@ mod tests {
             server_version: Some(160004),
             system_identifier: Some(7_277_694_203_142_172_922),
             dcs_last_seen: 1_700_000_000,
+            pg_last_answer: Some(now - Duration::from_millis(300)),
             ..Health::default()
         }
     }

@@ -160,6 +160,18 @@ pub struct HaSettings {
     pub synchronous_mode: bool,
     /// How long a crashed primary may take to start again before it gives up the lease.
     pub primary_start_timeout_ms: u64,
+    /// A primary whose PostgreSQL hangs this long (no answer to the health probe,
+    /// WAL flush stuck while backends wait, or postmaster stopped) is killed and
+    /// gives up the lease. 0 disables it. At least `ttl_ms`.
+    pub primary_hang_timeout_ms: u64,
+    /// A synchronous standby that has held commits up this long with its flush
+    /// position standing still is replaced by another streaming standby. 0 disables
+    /// it. At least `2 * loop_wait_ms`.
+    pub sync_standby_hang_timeout_ms: u64,
+    /// Never let commits stop waiting for a synchronous standby: one that leaves or
+    /// hangs is replaced only by another, never dropped for none (Patroni's
+    /// `synchronous_mode_strict`).
+    pub synchronous_mode_strict: bool,
     /// PostgreSQL parameters for every member (a member's own
     /// `postgresql.parameters` win over these). Applied with a reload when changed.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -177,6 +189,15 @@ impl Default for HaSettings {
             maximum_lag_on_failover: 1024 * 1024,
             synchronous_mode: false,
             primary_start_timeout_ms: 10_000,
+            // Far above anything a loaded but healthy primary shows: its probe reads
+            // shared memory over a held session (milliseconds even on saturated
+            // cores), and WAL flushes that stop completing *entirely* for 10 s are
+            // not a checkpoint or a storage latency spike but storage that is gone.
+            primary_hang_timeout_ms: 10_000,
+            // A swap of the synchronous standby costs nothing (no failover, nothing
+            // lost), so it may come sooner than a failover would.
+            sync_standby_hang_timeout_ms: 5_000,
+            synchronous_mode_strict: false,
             parameters: std::collections::BTreeMap::new(),
             pg_hba: Vec::new(),
         }
@@ -197,6 +218,27 @@ impl HaSettings {
                 self.ttl_ms,
                 2 * self.loop_wait_ms + election_timeout_max_ms
             ));
+        }
+        if self.primary_hang_timeout_ms != 0 && self.primary_hang_timeout_ms < self.ttl_ms {
+            return Err(format!(
+                "ha.primary_hang_timeout_ms ({}) must be 0 (off) or at least ha.ttl_ms ({}): a \
+                 PostgreSQL that stalls for less than the time a dead host is given must not \
+                 cost a failover",
+                self.primary_hang_timeout_ms, self.ttl_ms
+            ));
+        }
+        if self.sync_standby_hang_timeout_ms != 0
+            && self.sync_standby_hang_timeout_ms < 2 * self.loop_wait_ms
+        {
+            return Err(format!(
+                "ha.sync_standby_hang_timeout_ms ({}) must be 0 (off) or at least 2 * \
+                 ha.loop_wait_ms ({}): a standby is judged over more than one cycle",
+                self.sync_standby_hang_timeout_ms,
+                2 * self.loop_wait_ms
+            ));
+        }
+        if self.synchronous_mode_strict && !self.synchronous_mode {
+            return Err("ha.synchronous_mode_strict needs ha.synchronous_mode = true".into());
         }
         crate::postgres::validate_cluster_settings(
             &self.parameters,

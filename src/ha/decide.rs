@@ -15,6 +15,9 @@
 //!   stopped or a replica, or after a `Stop` earlier in the same list. "Cannot tell"
 //!   (running but not answering, a data dir that cannot be read, a postmaster
 //!   pgquorum did not start) counts as "may be primary".
+//! - A hung primary (see [`Stall`]) is killed before its lease is released; in pause
+//!   it is only reported. A hung or silent member is never a candidate, and a
+//!   synchronous standby is replaced only after it has been un-recorded.
 
 use std::fmt;
 
@@ -68,6 +71,73 @@ pub struct PgView {
     /// treating that standby as synchronous. Commits acknowledged before that need
     /// not be on it; once its flush position reaches this, it holds them all.
     pub sync_catchup: Option<(String, u64)>,
+    /// Signs that the running PostgreSQL hangs.
+    pub stall: Stall,
+    /// Primary: commits have waited on this synchronous standby while its flush
+    /// position stood still, for this many ms.
+    pub sync_stalled: Option<(String, u64)>,
+}
+
+/// Signs that a running PostgreSQL hangs, from the health monitor: how long each
+/// has lasted (ms), and what `/proc` shows of its processes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stall {
+    /// No answer to the health probe (bounded; over a reserved superuser slot).
+    pub unanswered_ms: Option<u64>,
+    /// Backends wait on WAL write/flush and the flush position does not move.
+    pub wal_flush_stuck_ms: Option<u64>,
+    /// The postmaster is stopped (`T`).
+    pub postmaster_stopped_ms: Option<u64>,
+    /// Processes of the instance: total, stopped, in uninterruptible sleep.
+    pub processes: u32,
+    pub stopped: u32,
+    pub disk_sleep: u32,
+}
+
+impl Stall {
+    /// The longest-lasting sign, if any.
+    pub fn longest_ms(&self) -> Option<u64> {
+        [
+            self.unanswered_ms,
+            self.wal_flush_stuck_ms,
+            self.postmaster_stopped_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    }
+
+    /// The signs that have lasted at least `ms`, and the process states, for the
+    /// reason of a decision (no durations: the reason stays the same while it lasts).
+    fn describe(&self, ms: u64) -> String {
+        let mut signs = Vec::new();
+        let past = |v: Option<u64>| v.is_some_and(|v| v >= ms);
+        if past(self.unanswered_ms) {
+            signs.push("no answer to the health probe");
+        }
+        if past(self.wal_flush_stuck_ms) {
+            signs.push("WAL flush not moving while backends wait for it");
+        }
+        if past(self.postmaster_stopped_ms) {
+            signs.push("postmaster stopped");
+        }
+        format!(
+            "{} for {ms} ms or more; {} of {} processes stopped, {} in uninterruptible sleep",
+            signs.join(", "),
+            self.stopped,
+            self.processes,
+            self.disk_sleep
+        )
+    }
+}
+
+/// A member whose PostgreSQL has not answered (or whose postmaster has been
+/// stopped) for this long is hung for every purpose but fencing: not a candidate,
+/// not a synchronous standby, not a target for reads.
+pub const MEMBER_HUNG_MS: u64 = 1_000;
+
+fn hung_for(pg: &PgView, ms: u64) -> bool {
+    pg.running && ms > 0 && pg.stall.longest_ms().is_some_and(|l| l >= ms)
 }
 
 /// A replica that cannot stream from its serving leader for this long, or cannot
@@ -99,6 +169,13 @@ pub struct Policy {
     /// long for a member at that position (one that has every acknowledged commit,
     /// e.g. the old primary restarting) before it takes over within the lag limit.
     pub candidate_grace_ms: u64,
+    /// A primary hung this long is killed and gives up the lease (0: never).
+    pub primary_hang_timeout_ms: u64,
+    /// A synchronous standby that holds commits up this long is replaced (0: never).
+    pub sync_standby_hang_timeout_ms: u64,
+    /// Synchronous mode never falls back to asynchronous commits: a recorded standby
+    /// that left or hangs is replaced only by another, never dropped for none.
+    pub synchronous_mode_strict: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +202,9 @@ pub enum StopKind {
     Fast,
     /// At once: fencing.
     Immediate,
+    /// SIGKILL to the whole process group: a hung instance, which would act on no
+    /// shutdown request, and must have nothing left that could commit later.
+    Kill,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +269,24 @@ pub enum Reason {
     SwitchingOver(String),
     SwitchoverNoCandidate,
     SwitchoverInProgress(String),
+    /// The primary hangs: killed, then the lease released.
+    PrimaryHung(String),
+    PrimaryHungPaused(String),
+    /// This member's PostgreSQL hangs (not the leader): no candidate, no reads.
+    MemberHung(String),
+    SyncStandbyReplaced {
+        standby: String,
+        by: String,
+        why: &'static str,
+    },
+    SyncStandbyDropped {
+        standby: String,
+        why: &'static str,
+    },
+    SyncStandbyStrictWait {
+        standby: String,
+        why: &'static str,
+    },
     BootstrapTakeLease,
     Bootstrapping,
     RecordingSystemId,
@@ -255,6 +353,30 @@ impl fmt::Display for Reason {
                 "switchover requested but no eligible replica is streaming; staying primary"
             ),
             SwitchoverInProgress(to) => write!(f, "switchover in progress to {to}"),
+            PrimaryHung(why) => write!(
+                f,
+                "PostgreSQL hangs ({why}): killing its process group, then releasing the leader lease"
+            ),
+            PrimaryHungPaused(why) => write!(
+                f,
+                "cluster is paused: PostgreSQL hangs ({why}) but nothing is killed; resume to let pgquorum fail over"
+            ),
+            MemberHung(why) => write!(
+                f,
+                "PostgreSQL hangs ({why}): not a failover candidate or synchronous standby, not serving reads"
+            ),
+            SyncStandbyReplaced { standby, by, why } => write!(
+                f,
+                "synchronous standby {standby} {why}: un-recorded, {by} becomes the synchronous standby"
+            ),
+            SyncStandbyDropped { standby, why } => write!(
+                f,
+                "synchronous standby {standby} {why} and no other standby streams: un-recorded, commits no longer wait (synchronous_mode_strict keeps them waiting instead)"
+            ),
+            SyncStandbyStrictWait { standby, why } => write!(
+                f,
+                "synchronous standby {standby} {why} and no other standby streams: synchronous_mode_strict, commits keep waiting for it"
+            ),
             LostBootstrap => write!(
                 f,
                 "this member's interrupted bootstrap lost to another member's: setting its data dir aside to clone"
@@ -399,6 +521,10 @@ pub fn decide(o: &Observation) -> Decision {
         } else {
             vec![]
         };
+        if i_lead && hung_for(pg, o.policy.primary_hang_timeout_ms) {
+            let why = pg.stall.describe(o.policy.primary_hang_timeout_ms);
+            return decision(actions, Reason::PrimaryHungPaused(why));
+        }
         return decision(actions, Reason::Paused);
     }
     if let DataState::Invalid(why) = &pg.data {
@@ -481,6 +607,15 @@ fn bootstrap(o: &Observation, store: &StoreView, i_lead: bool) -> Decision {
 
 fn lead(o: &Observation, store: &StoreView) -> Decision {
     let pg = &o.pg;
+    if hung_for(pg, o.policy.primary_hang_timeout_ms) {
+        // Killed, not shut down: a hung instance acts on no request, and SIGKILL of
+        // the group leaves nothing that could commit when its storage returns. The
+        // lease goes only once the kill is confirmed (the executor checks).
+        return decision(
+            vec![Action::Stop(StopKind::Kill), Action::ReleaseLease],
+            Reason::PrimaryHung(pg.stall.describe(o.policy.primary_hang_timeout_ms)),
+        );
+    }
     if pg.data == DataState::Missing {
         if is_primary(pg) {
             return decision(
@@ -524,16 +659,18 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
                 } else {
                     // This member became primary: the request is done (or stale).
                     let mut actions = vec![Action::RenewLease, Action::ClearSwitchover];
-                    actions.extend(sync_actions(o, store));
-                    return decision(actions, Reason::HealthyPrimary);
+                    let (sync, why) = sync_actions(o, store);
+                    actions.extend(sync);
+                    return decision(actions, why.unwrap_or(Reason::HealthyPrimary));
                 }
             }
             let mut actions = vec![Action::RenewLease, Action::PublishOptime];
             let mut others: Vec<String> = store.members.iter().map(|m| m.name.clone()).collect();
             others.sort();
             actions.push(Action::EnsureSlots { members: others });
-            actions.extend(sync_actions(o, store));
-            decision(actions, Reason::HealthyPrimary)
+            let (sync, why) = sync_actions(o, store);
+            actions.extend(sync);
+            decision(actions, why.unwrap_or(Reason::HealthyPrimary))
         }
         // Running but not answering yet: keep the lease while it starts.
         _ => decision(vec![Action::RenewLease], Reason::StartingPrimary),
@@ -567,8 +704,10 @@ fn switchover_target(o: &Observation, store: &StoreView, sw: &Switchover) -> Opt
 /// failover trusts, so: a standby is recorded only after PostgreSQL confirms it
 /// synchronous *and* it has flushed the primary's WAL up to a position sampled after
 /// that (it then holds every commit acknowledged before it became synchronous, too),
-/// and the record is cleared before PostgreSQL stops waiting for it.
-fn sync_actions(o: &Observation, store: &StoreView) -> Vec<Action> {
+/// and the record is cleared before PostgreSQL stops waiting for it (left, or hung:
+/// holding commits up with its flush position standing still). A notable change
+/// comes with its reason.
+fn sync_actions(o: &Observation, store: &StoreView) -> (Vec<Action>, Option<Reason>) {
     let pg = &o.pg;
     let recorded = store
         .sync
@@ -588,27 +727,78 @@ fn sync_actions(o: &Observation, store: &StoreView) -> Vec<Action> {
         if configured.is_some() {
             a.push(Action::SetSyncStandby(None));
         }
-        return a;
+        return (a, None);
     }
     let streaming = |name: &str| pg.streaming_replicas.iter().any(|(n, _)| n == name);
     let confirmed = |name: &str| pg.streaming_replicas.iter().any(|(n, s)| n == name && *s);
+    // A standby only if its member reports a running replica (a hung one reports
+    // itself as not answering) and may be promoted at all.
+    let eligible = |name: &str| {
+        store.members.iter().any(|m| {
+            m.name == name
+                && !m.tags.nofailover
+                && m.role == Role::Replica
+                && m.state == PgRunState::Running
+        })
+    };
+    let flushed = |name: &str| {
+        pg.replica_flush
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| *f)
+    };
     if let Some(r) = &recorded {
-        if streaming(r) {
+        let timeout = o.policy.sync_standby_hang_timeout_ms;
+        let hung = timeout > 0
+            && pg
+                .sync_stalled
+                .as_ref()
+                .is_some_and(|(n, ms)| n == r && *ms >= timeout);
+        if streaming(r) && !hung {
             return if configured.as_deref() != Some(r.as_str()) {
-                vec![Action::SetSyncStandby(Some(r.clone()))]
+                (vec![Action::SetSyncStandby(Some(r.clone()))], None)
             } else {
-                vec![]
+                (vec![], None)
             };
         }
-        // The recorded standby is gone: un-record first, then release PostgreSQL.
-        return vec![Action::RecordSync(None), Action::SetSyncStandby(None)];
-    }
-    let eligible = |name: &str| {
-        store
-            .members
+        let why = if hung {
+            "holds commits up with its flush position standing still"
+        } else {
+            "stopped streaming"
+        };
+        // The most advanced other standby: it needs the least to hold every
+        // acknowledged commit (it is recorded only once it provably does).
+        let replacement = pg
+            .streaming_replicas
             .iter()
-            .any(|m| m.name == name && !m.tags.nofailover)
-    };
+            .map(|(n, _)| n.as_str())
+            .filter(|n| *n != r.as_str() && eligible(n))
+            .max_by_key(|n| (flushed(n), std::cmp::Reverse(*n)))
+            .map(str::to_string);
+        let standby = r.clone();
+        // Un-record first: PostgreSQL stops waiting for it only after no failover
+        // can pick it any more.
+        return match replacement {
+            Some(by) => (
+                vec![
+                    Action::RecordSync(None),
+                    Action::SetSyncStandby(Some(by.clone())),
+                ],
+                Some(Reason::SyncStandbyReplaced { standby, by, why }),
+            ),
+            None if o.policy.synchronous_mode_strict => {
+                let mut a = Vec::new();
+                if configured.as_deref() != Some(r.as_str()) {
+                    a.push(Action::SetSyncStandby(Some(r.clone())));
+                }
+                (a, Some(Reason::SyncStandbyStrictWait { standby, why }))
+            }
+            None => (
+                vec![Action::RecordSync(None), Action::SetSyncStandby(None)],
+                Some(Reason::SyncStandbyDropped { standby, why }),
+            ),
+        };
+    }
     let candidate = configured
         .clone()
         .filter(|c| streaming(c) && eligible(c))
@@ -619,28 +809,34 @@ fn sync_actions(o: &Observation, store: &StoreView) -> Vec<Action> {
                 .filter(|n| eligible(n))
                 .min()
         });
-    let caught_up = |name: &str| {
-        let flushed = pg
-            .replica_flush
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, f)| *f);
-        matches!(&pg.sync_catchup, Some((n, at)) if n == name && flushed.is_some_and(|f| f >= *at))
-    };
-    match candidate {
+    let caught_up = |name: &str| matches!(&pg.sync_catchup, Some((n, at)) if n == name && flushed(name).is_some_and(|f| f >= *at));
+    let a = match candidate {
         Some(c) if configured.as_deref() != Some(c.as_str()) => {
             vec![Action::SetSyncStandby(Some(c))]
         }
         Some(c) if confirmed(&c) && caught_up(&c) => vec![Action::RecordSync(Some(c))],
         Some(_) => vec![],
-        None if configured.is_some() => vec![Action::SetSyncStandby(None)],
+        // Nothing recorded, so nothing is promised: in strict mode commits keep
+        // waiting for the configured standby until another can replace it.
+        None if configured.is_some() && !o.policy.synchronous_mode_strict => {
+            vec![Action::SetSyncStandby(None)]
+        }
         None => vec![],
-    }
+    };
+    (a, None)
 }
 
 fn follow(o: &Observation, leader: &str) -> Decision {
     let pg = &o.pg;
     let l = leader.to_string();
+    if hung_for(pg, MEMBER_HUNG_MS) && pg.role.is_none() {
+        // Nothing to do to a replica that does not answer: restarting it would not
+        // help if its storage hangs. It resumes by itself.
+        return decision(
+            vec![],
+            Reason::MemberHung(pg.stall.describe(MEMBER_HUNG_MS)),
+        );
+    }
     if pg.data == DataState::Missing {
         return decision(
             vec![Action::Clone { leader: l.clone() }],
@@ -737,6 +933,12 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
         return decision(
             vec![Action::StartReplica { leader: None }],
             Reason::StandbyForElection,
+        );
+    }
+    if hung_for(pg, MEMBER_HUNG_MS) {
+        return decision(
+            vec![],
+            Reason::MemberHung(pg.stall.describe(MEMBER_HUNG_MS)),
         );
     }
     if pg.role != Some(Role::Replica) {

@@ -134,10 +134,26 @@ pub fn check_parameters(params: &BTreeMap<String, String>) -> Result<(), String>
                 "postgresql.parameters: wal_level = {v:?} cannot feed replicas; use replica or logical"
             ));
         }
+        if k.eq_ignore_ascii_case("superuser_reserved_connections")
+            && v.trim()
+                .parse::<u32>()
+                .is_ok_and(|n| n < MIN_SUPERUSER_RESERVED)
+        {
+            return Err(format!(
+                "postgresql.parameters: superuser_reserved_connections = {v} is too few: \
+                 pgquorum holds two superuser sessions (HA cycle, health probe) and pg_rewind \
+                 needs a third, so that client load filling max_connections cannot blind \
+                 it; use at least {MIN_SUPERUSER_RESERVED}"
+            ));
+        }
         check_line_value(&format!("postgresql.parameters.{k}"), v)?;
     }
     Ok(())
 }
+
+/// pgquorum's superuser sessions (HA cycle, health monitor, pg_rewind) must find a
+/// slot when clients have taken every other (PostgreSQL's default is 3).
+const MIN_SUPERUSER_RESERVED: u32 = 3;
 
 /// Whether `synchronous_commit = v` acknowledges a commit before any standby has it
 /// (`off`, `local`, and PostgreSQL's spellings of false).

@@ -8,6 +8,7 @@
 mod conf;
 mod fence;
 pub mod guard;
+mod health;
 mod os;
 mod sql;
 
@@ -27,6 +28,8 @@ pub use self::conf::check_synchronous_commit;
 pub use self::fence::FenceHandle;
 use self::fence::control_for;
 use self::guard::{Control, GuardArgs, Report, StopKind};
+pub use self::health::{Liveness, PROBE_TIMEOUT as HEALTH_PROBE_TIMEOUT};
+pub use self::os::GroupStates;
 use self::os::RunAs;
 use crate::config::{Credentials, PostgresConfig};
 use crate::ha::model::parse_lsn;
@@ -153,6 +156,10 @@ pub struct PgProbe {
     /// A postmaster that pgquorum did not start holds the data directory (its pid).
     /// `start`, `rewind`, `basebackup` and `reclone` refuse to run until it is stopped.
     pub foreign_postmaster: Option<i32>,
+    /// Primary: backends waiting for a synchronous standby (`SyncRep`).
+    pub sync_waiters: u64,
+    /// The health monitor's view of the running instance (see [`health`]).
+    pub liveness: Liveness,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -357,6 +364,8 @@ pub struct Postgres {
     writable_possible: bool,
     /// The cluster runs in synchronous mode: no setting may weaken synchronous_commit.
     synchronous_mode: bool,
+    /// Started with the first postmaster (it needs the runtime); watches whichever runs.
+    monitor: Option<health::Monitor>,
 }
 
 /// Checks cluster-wide PostgreSQL settings before the store accepts them.
@@ -441,6 +450,7 @@ impl Postgres {
             current_mode: None,
             writable_possible: false,
             synchronous_mode: false,
+            monitor: None,
         })
     }
 
@@ -569,6 +579,15 @@ impl Postgres {
             p.foreign_postmaster = self.foreign_postmaster();
             return p;
         }
+        p.liveness = self.liveness();
+        // The monitor has had no answer for a whole probe timeout: do not spend this
+        // cycle's time waiting for one too (the instance counts as not accepting).
+        if p.liveness
+            .unanswered
+            .is_some_and(|d| d >= health::PROBE_TIMEOUT)
+        {
+            return p;
+        }
         let Ok(rows) = self
             .sql
             .simple("probe", "SELECT pg_is_in_recovery()", SQL_TIMEOUT)
@@ -596,7 +615,8 @@ impl Postgres {
             .simple(
                 "probe primary",
                 "SELECT pg_current_wal_lsn(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8), \
-                        current_setting('synchronous_standby_names')",
+                        current_setting('synchronous_standby_names'), \
+                        (SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep')",
                 SQL_TIMEOUT,
             )
             .await
@@ -606,6 +626,7 @@ impl Postgres {
                 .and_then(|t| u64::from_str_radix(t, 16).ok())
                 .unwrap_or(0);
             p.synchronous_standby_names = cell(&rows, 0, 2).and_then(conf::unquote_standby_name);
+            p.sync_waiters = cell(&rows, 0, 3).and_then(|v| v.parse().ok()).unwrap_or(0);
         }
         if let Ok(rows) = self
             .sql
@@ -681,6 +702,14 @@ impl Postgres {
             )
             .await?;
         Ok(lsn(cell(&rows, 0, 0)))
+    }
+
+    /// What the health monitor knows about the running instance (default when none runs).
+    pub fn liveness(&self) -> Liveness {
+        match (&self.monitor, &self.guard) {
+            (Some(m), Some(_)) => m.liveness(tokio::time::Instant::now()),
+            _ => Liveness::default(),
+        }
     }
 
     /// `SELECT 1` within 1 s, connecting if needed.
@@ -947,14 +976,27 @@ impl Postgres {
             }
             _ => return Err(PgError::StopTimeout { pgid }),
         }
-        // The guard reaps the whole group before it exits; make sure of it.
+        // The guard reaps the whole group before it exits; make sure of it. A process
+        // stuck in the kernel (on storage that stopped answering) with SIGKILL pending
+        // stays in the process table but can never run again: it counts as stopped.
         let t0 = Instant::now();
-        while os::group_alive(pgid) {
+        while os::group_can_run(pgid) {
             if t0.elapsed() >= Duration::from_secs(10) {
                 return Err(PgError::StopTimeout { pgid });
             }
             os::kill_group(pgid, libc::SIGKILL);
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = os::group_states(pgid);
+        if left.total > 0 {
+            tracing::warn!(
+                pgid,
+                processes = left.total,
+                uninterruptible = left.disk_sleep,
+                "PostgreSQL is killed, but some of its processes are stuck in the kernel (storage \
+                 not answering?); they hold SIGKILL and exit when their I/O returns, and can \
+                 never accept or acknowledge a write again"
+            );
         }
         Ok(())
     }
@@ -1368,7 +1410,8 @@ impl Postgres {
 
     fn foreign_postmaster(&self) -> Option<i32> {
         let pid = os::lock_file_pid(&self.data_dir)?;
-        os::process_runs_in(pid, &self.data_dir).then_some(pid)
+        // A postmaster killed while stuck on storage can never run again.
+        (os::process_runs_in(pid, &self.data_dir) && !os::process_doomed(pid)).then_some(pid)
     }
 
     /// A `postmaster.pid` whose process is gone (or is now some other process) would
@@ -1686,6 +1729,15 @@ impl Postgres {
                 }
                 self.last_exit = None;
                 self.sql.reset();
+                self.monitor
+                    .get_or_insert_with(|| {
+                        health::Monitor::spawn(
+                            &self.cfg.connect_host,
+                            self.cfg.port,
+                            self.cfg.superuser.clone(),
+                        )
+                    })
+                    .watch(Some(pgid));
                 Ok(())
             }
             other => {
@@ -1772,6 +1824,9 @@ impl Postgres {
             other => tracing::warn!(pgid = g.pgid, reason = %other, "PostgreSQL is gone"),
         }
         self.sql.reset();
+        if let Some(m) = &self.monitor {
+            m.watch(None);
+        }
         self.writable_possible = false;
         self.last_exit = Some(exit.clone());
         exit

@@ -483,3 +483,151 @@ mod tests {
         assert_eq!(lookup_user("no-such-user-pgquorum").unwrap(), None);
     }
 }
+
+/// What `/proc` says about the processes of one process group (a PostgreSQL
+/// instance: the postmaster and every backend it forked).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupStates {
+    /// Processes in the group that have not exited (zombies excluded).
+    pub total: u32,
+    /// Stopped by a signal (`T`) or traced (`t`).
+    pub stopped: u32,
+    /// In uninterruptible sleep (`D`): typically waiting for storage.
+    pub disk_sleep: u32,
+    /// With SIGKILL pending: they die the moment they leave the kernel and can
+    /// never run user code again (a process stuck in `D` on dead storage stays so).
+    pub doomed: u32,
+    /// The group leader (the postmaster) itself is stopped.
+    pub leader_stopped: bool,
+}
+
+/// One `/proc/<pid>/stat` line: (state, process group).
+fn stat_state_pgrp(stat: &str) -> Option<(char, i32)> {
+    // The command name (field 2) is in parentheses and may contain anything.
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let _ppid = rest.next()?;
+    let pgrp = rest.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// Whether a `/proc/<pid>/status` text shows SIGKILL pending (for the thread or
+/// the whole process).
+fn status_kill_pending(status: &str) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    status.lines().any(|l| {
+        let Some((key, value)) = l.split_once(':') else {
+            return false;
+        };
+        matches!(key, "SigPnd" | "ShdPnd")
+            && u64::from_str_radix(value.trim(), 16).is_ok_and(|m| m & SIGKILL_BIT != 0)
+    })
+}
+
+/// Scans `/proc` for the processes of group `pgid`. Reads only `stat` and `status`,
+/// which never block on a process's memory, so a group stuck on storage can be
+/// inspected.
+pub fn group_states(pgid: i32) -> GroupStates {
+    let mut g = GroupStates::default();
+    if pgid <= 1 {
+        return g;
+    }
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return g;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((state, pgrp)) = stat_state_pgrp(&stat) else {
+            continue;
+        };
+        if pgrp != pgid || matches!(state, 'Z' | 'X') {
+            continue;
+        }
+        g.total += 1;
+        match state {
+            'T' | 't' => g.stopped += 1,
+            'D' => g.disk_sleep += 1,
+            _ => {}
+        }
+        if pid == pgid && matches!(state, 'T' | 't') {
+            g.leader_stopped = true;
+        }
+        if process_doomed(pid) {
+            g.doomed += 1;
+        }
+    }
+    g
+}
+
+/// Whether process `pid` has SIGKILL pending (it dies as soon as it leaves the kernel).
+pub fn process_doomed(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| status_kill_pending(&s))
+}
+
+/// Whether any process of group `pgid` can still run user code: it exists, has
+/// not exited, and has no SIGKILL pending. A group where this is false can no
+/// longer accept or acknowledge a write, even if some of its processes stay in the
+/// process table until their storage answers.
+pub fn group_can_run(pgid: i32) -> bool {
+    if !group_alive(pgid) {
+        return false;
+    }
+    let g = group_states(pgid);
+    g.total > g.doomed
+}
+
+#[cfg(test)]
+mod proc_tests {
+    use super::*;
+
+    #[test]
+    fn parses_state_and_group_whatever_the_command_name() {
+        let stat = "4242 (postgres: a) b (x)) T 4000 4100 4100 0 -1 4194560 0 0";
+        assert_eq!(stat_state_pgrp(stat), Some(('T', 4100)));
+        assert_eq!(stat_state_pgrp("garbage"), None);
+    }
+
+    #[test]
+    fn sigkill_pending_is_read_from_either_mask() {
+        let none = "Name:\tpostgres\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000004000\n";
+        assert!(!status_kill_pending(none));
+        let shared = "SigPnd:\t0000000000000000\nShdPnd:\t0000000000000100\n";
+        assert!(status_kill_pending(shared));
+        let thread = "SigPnd:\t0000000000000102\nShdPnd:\t0000000000000000\n";
+        assert!(status_kill_pending(thread));
+    }
+
+    #[test]
+    fn sees_a_stopped_group_and_its_end() {
+        use std::os::unix::process::CommandExt as _;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        let wait_for = |want: &dyn Fn(&GroupStates) -> bool| {
+            for _ in 0..200 {
+                if want(&group_states(pid)) {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            false
+        };
+        assert!(wait_for(&|g| g.total == 1 && !g.leader_stopped));
+        assert!(group_can_run(pid));
+        kill_group(pid, libc::SIGSTOP);
+        assert!(wait_for(&|g| g.stopped == 1 && g.leader_stopped));
+        kill_group(pid, libc::SIGKILL);
+        let _ = child.wait();
+        assert!(!group_can_run(pid));
+        assert_eq!(group_states(pid), GroupStates::default());
+    }
+}

@@ -44,6 +44,10 @@ pub struct PgOptions {
     pub synchronous_mode: bool,
     pub ttl_ms: u64,
     pub loop_wait_ms: u64,
+    /// More `[ha]` lines (TOML), e.g. `primary_hang_timeout_ms = 2500`.
+    pub ha_extra: String,
+    /// PostgreSQL's `fsync` (off by default: the tests do not test the disk).
+    pub fsync: bool,
 }
 
 impl Default for PgOptions {
@@ -52,6 +56,8 @@ impl Default for PgOptions {
             synchronous_mode: false,
             ttl_ms: 2500,
             loop_wait_ms: 500,
+            ha_extra: String::new(),
+            fsync: false,
         }
     }
 }
@@ -188,8 +194,8 @@ impl PgCluster {
         .unwrap();
         writeln!(
             t,
-            "\n[ha]\nttl_ms = {}\nloop_wait_ms = {}\nmaximum_lag_on_failover = 1048576\nsynchronous_mode = {}",
-            self.opts.ttl_ms, self.opts.loop_wait_ms, self.opts.synchronous_mode
+            "\n[ha]\nttl_ms = {}\nloop_wait_ms = {}\nmaximum_lag_on_failover = 1048576\nsynchronous_mode = {}\n{}",
+            self.opts.ttl_ms, self.opts.loop_wait_ms, self.opts.synchronous_mode, self.opts.ha_extra
         )
         .unwrap();
         writeln!(
@@ -197,11 +203,12 @@ impl PgCluster {
             "\n[postgresql]\nbin_dir = {PG_BIN:?}\ndata_dir = {:?}\nlisten_host = {:?}\n\
              connect_host = {:?}\nport = {}\nsuperuser = {{ username = \"postgres\", password = {SUPERUSER_PASSWORD:?} }}\n\
              replication = {{ username = \"replicator\", password = \"test-repl-pw\" }}\n\
-             parameters = {{ shared_buffers = \"16MB\", max_connections = \"30\", fsync = \"off\" }}",
+             parameters = {{ shared_buffers = \"16MB\", max_connections = \"30\", fsync = \"{}\" }}",
             n.pg_data().display().to_string(),
             n.host,
             n.host,
-            n.pg_port
+            n.pg_port,
+            if self.opts.fsync { "on" } else { "off" }
         )
         .unwrap();
         t

@@ -41,6 +41,8 @@ fn pg_primary() -> PgView {
         foreign_postmaster: None,
         replica_flush: vec![("b".into(), 1000), ("c".into(), 1000)],
         sync_catchup: None,
+        stall: Stall::default(),
+        sync_stalled: None,
     }
 }
 
@@ -93,6 +95,9 @@ fn obs_primary() -> Observation {
             synchronous_mode: false,
             primary_start_timeout_ms: 10_000,
             candidate_grace_ms: 3_000,
+            primary_hang_timeout_ms: 10_000,
+            sync_standby_hang_timeout_ms: 5_000,
+            synchronous_mode_strict: false,
         },
         paused: false,
         store: Some(StoreView {
@@ -719,7 +724,7 @@ fn decisions() {
             Reason::HealthyPrimary,
         ),
         (
-            "sync mode primary: recorded standby gone, un-record before releasing PostgreSQL",
+            "sync mode primary: recorded standby gone, un-record before PostgreSQL waits for another",
             with(obs_primary(), |o| {
                 o.policy.synchronous_mode = true;
                 o.pg.sync_standby_names = Some("b".into());
@@ -734,9 +739,36 @@ fn decisions() {
                 PublishOptime,
                 slots(),
                 RecordSync(None),
+                SetSyncStandby(Some("c".into())),
+            ],
+            Reason::SyncStandbyReplaced {
+                standby: "b".into(),
+                by: "c".into(),
+                why: "stopped streaming",
+            },
+        ),
+        (
+            "sync mode primary: recorded standby gone and no other: un-record before releasing PostgreSQL",
+            with(obs_primary(), |o| {
+                o.policy.synchronous_mode = true;
+                o.pg.sync_standby_names = Some("b".into());
+                o.pg.streaming_replicas = vec![];
+                o.store.as_mut().unwrap().sync = Some(SyncState {
+                    leader: "a".into(),
+                    sync_standby: Some("b".into()),
+                });
+            }),
+            vec![
+                RenewLease,
+                PublishOptime,
+                slots(),
+                RecordSync(None),
                 SetSyncStandby(None),
             ],
-            Reason::HealthyPrimary,
+            Reason::SyncStandbyDropped {
+                standby: "b".into(),
+                why: "stopped streaming",
+            },
         ),
         (
             "sync mode off: clear leftovers",
@@ -803,3 +835,4 @@ fn never_primary_without_the_lease() {
 }
 
 mod fail_closed;
+mod hang;

@@ -226,6 +226,20 @@ fn random_observation(r: &mut Rng) -> Observation {
         foreign_postmaster: (!running && r.next().is_multiple_of(6)).then_some(777),
         replica_flush: vec![("b".to_string(), r.pick(&[900, 1000]))],
         sync_catchup: r.pick(&[None, Some(("b".to_string(), 950))]),
+        stall: r.pick(&[
+            Stall::default(),
+            Stall {
+                unanswered_ms: Some(20_000),
+                processes: 5,
+                stopped: 5,
+                ..Stall::default()
+            },
+            Stall {
+                wal_flush_stuck_ms: Some(3_000),
+                ..Stall::default()
+            },
+        ]),
+        sync_stalled: r.pick(&[None, Some(("b".to_string(), 9_000))]),
     };
     let mut members = Vec::new();
     for n in names {
@@ -279,6 +293,9 @@ fn random_observation(r: &mut Rng) -> Observation {
             synchronous_mode: r.coin(),
             primary_start_timeout_ms: 10_000,
             candidate_grace_ms: 3_000,
+            primary_hang_timeout_ms: r.pick(&[0, 10_000]),
+            sync_standby_hang_timeout_ms: r.pick(&[0, 5_000]),
+            synchronous_mode_strict: r.coin(),
         },
         paused: r.next().is_multiple_of(6),
         store: (!r.next().is_multiple_of(5)).then_some(store),
@@ -337,6 +354,36 @@ fn random_observations_keep_the_safety_rules() {
                 );
             }
             assert!(!o.tags.nofailover, "nofailover acquired: {o:#?} -> {d:?}");
+        }
+        assert!(
+            !(o.paused && a.contains(&Action::Stop(StopKind::Kill))),
+            "killed PostgreSQL in pause: {o:#?} -> {d:?}"
+        );
+        if hung_for(&o.pg, MEMBER_HUNG_MS)
+            && o.store.as_ref().is_some_and(|s| s.system_id.is_some())
+        {
+            assert!(
+                !a.contains(&Action::AcquireLease),
+                "a hung member acquired the lease: {o:#?} -> {d:?}"
+            );
+        }
+        // A recorded synchronous standby is un-recorded before PostgreSQL stops
+        // waiting for it.
+        let recorded = o
+            .store
+            .as_ref()
+            .and_then(|s| s.sync.as_ref())
+            .filter(|s| s.leader == "a")
+            .and_then(|s| s.sync_standby.clone());
+        if let Some(r) = recorded
+            && let Some(set) =
+                pos(&|x| matches!(x, Action::SetSyncStandby(n) if n.as_deref() != Some(r.as_str())))
+        {
+            let unrecord = pos(&|x| *x == Action::RecordSync(None));
+            assert!(
+                unrecord.is_some_and(|u| u < set),
+                "PostgreSQL released from a recorded standby before it was un-recorded: {o:#?} -> {d:?}"
+            );
         }
         let i_lead = o.lease_held
             && o.store
