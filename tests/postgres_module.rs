@@ -242,6 +242,58 @@ async fn pg_bootstrap_probe_and_fence_by_deadline() {
     assert!(e.to_string().contains("not empty"), "{e}");
 }
 
+/// PostgreSQL's children each call setsid(): a signal to the postmaster's process
+/// group reaches the postmaster alone. The fence must kill every backend, a busy one
+/// too: one in the middle of a long statement does not look for its postmaster, and
+/// used to finish it and commit (and acknowledge) after the fence had fired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fence_kills_every_backend_even_a_busy_one() {
+    if !have_pg() {
+        return;
+    }
+    let mut m = Member::new("n1");
+    m.pg.bootstrap()
+        .await
+        .unwrap_or_else(|e| panic!("bootstrap: {e}"));
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(m.port)
+        .user("postgres")
+        .password(r#"su 'secret' \ with:colon"#)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute("CREATE TABLE after_fence (x int)")
+        .await
+        .unwrap();
+    let backend: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Four seconds of work that never waits, then a commit.
+    let busy = tokio::spawn(async move {
+        client
+            .batch_execute(
+                "DO $$ DECLARE t timestamptz := clock_timestamp(); BEGIN \
+                   WHILE clock_timestamp() < t + interval '4 s' LOOP END LOOP; END $$; \
+                 INSERT INTO after_fence VALUES (1)",
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    m.pg.set_fence_deadline(Some(Instant::now())).unwrap();
+    let p = probe_until(&mut m, "the fence to kill PostgreSQL", WAIT, |p| !p.running).await;
+    assert_eq!(p.last_exit, Some(PgExit::Fenced));
+    let alive = proc_field(backend, "State:").is_some_and(|s| !s.starts_with('Z'));
+    assert!(!alive, "the busy backend {backend} outlived the fence");
+    let r = busy.await.unwrap();
+    assert!(r.is_err(), "a write was acknowledged after the fence");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_dropping_the_supervisor_kills_postgres() {
     if !have_pg() {

@@ -38,6 +38,9 @@ struct FenceState {
     /// The running postmaster: pid (= process group id) and its start time, so that
     /// a pid the kernel has reused for a stranger is never signalled.
     postmaster: Option<(i32, u64)>,
+    /// The guard's pid: pgquorum's own unreaped child, so never a stranger's. Every
+    /// PostgreSQL process is below it (it is a child subreaper), orphans included.
+    guard: Option<i32>,
     /// When the guard last reported anything (its heartbeat included).
     guard_seen: Option<Instant>,
     guard_silence_logged: bool,
@@ -104,12 +107,18 @@ impl FenceHandle {
     /// A new guard runs the postmaster `pgid`: from now on deadlines go to it, and
     /// pgquorum's own fencer watches it. The current deadline goes at once, in case it
     /// moved while the guard was starting with the one before.
-    pub(super) fn attach(&self, mut pipe: fs::File, pgid: i32) -> io::Result<()> {
+    pub(super) fn attach(
+        &self,
+        mut pipe: fs::File,
+        pgid: i32,
+        guard: Option<i32>,
+    ) -> io::Result<()> {
         let start_fencer = {
             let mut f = self.lock();
             let r = send(&mut pipe, control_for(f.deadline));
             f.pipe = Some(pipe);
             f.postmaster = os::process_start_time(pgid).map(|t| (pgid, t));
+            f.guard = guard;
             if f.postmaster.is_none() {
                 // Already gone; the guard reports how, and the probe reaps it.
                 tracing::warn!(pgid, "the new postmaster exited before it was watched");
@@ -135,6 +144,7 @@ impl FenceHandle {
         let mut f = self.lock();
         f.pipe = None;
         f.postmaster = None;
+        f.guard = None;
         f.guard_seen = None;
     }
 
@@ -180,7 +190,16 @@ fn fencer(weak: Weak<(Mutex<FenceState>, Condvar)>) {
             // was reused; then its start time differs. A group whose leader is gone
             // (backends left behind) keeps its id reserved, so it is still ours.
             if os::process_start_time(pgid).is_none_or(|t| t == started) {
-                os::kill_group(pgid, libc::SIGKILL);
+                // PostgreSQL's children are not in the postmaster's group (each calls
+                // setsid): kill its whole tree, and whatever is below the guard.
+                if os::process_start_time(pgid) == Some(started) {
+                    os::kill_tree(pgid, true);
+                } else {
+                    os::kill_group(pgid, libc::SIGKILL);
+                }
+                if let Some(g) = f.guard {
+                    os::kill_tree(g, false);
+                }
                 tracing::error!(
                     pgid,
                     late_ms = now.duration_since(d).as_millis() as u64,
@@ -279,7 +298,7 @@ mod tests {
             .process_group(0)
             .spawn()
             .expect("spawn sleep");
-        f.attach(w, child.id() as i32).unwrap();
+        f.attach(w, child.id() as i32, None).unwrap();
         f.move_if_armed(d + Duration::from_secs(1)).unwrap();
         f.set(None).unwrap();
         f.detach();
@@ -309,7 +328,7 @@ mod tests {
         let f = FenceHandle::default();
         f.set(Some(Instant::now() + Duration::from_millis(300)))
             .unwrap();
-        f.attach(w, pgid).unwrap();
+        f.attach(w, pgid, None).unwrap();
         let t0 = Instant::now();
         let status = loop {
             if let Some(s) = child.try_wait().expect("wait") {
@@ -337,7 +356,7 @@ mod tests {
             .expect("spawn sleep");
         let (_r, w) = os::control_pipe().expect("pipe");
         let f = FenceHandle::default();
-        f.attach(w, child.id() as i32).unwrap();
+        f.attach(w, child.id() as i32, None).unwrap();
         std::thread::sleep(Duration::from_millis(500));
         assert!(child.try_wait().expect("wait").is_none());
         assert!(!f.take_fenced_here());

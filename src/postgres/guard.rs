@@ -5,8 +5,8 @@
 //! ```text
 //! pgquorum pg-guard <deadline-ns|none> <log-file> <uid|-> <gid|-> <program> [args...]
 //! ```
-//! `deadline-ns` is an absolute CLOCK_MONOTONIC time; when it is reached PostgreSQL's
-//! whole process group is SIGKILLed. The postmaster runs as `uid`/`gid` (`-` = the
+//! `deadline-ns` is an absolute CLOCK_MONOTONIC time; when it is reached every PostgreSQL
+//! process (everything below the guard) is SIGKILLed. The postmaster runs as `uid`/`gid` (`-` = the
 //! guard's own) in its own process group, with stdout/stderr appended to `log-file`
 //! and `PR_SET_PDEATHSIG(SIGKILL)`, so it dies if the guard dies.
 //!
@@ -17,7 +17,7 @@
 //!
 //! Control lines on stdin (see [`Control`]): `deadline <ns>`, `nodeadline`,
 //! `stop fast|immediate|kill`, and `ping`, pgquorum's heartbeat. Stdin EOF (pgquorum died or dropped its handle) kills
-//! the process group at once. Any line the guard does not understand is treated the
+//! every PostgreSQL process at once. Any line the guard does not understand is treated the
 //! same way: a supervisor that cannot talk to the guard cannot keep the fence.
 //!
 //! Reports on stdout (see [`Report`]): `postmaster <pid>` once the postmaster runs,
@@ -38,7 +38,7 @@ use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use super::os::{kill_group, mono_now_ns, unix_seconds};
+use super::os::{kill_tree, mono_now_ns, unix_seconds};
 
 /// Bad arguments, or the postmaster could not be started.
 pub const EXIT_ERROR: u8 = 70;
@@ -68,7 +68,7 @@ pub enum StopKind {
     Fast,
     /// SIGQUIT to the postmaster (immediate shutdown); SIGKILL of the group after 10 s.
     Immediate,
-    /// SIGKILL to the whole process group.
+    /// SIGKILL to every process of the instance.
     Kill,
 }
 
@@ -663,7 +663,7 @@ impl Guard {
                 self.escalate = Some((now + QUIT_TO_KILL_NS, Escalation::KillGroup));
             }
             StopKind::Kill => {
-                kill_group(self.pid, libc::SIGKILL);
+                kill_instance();
                 self.escalate = None;
             }
         }
@@ -686,8 +686,10 @@ impl Guard {
                 self.escalate = Some((now + QUIT_TO_KILL_NS, Escalation::KillGroup));
             }
             Escalation::KillGroup => {
-                self.say("immediate shutdown did not finish in 10 s; killing the process group");
-                kill_group(self.pid, libc::SIGKILL);
+                self.say(
+                    "immediate shutdown did not finish in 10 s; killing every PostgreSQL process",
+                );
+                kill_instance();
                 self.escalate = None;
             }
         }
@@ -699,9 +701,9 @@ impl Guard {
     }
 
     fn fence(&mut self) -> (Report, u8) {
-        kill_group(self.pid, libc::SIGKILL);
+        kill_instance();
         self.say(&format!(
-            "lease deadline passed: killed PostgreSQL (process group {}) to fence it",
+            "lease deadline passed: killed PostgreSQL (postmaster {} and every process below the guard) to fence it",
             self.pid
         ));
         self.reap_all();
@@ -709,9 +711,9 @@ impl Guard {
     }
 
     fn orphaned(&mut self, why: &str) -> (Report, u8) {
-        kill_group(self.pid, libc::SIGKILL);
+        kill_instance();
         self.say(&format!(
-            "{why}: killed PostgreSQL (process group {}); it must not run unsupervised",
+            "{why}: killed PostgreSQL (postmaster {} and every process below the guard); it must not run unsupervised",
             self.pid
         ));
         self.reap_all();
@@ -720,7 +722,7 @@ impl Guard {
 
     fn postmaster_gone(&mut self) -> (Report, u8) {
         // Backends left by a postmaster that died abruptly could still commit: kill them.
-        kill_group(self.pid, libc::SIGKILL);
+        kill_instance();
         let status = self.reap_all();
         if libc::WIFEXITED(status) {
             let code = libc::WEXITSTATUS(status);
@@ -770,6 +772,15 @@ impl Guard {
         }
         status
     }
+}
+
+/// SIGKILLs every PostgreSQL process: everything below the guard. PostgreSQL's
+/// children each leave the postmaster's process group (`setsid`), so the group
+/// alone would be the postmaster only; as a child subreaper the guard stays the
+/// ancestor of every one of them, orphans included.
+fn kill_instance() {
+    // SAFETY: getpid cannot fail.
+    kill_tree(unsafe { libc::getpid() }, false);
 }
 
 #[cfg(test)]

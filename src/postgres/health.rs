@@ -189,7 +189,7 @@ async fn run(state: Arc<Mutex<State>>, mut session: Session) {
 
 async fn probe(session: &mut Session, pgid: i32) -> Sample {
     // /proc reads are quick, but do not let them hold a runtime thread.
-    let procs = tokio::task::spawn_blocking(move || os::group_states(pgid))
+    let procs = tokio::task::spawn_blocking(move || os::instance_states(pgid))
         .await
         .unwrap_or_default();
     let answer = match session

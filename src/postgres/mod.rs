@@ -964,9 +964,12 @@ impl Postgres {
         if status.is_err() {
             tracing::error!(
                 pgid,
-                "the guard does not respond; killing it and the process group"
+                "the guard does not respond; killing it and every PostgreSQL process"
             );
-            os::kill_group(pgid, libc::SIGKILL);
+            os::kill_tree(pgid, true);
+            if let Some(guard) = g.child.id() {
+                os::kill_tree(guard as i32, false);
+            }
             let _ = g.child.start_kill();
             status = tokio::time::timeout(STOP_WAIT_KILL, g.child.wait()).await;
         }
@@ -980,14 +983,15 @@ impl Postgres {
         // stuck in the kernel (on storage that stopped answering) with SIGKILL pending
         // stays in the process table but can never run again: it counts as stopped.
         let t0 = Instant::now();
-        while os::group_can_run(pgid) {
+        while os::instance_can_run(pgid, &self.data_dir) {
             if t0.elapsed() >= Duration::from_secs(10) {
                 return Err(PgError::StopTimeout { pgid });
             }
-            os::kill_group(pgid, libc::SIGKILL);
+            os::kill_tree(pgid, true);
+            os::kill_in_dir(&self.data_dir);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let left = os::group_states(pgid);
+        let left = os::instance_states(pgid);
         if left.total > 0 {
             tracing::warn!(
                 pgid,
@@ -1723,7 +1727,12 @@ impl Postgres {
                     pgid,
                     stop_requested: false,
                 });
-                if let Err(e) = self.fence.attach(control, pgid) {
+                let guard_pid = self
+                    .guard
+                    .as_ref()
+                    .and_then(|g| g.child.id())
+                    .map(|p| p as i32);
+                if let Err(e) = self.fence.attach(control, pgid, guard_pid) {
                     // The guard is gone already; the next probe reaps it.
                     tracing::warn!(error = %e, "cannot pass the fence deadline to the new guard");
                 }
@@ -1816,8 +1825,10 @@ impl Postgres {
         };
         if matches!(exit, PgExit::GuardFailed(_)) {
             // The postmaster died with the guard (PDEATHSIG), but its backends may not
-            // have noticed yet; they must not keep running unsupervised.
-            os::kill_group(g.pgid, libc::SIGKILL);
+            // have noticed yet; they must not keep running unsupervised. Orphaned, they
+            // are nobody's descendants any more, but they all run in the data dir.
+            os::kill_tree(g.pgid, true);
+            os::kill_in_dir(&self.data_dir);
         }
         match &exit {
             PgExit::Stopped => tracing::info!(pgid = g.pgid, "PostgreSQL stopped"),

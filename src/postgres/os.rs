@@ -299,16 +299,6 @@ pub fn kill_group(pgid: i32, sig: libc::c_int) -> bool {
     pgid > 1 && unsafe { libc::kill(-pgid, sig) } == 0
 }
 
-/// Whether any process (zombies included) is still in group `pgid`.
-pub fn group_alive(pgid: i32) -> bool {
-    if pgid <= 1 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks for existence.
-    let rc = unsafe { libc::kill(-pgid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 /// Lets a child die with pgquorum: `PR_SET_PDEATHSIG` in the forked child, after std
 /// has changed its uid/gid (a credential change clears the setting, and std runs
 /// `pre_exec` closures last). If pgquorum already died before the prctl, exit at once.
@@ -484,11 +474,13 @@ mod tests {
     }
 }
 
-/// What `/proc` says about the processes of one process group (a PostgreSQL
-/// instance: the postmaster and every backend it forked).
+/// What `/proc` says about the processes of one PostgreSQL instance: the
+/// postmaster and everything descended from it. (Each child of the postmaster
+/// calls `setsid()`, so they are not in the postmaster's process group: a signal
+/// to the group reaches the postmaster alone.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupStates {
-    /// Processes in the group that have not exited (zombies excluded).
+    /// Processes that have not exited (zombies excluded).
     pub total: u32,
     /// Stopped by a signal (`T`) or traced (`t`).
     pub stopped: u32,
@@ -497,18 +489,70 @@ pub struct GroupStates {
     /// With SIGKILL pending: they die the moment they leave the kernel and can
     /// never run user code again (a process stuck in `D` on dead storage stays so).
     pub doomed: u32,
-    /// The group leader (the postmaster) itself is stopped.
+    /// The postmaster itself is stopped.
     pub leader_stopped: bool,
 }
 
-/// One `/proc/<pid>/stat` line: (state, process group).
-fn stat_state_pgrp(stat: &str) -> Option<(char, i32)> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProcEntry {
+    pid: i32,
+    ppid: i32,
+    pgrp: i32,
+    state: char,
+}
+
+/// One `/proc/<pid>/stat` line: (state, parent, process group).
+fn parse_stat(stat: &str) -> Option<(char, i32, i32)> {
     // The command name (field 2) is in parentheses and may contain anything.
     let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
     let state = rest.next()?.chars().next()?;
-    let _ppid = rest.next()?;
+    let ppid = rest.next()?.parse().ok()?;
     let pgrp = rest.next()?.parse().ok()?;
-    Some((state, pgrp))
+    Some((state, ppid, pgrp))
+}
+
+/// Every process now, from `/proc/*/stat` (which never blocks on a process's
+/// memory, so processes stuck on storage can be listed).
+fn proc_table() -> Vec<ProcEntry> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (state, ppid, pgrp) = parse_stat(&stat)?;
+            Some(ProcEntry {
+                pid,
+                ppid,
+                pgrp,
+                state,
+            })
+        })
+        .collect()
+}
+
+/// `root` (when listed), its process group, and every descendant of either.
+fn tree(table: &[ProcEntry], root: i32, include_root: bool) -> Vec<ProcEntry> {
+    let mut found: Vec<ProcEntry> = table
+        .iter()
+        .filter(|p| {
+            (include_root && p.pid == root) || (root > 1 && p.pgrp == root && p.pid != root)
+        })
+        .copied()
+        .collect();
+    let mut parents: Vec<i32> = found.iter().map(|p| p.pid).collect();
+    parents.push(root);
+    while let Some(parent) = parents.pop() {
+        for p in table.iter().filter(|p| p.ppid == parent) {
+            if !found.iter().any(|f| f.pid == p.pid) {
+                found.push(*p);
+                parents.push(p.pid);
+            }
+        }
+    }
+    found
 }
 
 /// Whether a `/proc/<pid>/status` text shows SIGKILL pending (for the thread or
@@ -524,62 +568,104 @@ fn status_kill_pending(status: &str) -> bool {
     })
 }
 
-/// Scans `/proc` for the processes of group `pgid`. Reads only `stat` and `status`,
-/// which never block on a process's memory, so a group stuck on storage can be
-/// inspected.
-pub fn group_states(pgid: i32) -> GroupStates {
+/// Whether process `pid` has SIGKILL pending (it dies as soon as it leaves the kernel).
+pub fn process_doomed(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| status_kill_pending(&s))
+}
+
+/// The processes of the instance whose postmaster is `pm`.
+pub fn instance_states(pm: i32) -> GroupStates {
     let mut g = GroupStates::default();
-    if pgid <= 1 {
+    if pm <= 1 {
         return g;
     }
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return g;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((state, pgrp)) = stat_state_pgrp(&stat) else {
-            continue;
-        };
-        if pgrp != pgid || matches!(state, 'Z' | 'X') {
+    for p in tree(&proc_table(), pm, true) {
+        if matches!(p.state, 'Z' | 'X') {
             continue;
         }
         g.total += 1;
-        match state {
+        match p.state {
             'T' | 't' => g.stopped += 1,
             'D' => g.disk_sleep += 1,
             _ => {}
         }
-        if pid == pgid && matches!(state, 'T' | 't') {
+        if p.pid == pm && matches!(p.state, 'T' | 't') {
             g.leader_stopped = true;
         }
-        if process_doomed(pid) {
+        if process_doomed(p.pid) {
             g.doomed += 1;
         }
     }
     g
 }
 
-/// Whether process `pid` has SIGKILL pending (it dies as soon as it leaves the kernel).
-pub fn process_doomed(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| status_kill_pending(&s))
+/// SIGKILLs `root`'s process group and every process descended from `root`
+/// (`root` itself too when `include_root`). The tree is frozen first, top-down
+/// (SIGSTOP), and rescanned until nothing new appears, so no process can fork a
+/// new one between being found and being killed; a stopped parent cannot reap, so
+/// the pids found stay theirs. Returns how many processes were signalled.
+pub fn kill_tree(root: i32, include_root: bool) -> usize {
+    if root <= 1 {
+        return 0;
+    }
+    let mut frozen: Vec<i32> = Vec::new();
+    if include_root {
+        // SAFETY: kill(2); the caller vouches that `root` is the instance's postmaster.
+        unsafe { libc::kill(root, libc::SIGSTOP) };
+        frozen.push(root);
+    }
+    for _ in 0..20 {
+        let new: Vec<i32> = tree(&proc_table(), root, false)
+            .into_iter()
+            .filter(|p| !matches!(p.state, 'Z' | 'X') && !frozen.contains(&p.pid))
+            .map(|p| p.pid)
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        for pid in new {
+            // SAFETY: kill(2) of a descendant found a moment ago under a frozen parent.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            frozen.push(pid);
+        }
+    }
+    for pid in &frozen {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    if include_root {
+        kill_group(root, libc::SIGKILL);
+    }
+    frozen.len()
 }
 
-/// Whether any process of group `pgid` can still run user code: it exists, has
-/// not exited, and has no SIGKILL pending. A group where this is false can no
+/// SIGKILLs every process whose working directory is `data_dir` (each PostgreSQL
+/// process chdirs into it): the instance's processes even once they are no longer
+/// anyone's descendants (orphaned after their guard died). Returns how many.
+pub fn kill_in_dir(data_dir: &Path) -> usize {
+    let mut n = 0;
+    for p in proc_table() {
+        if !matches!(p.state, 'Z' | 'X') && process_runs_in(p.pid, data_dir) {
+            // SAFETY: kill(2) of a process running in our own data directory.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Whether any process of the instance can still run user code: the postmaster
+/// `pm`, its group, its descendants, or anything running in `data_dir`, that has
+/// not exited and has no SIGKILL pending. When this is false the instance can no
 /// longer accept or acknowledge a write, even if some of its processes stay in the
 /// process table until their storage answers.
-pub fn group_can_run(pgid: i32) -> bool {
-    if !group_alive(pgid) {
-        return false;
-    }
-    let g = group_states(pgid);
-    g.total > g.doomed
+pub fn instance_can_run(pm: i32, data_dir: &Path) -> bool {
+    let table = proc_table();
+    let live = |p: &ProcEntry| !matches!(p.state, 'Z' | 'X') && !process_doomed(p.pid);
+    tree(&table, pm, true).iter().any(live)
+        || table
+            .iter()
+            .any(|p| live(p) && process_runs_in(p.pid, data_dir))
 }
 
 #[cfg(test)]
@@ -587,10 +673,10 @@ mod proc_tests {
     use super::*;
 
     #[test]
-    fn parses_state_and_group_whatever_the_command_name() {
+    fn parses_state_parent_and_group_whatever_the_command_name() {
         let stat = "4242 (postgres: a) b (x)) T 4000 4100 4100 0 -1 4194560 0 0";
-        assert_eq!(stat_state_pgrp(stat), Some(('T', 4100)));
-        assert_eq!(stat_state_pgrp("garbage"), None);
+        assert_eq!(parse_stat(stat), Some(('T', 4000, 4100)));
+        assert_eq!(parse_stat("garbage"), None);
     }
 
     #[test]
@@ -604,30 +690,65 @@ mod proc_tests {
     }
 
     #[test]
-    fn sees_a_stopped_group_and_its_end() {
+    fn the_tree_follows_parents_and_the_group() {
+        let e = |pid, ppid, pgrp| ProcEntry {
+            pid,
+            ppid,
+            pgrp,
+            state: 'S',
+        };
+        // 10 postmaster; 11, 12 its children in sessions of their own; 13 a child of
+        // 12; 20 in 10's group but re-parented; 30 a stranger.
+        let t = [
+            e(10, 1, 10),
+            e(11, 10, 11),
+            e(12, 10, 12),
+            e(13, 12, 12),
+            e(20, 1, 10),
+            e(30, 1, 30),
+        ];
+        let mut pids: Vec<i32> = tree(&t, 10, true).iter().map(|p| p.pid).collect();
+        pids.sort();
+        assert_eq!(pids, vec![10, 11, 12, 13, 20]);
+        let mut pids: Vec<i32> = tree(&t, 10, false).iter().map(|p| p.pid).collect();
+        pids.sort();
+        assert_eq!(pids, vec![11, 12, 13, 20]);
+    }
+
+    /// A parent in a session of its own with a child in another session (as a
+    /// postmaster and its backends): stopping and killing reach both.
+    #[test]
+    fn sees_and_kills_a_tree_across_sessions() {
         use std::os::unix::process::CommandExt as _;
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
+        let mut parent = std::process::Command::new("sh")
+            .args(["-c", "setsid sleep 30 & wait"])
             .process_group(0)
             .spawn()
-            .expect("spawn sleep");
-        let pid = child.id() as i32;
+            .expect("spawn sh");
+        let pid = parent.id() as i32;
         let wait_for = |want: &dyn Fn(&GroupStates) -> bool| {
-            for _ in 0..200 {
-                if want(&group_states(pid)) {
+            for _ in 0..300 {
+                if want(&instance_states(pid)) {
                     return true;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             false
         };
-        assert!(wait_for(&|g| g.total == 1 && !g.leader_stopped));
-        assert!(group_can_run(pid));
-        kill_group(pid, libc::SIGSTOP);
+        assert!(
+            wait_for(&|g| g.total == 2 && !g.leader_stopped),
+            "{:?}",
+            instance_states(pid)
+        );
+        let dir = std::env::current_dir().unwrap();
+        assert!(instance_can_run(pid, Path::new("/nonexistent")));
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
         assert!(wait_for(&|g| g.stopped == 1 && g.leader_stopped));
-        kill_group(pid, libc::SIGKILL);
-        let _ = child.wait();
-        assert!(!group_can_run(pid));
-        assert_eq!(group_states(pid), GroupStates::default());
+        assert_eq!(kill_tree(pid, true), 2);
+        let _ = parent.wait();
+        assert!(wait_for(&|g| g.total == 0));
+        assert!(!instance_can_run(pid, Path::new("/nonexistent")));
+        let _ = dir;
     }
 }

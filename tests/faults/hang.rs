@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 
-use super::{Scenario, async_opts, run_scenario, signal, sync_opts};
+use super::{Scenario, async_opts, run_scenario, sync_opts};
 use crate::pg::{PG_BIN, PgCluster, PgOptions, SLOW_WAIT, have_pg};
 
 /// The value of metric `name` in node `id`'s `/metrics`.
@@ -19,11 +19,12 @@ async fn metric(c: &PgCluster, id: u64, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Sends `sig` to every process of node `id`'s PostgreSQL (its process group).
-fn signal_instance(pgid: i32, sig: i32) {
-    // SAFETY: kill(2) on a process group this test's cluster started; after a kill
-    // by pgquorum the group may be gone (ESRCH), which is fine.
-    unsafe { libc::kill(-pgid, sig) };
+/// Sends `sig` to each of `pids` (gone ones are skipped: ESRCH is fine).
+fn signal_all(pids: &[i32], sig: i32) {
+    for p in pids {
+        // SAFETY: kill(2) of this test cluster's own PostgreSQL processes.
+        unsafe { libc::kill(*p, sig) };
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,18 +45,22 @@ async fn primary_hang(opts: PgOptions, name: &'static str) {
         Scenario::new(name, opts),
         async |c: &mut PgCluster, p: u64| {
             let pm = c.postmaster_pid(p).expect("the primary's postmaster");
-            signal(-pm, libc::SIGSTOP);
+            let pids = c.signal_instance(p, libc::SIGSTOP);
             let stopped = Instant::now();
             let next = c.wait_primary(&[p], SLOW_WAIT).await;
             eprintln!(
                 "{name}: node {next} primary {:.2} s after the hang began",
                 stopped.elapsed().as_secs_f64()
             );
-            signal_instance(pm, libc::SIGCONT);
+            signal_all(&pids, libc::SIGCONT);
             c.wait_for("the hung instance to be killed", SLOW_WAIT, async || {
+                let left: Vec<&i32> = pids
+                    .iter()
+                    .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+                    .collect();
                 ensure!(
-                    !std::path::Path::new(&format!("/proc/{pm}")).exists(),
-                    "postmaster {pm} still exists"
+                    left.is_empty(),
+                    "processes of old postmaster {pm} left: {left:?}"
                 );
                 Ok(())
             })
@@ -84,8 +89,7 @@ async fn pg_fault_sigstop_sync_standby_postgres() {
         let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
         let standby = c.wait_sync_standby(&others).await;
         let other = others.into_iter().find(|i| *i != standby).unwrap();
-        let pm = c.postmaster_pid(standby).expect("the standby's postmaster");
-        signal(-pm, libc::SIGSTOP);
+        let pids = c.signal_instance(standby, libc::SIGSTOP);
         let stopped = Instant::now();
         c.wait_sync_standby(&[other]).await;
         eprintln!(
@@ -93,7 +97,7 @@ async fn pg_fault_sigstop_sync_standby_postgres() {
             stopped.elapsed().as_secs_f64()
         );
         tokio::time::sleep(Duration::from_secs(20).saturating_sub(stopped.elapsed())).await;
-        signal(-pm, libc::SIGCONT);
+        signal_all(&pids, libc::SIGCONT);
         assert_eq!(c.wait_primary(&[], SLOW_WAIT).await, p, "failed over");
         let changes = metric(c, p, "pgquorum_sync_standby_changes_total").await;
         assert_eq!(
@@ -121,8 +125,7 @@ async fn pg_fault_sigstop_replica_postgres_async() {
             Ok(())
         })
         .await;
-        let pm = c.postmaster_pid(r).expect("the replica's postmaster");
-        signal(-pm, libc::SIGSTOP);
+        let pids = c.signal_instance(r, libc::SIGSTOP);
         let stopped = Instant::now();
         c.wait_for("the hung replica to refuse reads", SLOW_WAIT, async || {
             for path in ["/replica", "/read-only", "/health"] {
@@ -139,7 +142,7 @@ async fn pg_fault_sigstop_replica_postgres_async() {
         // Longer than a primary hang needs to be acted on: still no failover.
         tokio::time::sleep(Duration::from_millis(4 * c.opts.ttl_ms)).await;
         assert_eq!(c.wait_primary(&[], SLOW_WAIT).await, p, "failed over");
-        signal(-pm, libc::SIGCONT);
+        signal_all(&pids, libc::SIGCONT);
         c.wait_for(
             "the resumed replica to serve reads",
             SLOW_WAIT,

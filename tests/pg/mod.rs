@@ -247,6 +247,54 @@ impl PgCluster {
         text.lines().next()?.trim().parse().ok()
     }
 
+    /// Every process of node `id`'s PostgreSQL: the postmaster first, then its
+    /// descendants (each child of the postmaster is in a session of its own, so the
+    /// postmaster's process group holds the postmaster alone).
+    pub fn instance_pids(&self, id: u64) -> Vec<i32> {
+        let Some(pm) = self.postmaster_pid(id) else {
+            return Vec::new();
+        };
+        let parents: Vec<(i32, i32)> = fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let ppid = stat[stat.rfind(')')? + 1..]
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                Some((pid, ppid))
+            })
+            .collect();
+        let mut out = vec![pm];
+        let mut i = 0;
+        while i < out.len() {
+            let parent = out[i];
+            out.extend(
+                parents
+                    .iter()
+                    .filter(|(_, pp)| *pp == parent)
+                    .map(|(p, _)| *p),
+            );
+            i += 1;
+        }
+        out
+    }
+
+    /// Sends `sig` to every process of node `id`'s PostgreSQL, the postmaster first
+    /// (stopped, it cannot start new ones meanwhile). Processes gone already are skipped.
+    pub fn signal_instance(&self, id: u64, sig: i32) -> Vec<i32> {
+        let pids = self.instance_pids(id);
+        for p in &pids {
+            // SAFETY: kill(2) of this test cluster's own PostgreSQL processes.
+            unsafe { libc::kill(*p, sig) };
+        }
+        pids
+    }
+
     /// The pid of node `id`'s pg-guard: the parent of its postmaster.
     pub fn guard_pid(&self, id: u64) -> Option<i32> {
         let pm = self.postmaster_pid(id)?;
@@ -362,17 +410,19 @@ impl PgCluster {
     }
 
     /// A host crash: `kill -9` of pgquorum and of every process of its PostgreSQL
-    /// (the postmaster leads its own process group) at the same moment.
+    /// at the same moment (all of them frozen first, so that none notices the others
+    /// dying and acts on it).
     pub fn kill_host(&mut self, id: u64) {
-        let pm = self.postmaster_pid(id);
         let p = self.take_proc(id);
-        unsafe {
-            if let Some(pm) = pm {
-                libc::kill(-pm, libc::SIGKILL);
-                libc::kill(pm, libc::SIGKILL);
-            }
-            libc::kill(p.pid() as i32, libc::SIGKILL);
+        // SAFETY: kill(2) of this test's own node.
+        unsafe { libc::kill(p.pid() as i32, libc::SIGSTOP) };
+        let pids = self.signal_instance(id, libc::SIGSTOP);
+        for pid in pids {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        // SAFETY: as above.
+        unsafe { libc::kill(p.pid() as i32, libc::SIGKILL) };
         drop(p);
     }
 
