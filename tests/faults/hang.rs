@@ -89,11 +89,26 @@ async fn pg_fault_sigstop_sync_standby_postgres() {
         let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
         let standby = c.wait_sync_standby(&others).await;
         let other = others.into_iter().find(|i| *i != standby).unwrap();
+        // One commit issued the moment the standby hangs, on a session of its own:
+        // how long it waits is the write outage (the workload's sessions give up
+        // after 5 s and reconnect, which blurs their figure).
+        let probe = c.connect(p).await.expect("connect");
+        probe
+            .batch_execute("CREATE TABLE IF NOT EXISTS hang_probe (at timestamptz)")
+            .await
+            .expect("create hang_probe");
         let pids = c.signal_instance(standby, libc::SIGSTOP);
         let stopped = Instant::now();
+        probe
+            .batch_execute("INSERT INTO hang_probe VALUES (now())")
+            .await
+            .expect("the commit issued during the hang");
+        let commit_waited = stopped.elapsed();
         c.wait_sync_standby(&[other]).await;
         eprintln!(
-            "sync standby hang: node {other} recorded {:.2} s after node {standby} hung",
+            "sync standby hang: a commit issued at the hang took {:.2} s; node {other} \
+             recorded {:.2} s after node {standby} hung",
+            commit_waited.as_secs_f64(),
             stopped.elapsed().as_secs_f64()
         );
         tokio::time::sleep(Duration::from_secs(20).saturating_sub(stopped.elapsed())).await;
