@@ -1,0 +1,194 @@
+//! Why a decision was taken: one variant per situation, shown in the log every time
+//! it changes.
+
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    StoreUnreachablePrimaryKeeps,
+    StoreUnreachableNoLease,
+    StoreUnreachable,
+    Paused,
+    InvalidDataDir(String),
+    /// The data dir cannot be read, but PostgreSQL answers as primary: keep leading.
+    UnreadableDataDirPrimaryKeeps(String),
+    ForeignPostmaster(i32),
+    ForeignSystemId {
+        ours: u64,
+        cluster: u64,
+    },
+    LostBootstrap,
+    SwitchingOver(String),
+    SwitchoverNoCandidate,
+    SwitchoverInProgress(String),
+    /// The primary hangs: killed, then the lease released.
+    PrimaryHung(String),
+    PrimaryHungPaused(String),
+    /// This member's PostgreSQL hangs (not the leader): no candidate, no reads.
+    MemberHung(String),
+    SyncStandbyReplaced {
+        standby: String,
+        by: String,
+        why: &'static str,
+    },
+    SyncStandbyDropped {
+        standby: String,
+        why: &'static str,
+    },
+    SyncStandbyStrictWait {
+        standby: String,
+        why: &'static str,
+    },
+    BootstrapTakeLease,
+    Bootstrapping,
+    RecordingSystemId,
+    WaitingForBootstrap(String),
+    HealthyPrimary,
+    StartingPrimary,
+    PrimaryStartTimedOut,
+    PrimaryDataMissing,
+    Promoting,
+    PrimaryWithoutLease,
+    Demoting(String),
+    Cloning(String),
+    Rewinding(String),
+    StartingReplica(String),
+    Refollowing(String),
+    HealthyReplica(String),
+    DivergedReplica(String),
+    ReplicaStarting(String),
+    TakingOver,
+    NotEligible(&'static str),
+    WaitingForBetterCandidate(String),
+    WaitingForMemberAtOptime,
+    WaitingForMembersAfterStart,
+    NoDataNoLeader,
+    StandbyForElection,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Reason::*;
+        match self {
+            StoreUnreachablePrimaryKeeps => write!(
+                f,
+                "store unreachable; primary keeps running until its lease deadline"
+            ),
+            StoreUnreachableNoLease => write!(
+                f,
+                "store unreachable and the lease is no longer valid: fencing the primary"
+            ),
+            StoreUnreachable => write!(f, "store unreachable; no change"),
+            Paused => write!(f, "cluster is paused: no automatic actions"),
+            InvalidDataDir(why) => write!(
+                f,
+                "PostgreSQL data dir is unusable ({why}); not touching it"
+            ),
+            UnreadableDataDirPrimaryKeeps(why) => write!(
+                f,
+                "PostgreSQL data dir reads as unusable ({why}) but PostgreSQL answers as primary; keeping the lease"
+            ),
+            ForeignPostmaster(pid) => write!(
+                f,
+                "a PostgreSQL server pgquorum did not start (pid {pid}) runs on the data dir: it is outside the fence and may accept writes, stopping it (no lease is taken or released until it is gone)"
+            ),
+            ForeignSystemId { ours, cluster } => write!(
+                f,
+                "data dir has system identifier {ours} but the cluster's is {cluster}; refusing to join (move the data dir aside to re-clone)"
+            ),
+            SwitchingOver(to) => write!(
+                f,
+                "switchover requested: stopping cleanly and handing the lease to {to}"
+            ),
+            SwitchoverNoCandidate => write!(
+                f,
+                "switchover requested but no eligible replica is streaming; staying primary"
+            ),
+            SwitchoverInProgress(to) => write!(f, "switchover in progress to {to}"),
+            PrimaryHung(why) => write!(
+                f,
+                "PostgreSQL hangs ({why}): killing its process group, then releasing the leader lease"
+            ),
+            PrimaryHungPaused(why) => write!(
+                f,
+                "cluster is paused: PostgreSQL hangs ({why}) but nothing is killed; resume to let pgquorum fail over"
+            ),
+            MemberHung(why) => write!(
+                f,
+                "PostgreSQL hangs ({why}): not a failover candidate or synchronous standby, not serving reads"
+            ),
+            SyncStandbyReplaced { standby, by, why } => write!(
+                f,
+                "synchronous standby {standby} {why}: un-recorded, {by} becomes the synchronous standby"
+            ),
+            SyncStandbyDropped { standby, why } => write!(
+                f,
+                "synchronous standby {standby} {why} and no other standby streams: un-recorded, commits no longer wait (synchronous_mode_strict keeps them waiting instead)"
+            ),
+            SyncStandbyStrictWait { standby, why } => write!(
+                f,
+                "synchronous standby {standby} {why} and no other standby streams: synchronous_mode_strict, commits keep waiting for it"
+            ),
+            LostBootstrap => write!(
+                f,
+                "this member's interrupted bootstrap lost to another member's: setting its data dir aside to clone"
+            ),
+            BootstrapTakeLease => write!(
+                f,
+                "cluster not initialized: taking the leader lease to bootstrap"
+            ),
+            Bootstrapping => write!(f, "holding the lease: bootstrapping a new cluster"),
+            RecordingSystemId => write!(f, "recording the new cluster's system identifier"),
+            WaitingForBootstrap(l) => write!(f, "waiting for {l} to bootstrap the cluster"),
+            HealthyPrimary => write!(f, "healthy primary holding the leader lease"),
+            StartingPrimary => write!(f, "holding the lease: starting PostgreSQL as primary"),
+            PrimaryStartTimedOut => {
+                write!(f, "PostgreSQL did not start in time: releasing the lease")
+            }
+            PrimaryDataMissing => write!(
+                f,
+                "holding the lease but the data dir is empty: releasing the lease"
+            ),
+            Promoting => write!(f, "acquired the leader lease: promoting"),
+            PrimaryWithoutLease => write!(f, "running as primary without a valid lease: fencing"),
+            Demoting(l) => write!(f, "{l} holds the leader lease: demoting"),
+            Cloning(l) => write!(f, "no data: cloning from {l}"),
+            Rewinding(l) => write!(
+                f,
+                "former primary: rewinding against {l} before following it"
+            ),
+            StartingReplica(l) => write!(f, "starting as a replica of {l}"),
+            Refollowing(l) => write!(f, "replica follows the wrong upstream: switching to {l}"),
+            HealthyReplica(l) => write!(f, "healthy replica streaming from {l}"),
+            DivergedReplica(l) => write!(
+                f,
+                "replica cannot stream from {l}'s newer timeline (it diverged): rewinding"
+            ),
+            ReplicaStarting(l) => write!(f, "replica of {l} is starting"),
+            TakingOver => write!(
+                f,
+                "no leader: this member is the best candidate, acquiring the lease"
+            ),
+            NotEligible(why) => write!(f, "no leader, and this member may not take over: {why}"),
+            WaitingForBetterCandidate(m) => {
+                write!(f, "no leader: waiting for the better candidate {m}")
+            }
+            WaitingForMemberAtOptime => write!(
+                f,
+                "no leader: behind the last known primary position, giving members at it time to appear"
+            ),
+            WaitingForMembersAfterStart => write!(
+                f,
+                "no leader since start-up: giving every member one ttl to report its position"
+            ),
+            NoDataNoLeader => write!(
+                f,
+                "no leader and no data: waiting for a primary to clone from"
+            ),
+            StandbyForElection => write!(
+                f,
+                "no leader: starting PostgreSQL as a standby to take part in the election"
+            ),
+        }
+    }
+}
