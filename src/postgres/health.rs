@@ -76,6 +76,9 @@ struct State {
     pgid: Option<i32>,
     generation: u64,
     watched_since: Option<Instant>,
+    /// When the last probe completed: signs seen in samples last only as far as the
+    /// last sample (a monitor delayed by a busy runtime must not stretch them).
+    last_sample: Option<Instant>,
     last_answer: Option<Instant>,
     answering: bool,
     flush: Option<u64>,
@@ -129,18 +132,23 @@ impl Monitor {
             return Liveness::default();
         }
         let since = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
+        let held = |t: Option<Instant>| {
+            t.zip(s.last_sample)
+                .map(|(t, last)| last.saturating_duration_since(t))
+        };
         Liveness {
+            // No answer is no answer, however late the monitor looks.
             unanswered: if s.answering {
                 None
             } else {
                 since(s.last_answer.or(s.watched_since))
             },
-            wal_flush_stuck: since(s.flush_stuck_since),
-            postmaster_stopped: since(s.stopped_since),
+            wal_flush_stuck: held(s.flush_stuck_since),
+            postmaster_stopped: held(s.stopped_since),
             sync_wait_stuck: s
                 .sync
                 .as_ref()
-                .zip(since(s.sync_stuck_since))
+                .zip(held(s.sync_stuck_since))
                 .map(|((n, _), d)| (n.clone(), d)),
             procs: s.procs,
             last_answer: s.last_answer,
@@ -218,6 +226,7 @@ async fn probe(session: &mut Session, pgid: i32) -> Sample {
 
 fn record(s: &mut State, sample: Sample, now: Instant) {
     s.procs = sample.procs;
+    s.last_sample = Some(now);
     if sample.procs.leader_stopped {
         s.stopped_since.get_or_insert(now);
     } else {
@@ -309,7 +318,8 @@ mod tests {
         record(&mut s, silent(true), t0 + ms(900));
         let l = liveness(s, t0 + ms(1100));
         assert_eq!(l.unanswered, Some(ms(1000)));
-        assert_eq!(l.postmaster_stopped, Some(ms(700)));
+        // Held from its first sample (400) to the last (900), not to "now".
+        assert_eq!(l.postmaster_stopped, Some(ms(500)));
         assert_eq!(l.procs.stopped, 3);
     }
 
@@ -339,7 +349,22 @@ mod tests {
         assert_eq!(s.flush_stuck_since, None);
         record(&mut s, answer(20, 1, 0, 20), t0 + ms(400));
         record(&mut s, answer(20, 3, 0, 20), t0 + ms(900));
-        assert_eq!(liveness(s, t0 + ms(1400)).wal_flush_stuck, Some(ms(1000)));
+        assert_eq!(liveness(s, t0 + ms(1400)).wal_flush_stuck, Some(ms(500)));
+    }
+
+    /// A monitor that could not run for a while (a busy runtime, a frozen process)
+    /// has no evidence for that while: its signs do not grow without samples.
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_monitor_does_not_stretch_what_it_saw() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = watched(t0);
+        record(&mut s, answer(20, 1, 0, 20), t0 + ms(100));
+        record(&mut s, answer(20, 1, 0, 20), t0 + ms(350));
+        record(&mut s, answer(20, 1, 0, 20), t0 + ms(600));
+        let l = liveness(s, t0 + ms(60_000));
+        assert_eq!(l.wal_flush_stuck, Some(ms(250)));
+        assert_eq!(l.unanswered, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -352,7 +377,7 @@ mod tests {
         record(&mut s, answer(70, 0, 6, 40), t0 + ms(700));
         assert_eq!(
             liveness(std::mem::take(&mut s), t0 + ms(1200)).sync_wait_stuck,
-            Some(("n2".to_string(), ms(1000)))
+            Some(("n2".to_string(), ms(500)))
         );
         let mut s = watched(t0);
         record(&mut s, answer(50, 0, 4, 40), t0 + ms(100));

@@ -983,12 +983,13 @@ impl Postgres {
         // stuck in the kernel (on storage that stopped answering) with SIGKILL pending
         // stays in the process table but can never run again: it counts as stopped.
         let t0 = Instant::now();
-        while os::instance_can_run(pgid, &self.data_dir) {
+        let postgres = self.cfg.bin_dir.join("postgres");
+        while os::instance_can_run(pgid, &self.data_dir, &postgres) {
             if t0.elapsed() >= Duration::from_secs(10) {
                 return Err(PgError::StopTimeout { pgid });
             }
             os::kill_tree(pgid, true);
-            os::kill_in_dir(&self.data_dir);
+            os::kill_in_dir(&self.data_dir, &postgres);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let left = os::instance_states(pgid);
@@ -1828,7 +1829,7 @@ impl Postgres {
             // have noticed yet; they must not keep running unsupervised. Orphaned, they
             // are nobody's descendants any more, but they all run in the data dir.
             os::kill_tree(g.pgid, true);
-            os::kill_in_dir(&self.data_dir);
+            os::kill_in_dir(&self.data_dir, &self.cfg.bin_dir.join("postgres"));
         }
         match &exit {
             PgExit::Stopped => tracing::info!(pgid = g.pgid, "PostgreSQL stopped"),

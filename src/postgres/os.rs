@@ -639,13 +639,32 @@ pub fn kill_tree(root: i32, include_root: bool) -> usize {
     frozen.len()
 }
 
-/// SIGKILLs every process whose working directory is `data_dir` (each PostgreSQL
-/// process chdirs into it): the instance's processes even once they are no longer
+/// Whether process `pid` runs the program `exe` (also when the file has since been
+/// replaced, e.g. by a package upgrade: the kernel then appends " (deleted)").
+pub fn process_runs_program(pid: i32, exe: &Path) -> bool {
+    let Ok(link) = fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let want = fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
+    let link = link.as_os_str().as_bytes();
+    let link = link.strip_suffix(b" (deleted)").unwrap_or(link);
+    link == want.as_os_str().as_bytes()
+}
+
+/// A PostgreSQL server process of this data dir: it runs `postgres` from the
+/// configured bin dir with the data dir as its working directory (each PostgreSQL
+/// process chdirs into it). An operator's shell in the data dir is not one.
+fn is_instance_process(pid: i32, data_dir: &Path, postgres: &Path) -> bool {
+    process_runs_in(pid, data_dir) && process_runs_program(pid, postgres)
+}
+
+/// SIGKILLs every PostgreSQL server process of `data_dir` (see
+/// [`is_instance_process`]): the instance's processes even once they are no longer
 /// anyone's descendants (orphaned after their guard died). Returns how many.
-pub fn kill_in_dir(data_dir: &Path) -> usize {
+pub fn kill_in_dir(data_dir: &Path, postgres: &Path) -> usize {
     let mut n = 0;
     for p in proc_table() {
-        if !matches!(p.state, 'Z' | 'X') && process_runs_in(p.pid, data_dir) {
+        if !matches!(p.state, 'Z' | 'X') && is_instance_process(p.pid, data_dir, postgres) {
             // SAFETY: kill(2) of a process running in our own data directory.
             unsafe { libc::kill(p.pid, libc::SIGKILL) };
             n += 1;
@@ -655,17 +674,17 @@ pub fn kill_in_dir(data_dir: &Path) -> usize {
 }
 
 /// Whether any process of the instance can still run user code: the postmaster
-/// `pm`, its group, its descendants, or anything running in `data_dir`, that has
-/// not exited and has no SIGKILL pending. When this is false the instance can no
+/// `pm`, its group, its descendants, or a PostgreSQL server process of `data_dir`,
+/// that has not exited and has no SIGKILL pending. When this is false the instance can no
 /// longer accept or acknowledge a write, even if some of its processes stay in the
 /// process table until their storage answers.
-pub fn instance_can_run(pm: i32, data_dir: &Path) -> bool {
+pub fn instance_can_run(pm: i32, data_dir: &Path, postgres: &Path) -> bool {
     let table = proc_table();
     let live = |p: &ProcEntry| !matches!(p.state, 'Z' | 'X') && !process_doomed(p.pid);
     tree(&table, pm, true).iter().any(live)
         || table
             .iter()
-            .any(|p| live(p) && process_runs_in(p.pid, data_dir))
+            .any(|p| live(p) && is_instance_process(p.pid, data_dir, postgres))
 }
 
 #[cfg(test)]
@@ -741,14 +760,20 @@ mod proc_tests {
             instance_states(pid)
         );
         let dir = std::env::current_dir().unwrap();
-        assert!(instance_can_run(pid, Path::new("/nonexistent")));
+        let none = Path::new("/nonexistent");
+        assert!(instance_can_run(pid, none, none));
+        // The shell runs in this directory but is not a PostgreSQL server.
+        assert_eq!(
+            kill_in_dir(&dir, Path::new("/usr/lib/postgresql/15/bin/postgres")),
+            0
+        );
+        assert!(process_runs_program(pid, Path::new("/bin/sh")));
         // SAFETY: kill(2) of our own child.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
         assert!(wait_for(&|g| g.stopped == 1 && g.leader_stopped));
         assert_eq!(kill_tree(pid, true), 2);
         let _ = parent.wait();
         assert!(wait_for(&|g| g.total == 0));
-        assert!(!instance_can_run(pid, Path::new("/nonexistent")));
-        let _ = dir;
+        assert!(!instance_can_run(pid, none, none));
     }
 }
