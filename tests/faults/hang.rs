@@ -268,3 +268,58 @@ async fn pg_fault_saturated_primary_trips_no_hang_detection() {
         "pgbench saturating the primary"
     );
 }
+
+/// In pause nothing is killed: the hung primary keeps its lease and its processes,
+/// the hang is reported (log, `/metrics`), and once the instance resumes and the
+/// pause is lifted it serves again, with no failover and nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_fault_sigstop_primary_postgres_in_pause() {
+    let s = Scenario {
+        no_loss: true,
+        ..Scenario::new("SIGSTOP primary's PostgreSQL, paused", async_opts())
+    };
+    run_scenario(s, async |c: &mut PgCluster, p: u64| {
+        let client = pgquorum::client::Client::new(
+            c.ids()
+                .iter()
+                .map(|i| format!("{}:{}", c.node(*i).host, c.node(*i).raft_port))
+                .collect(),
+        )
+        .expect("client");
+        client
+            .put("/pg/pause", b"maintenance".to_vec(), 0, None)
+            .await
+            .expect("pause");
+        c.wait_for("the primary to see the pause", SLOW_WAIT, async || {
+            let (_, body) = c.http(p, "GET", "/patroni").await.unwrap_or_default();
+            ensure!(body.contains("\"pause\":true"), "not yet: {body}");
+            Ok(())
+        })
+        .await;
+        let pids = c.signal_instance(p, libc::SIGSTOP);
+        // Reported...
+        c.wait_for("the hang to be reported", SLOW_WAIT, async || {
+            let hangs = metric(c, p, "pgquorum_postgres_hangs_total").await;
+            ensure!(hangs == Some(1.0), "hangs on node {p}: {hangs:?}");
+            Ok(())
+        })
+        .await;
+        // ...and, past the hang timeout and a ttl, nothing done about it.
+        tokio::time::sleep(Duration::from_millis(10_000 + 2 * c.opts.ttl_ms)).await;
+        let gone: Vec<&i32> = pids
+            .iter()
+            .filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        assert!(gone.is_empty(), "processes killed in pause: {gone:?}");
+        let kills = metric(c, p, "pgquorum_postgres_hang_kills_total").await;
+        assert_eq!(kills, Some(0.0), "hang kills in pause");
+        signal_all(&pids, libc::SIGCONT);
+        c.wait_for("the pause to be lifted", SLOW_WAIT, async || {
+            client.delete("/pg/pause", false, None).await?;
+            Ok(())
+        })
+        .await;
+        assert_eq!(c.wait_primary(&[], SLOW_WAIT).await, p, "failed over");
+    })
+    .await;
+}
