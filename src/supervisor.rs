@@ -75,6 +75,8 @@ pub struct Supervisor {
     /// (standby, primary WAL position sampled after PostgreSQL was first seen
     /// treating it as synchronous); see `PgView::sync_catchup`.
     sync_catchup: Option<(String, u64)>,
+    /// The last pg_rewind of this data dir failed (see `PgView::rewind_failed`).
+    rewind_failed: bool,
 }
 
 impl Supervisor {
@@ -129,6 +131,7 @@ impl Supervisor {
             health,
             tags_reload,
             sync_catchup: None,
+            rewind_failed: false,
         })
     }
 
@@ -209,18 +212,32 @@ impl Supervisor {
             tracing::info!(tags = ?self.tags, "using the reloaded tags");
         }
         let store = self.read_store().await;
+        // Read only while leading: every Raft member gets a slot, not only those
+        // publishing right now (one that is down keeps the WAL it needs).
+        let raft_members = if self.leader_lease.is_some() {
+            match self.client.status().await {
+                Ok(st) => st.members.into_iter().map(|m| m.name).collect(),
+                Err(_) => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
         let probe = self.pg.probe().await;
         self.track_sync_catchup(&probe).await;
         let now = Instant::now();
-        let leader_serving = store.as_ref().ok().is_some_and(|(v, _)| {
+        let leader_serving = store.as_ref().ok().is_some_and(|(v, _, _)| {
             v.leader
                 .as_ref()
                 .and_then(|l| v.members.get(l))
                 .is_some_and(|m| m.role == Role::Primary && m.state == PgRunState::Running)
         });
         let pg = self.pg_view(&probe, now, leader_serving);
+        let own_old_lease = store.as_ref().ok().and_then(|(_, _, l)| *l);
         let (view, store_view) = match &store {
-            Ok((view, sysid)) => (Some(view.clone()), Some(self.store_view(view, *sysid))),
+            Ok((view, sysid, _)) => (
+                Some(view.clone()),
+                Some(self.store_view(view, *sysid, raft_members)),
+            ),
             Err(e) => {
                 tracing::debug!(error = %e, "store unreachable");
                 (None, None)
@@ -255,19 +272,6 @@ impl Supervisor {
             .leader_lease
             .as_ref()
             .is_some_and(|l| l.is_valid(tokio::time::Instant::now()));
-        // Only a lease that guards the leader key is renewed: one that lapsed, or that
-        // another member's key has replaced, is dropped (and released if still valid).
-        let leader_is_other = view
-            .as_ref()
-            .and_then(|v| v.leader.as_deref())
-            .is_some_and(|l| l != self.me);
-        if (!lease_valid || leader_is_other)
-            && let Some(id) = self.stop_leader_lease().await
-            && lease_valid
-        {
-            let _ = self.client.lease_revoke(id).await;
-        }
-        let lease_valid = lease_valid && !leader_is_other;
         match view.as_ref().map(|v| v.leader.is_none()) {
             Some(true) => {
                 self.leaderless_since.get_or_insert(now);
@@ -293,6 +297,8 @@ impl Supervisor {
             paused: view.as_ref().is_some_and(|v| v.paused),
             store: store_view,
             lease_held: lease_valid,
+            lease_lapsed: self.leader_lease.is_some() && !lease_valid,
+            own_old_lease,
             cold_start: !self.seen_leader,
             no_leader_for_ms: self
                 .leaderless_since
@@ -312,7 +318,7 @@ impl Supervisor {
         let acted = !actions.is_empty();
         let mut all_done = true;
         for a in actions {
-            let was_acquire = a == Action::AcquireLease;
+            let was_acquire = matches!(a, Action::AcquireLease | Action::TakeBackLease { .. });
             match self.execute(a.clone(), view.as_ref(), &probe).await {
                 Ok(()) => acquired |= was_acquire && self.leader_lease.is_some(),
                 Err(e) => {
@@ -332,7 +338,7 @@ impl Supervisor {
         if let Some(v) = &view {
             self.publish(v, &probe).await;
         }
-        self.update_health(view, store.as_ref().ok().and_then(|(_, id)| *id), &probe);
+        self.update_health(view, store.as_ref().ok().and_then(|(_, id, _)| *id), &probe);
         acquired
     }
 
@@ -370,37 +376,34 @@ impl Supervisor {
         }
     }
 
-    async fn read_store(&mut self) -> Result<(ClusterView, Option<u64>), ClientError> {
+    /// The `/pg/*` keys, the cluster's system identifier, and this member's own
+    /// leader lease from before a restart: the id under which the leader key still
+    /// names this member while this process holds no lease.
+    async fn read_store(&mut self) -> Result<(ClusterView, Option<u64>, Option<u64>), ClientError> {
         let r = self.client.get(model::PREFIX, true, false).await?;
-        // The leader key still names this member but this process holds no lease: it
-        // is the primary's own lease from before a restart (e.g. the whole cluster was
-        // stopped without a quorum to release it). Take it back: this member has the
-        // data that lease protected, so staying primary loses nothing.
-        if self.leader_lease.is_none()
-            && let Some(kv) = r.kvs.iter().find(|kv| kv.key == LEADER_KEY)
-            && kv.value == self.me.as_bytes()
-            && kv.lease != 0
-        {
-            match LeaseKeeper::attach(self.client.clone(), kv.lease).await {
-                Ok(l) => {
-                    tracing::info!(lease = kv.lease, "took back this member's leader lease");
-                    self.keep_leader_lease(l).await;
-                    if let Err(e) = self.fence_deadline() {
-                        tracing::warn!(error = %e, "cannot set the fence deadline");
-                    }
-                }
-                Err(e) => tracing::info!(error = %e, "this member's old leader lease is gone"),
-            }
-        }
-        Ok(ClusterView::from_kvs(
+        let own_old_lease = r
+            .kvs
+            .iter()
+            .find(|kv| kv.key == LEADER_KEY)
+            .filter(|kv| kv.value == self.me.as_bytes() && kv.lease != 0)
+            .filter(|_| self.leader_lease.is_none())
+            .map(|kv| kv.lease);
+        let (view, sysid) = ClusterView::from_kvs(
             r.kvs
                 .iter()
                 .map(|kv| (kv.key.as_str(), kv.value.as_slice())),
-        ))
+        );
+        Ok((view, sysid, own_old_lease))
     }
 
-    fn store_view(&self, view: &ClusterView, system_id: Option<u64>) -> StoreView {
+    fn store_view(
+        &self,
+        view: &ClusterView,
+        system_id: Option<u64>,
+        raft_members: Vec<String>,
+    ) -> StoreView {
         StoreView {
+            raft_members,
             leader: view.leader.clone(),
             system_id,
             members: view
@@ -482,6 +485,7 @@ impl Supervisor {
                 .collect(),
             sync_catchup: self.sync_catchup.clone(),
             stall: stall_of(&p.liveness, p.running),
+            rewind_failed: self.rewind_failed,
             sync_stalled: p
                 .liveness
                 .sync_wait_stuck
@@ -582,6 +586,26 @@ impl Supervisor {
                         }
                         tracing::info!("another member took the leader lease first");
                     }
+                }
+            }
+            Action::DropLease { revoke } => {
+                if let Some(id) = self.stop_leader_lease().await
+                    && revoke
+                {
+                    let _ = self.client.lease_revoke(id).await;
+                }
+            }
+            Action::TakeBackLease { lease } => {
+                match LeaseKeeper::attach(self.client.clone(), lease).await {
+                    Ok(l) => {
+                        tracing::info!(lease, "took back this member's leader lease");
+                        self.keep_leader_lease(l).await;
+                        self.fence_deadline()?;
+                    }
+                    Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                        tracing::info!(lease, "this member's old leader lease is gone")
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
             // Renewals run on the lease's own task; here the cycle confirms the lease
@@ -710,24 +734,31 @@ impl Supervisor {
                 // period before the next rewind (each one checkpoints the leader).
                 self.down_since = None;
                 match self.pg.rewind(&target).await {
-                    Ok(()) => {}
+                    Ok(()) => self.rewind_failed = false,
                     // pg_rewind (or the crash recovery before it) ran and failed: the
-                    // data dir cannot be rewound. Anything else (the new primary not
-                    // answering yet) is retried next cycle, keeping the data dir.
+                    // data dir cannot be rewound (`decide` re-clones it). Anything else
+                    // (the new primary not answering yet) is retried, keeping the data dir.
                     Err(e @ (PgError::Command { .. } | PgError::NotCleanAfterRecovery(_))) => {
-                        tracing::warn!(error = %e, "pg_rewind failed; re-cloning (the old data dir is kept aside)");
-                        self.pg
-                            .reclone(&target, &Postgres::slot_name(&self.me))
-                            .await?;
+                        tracing::warn!(error = %e, "pg_rewind failed");
+                        self.rewind_failed = true;
+                        return Err(e.into());
                     }
                     Err(e) => return Err(e.into()),
                 }
+            }
+            Action::Reclone { leader } => {
+                let target = Self::target(view, &leader)?;
+                self.pg
+                    .reclone(&target, &Postgres::slot_name(&self.me))
+                    .await?;
+                self.rewind_failed = false;
             }
             Action::Clone { leader } => {
                 let target = Self::target(view, &leader)?;
                 self.pg
                     .basebackup(&target, &Postgres::slot_name(&self.me))
                     .await?;
+                self.rewind_failed = false;
             }
             Action::PublishOptime => {
                 // Timeline first: a reader that sees the new position also sees its timeline.
@@ -741,19 +772,7 @@ impl Supervisor {
                 }
             }
             Action::EnsureSlots { members } => {
-                // Every Raft member gets a slot, not only those publishing right now: a
-                // member that is down keeps its slot (and the WAL it needs), so it can
-                // stream again when it returns instead of waiting to be seen first.
-                let mut names: std::collections::BTreeSet<String> = members.into_iter().collect();
-                if let Ok(st) = self.client.status().await {
-                    names.extend(
-                        st.members
-                            .into_iter()
-                            .map(|m| m.name)
-                            .filter(|n| *n != self.me),
-                    );
-                }
-                let slots: Vec<String> = names.iter().map(|m| Postgres::slot_name(m)).collect();
+                let slots: Vec<String> = members.iter().map(|m| Postgres::slot_name(m)).collect();
                 self.pg.ensure_slots(&slots).await?;
             }
             Action::SetSyncStandby(name) => {

@@ -80,6 +80,9 @@ pub struct PgView {
     /// Primary: commits have waited on this synchronous standby while its flush
     /// position stood still, for this many ms.
     pub sync_stalled: Option<(String, u64)>,
+    /// pg_rewind (or the crash recovery before it) ran on this data dir and failed:
+    /// it cannot be rewound, only re-cloned.
+    pub rewind_failed: bool,
 }
 
 /// Signs that a running PostgreSQL hangs, from the health monitor: how long each
@@ -162,6 +165,9 @@ pub struct StoreView {
     pub timeline: Option<u64>,
     pub sync: Option<SyncState>,
     pub switchover: Option<Switchover>,
+    /// Names of the Raft members (read only while this member leads): each gets a
+    /// replication slot, also while it is down and publishes nothing.
+    pub raft_members: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,6 +198,11 @@ pub struct Observation {
     pub store: Option<StoreView>,
     /// This member holds the leader lease and its holder-side deadline has not passed.
     pub lease_held: bool,
+    /// This process still renews a leader lease whose holder-side deadline has passed.
+    pub lease_lapsed: bool,
+    /// The leader key names this member under a lease this process does not hold:
+    /// its own lease from before a restart (its id).
+    pub own_old_lease: Option<u64>,
     /// For how long (ms) this member has seen no leader (0 while there is one).
     pub no_leader_for_ms: u64,
     /// This member has not seen any leader since it started (e.g. the whole cluster
@@ -216,6 +227,16 @@ pub enum Action {
     AcquireLease,
     RenewLease,
     ReleaseLease,
+    /// Stop renewing the lease this process holds: it no longer guards the leader
+    /// key. `revoke`: it is still valid, so hand it back too (harmless: the key
+    /// is another member's already). The fence deadline stays as it is.
+    DropLease {
+        revoke: bool,
+    },
+    /// Renew (and so keep) this member's own lease from before a restart.
+    TakeBackLease {
+        lease: u64,
+    },
     /// initdb (start and roles follow in later cycles).
     Bootstrap,
     /// Stop PostgreSQL and move the data dir of a lost bootstrap aside (never deleted).
@@ -233,6 +254,10 @@ pub enum Action {
         leader: String,
     },
     Rewind {
+        leader: String,
+    },
+    /// Move the data dir aside (never deleted) and clone it anew from `leader`.
+    Reclone {
         leader: String,
     },
     Clone {
@@ -285,6 +310,34 @@ fn stop_then_release(pg: &PgView) -> Vec<Action> {
 }
 
 pub fn decide(o: &Observation) -> Decision {
+    // The lease this process renews is kept only while it guards the leader key: one
+    // that lapsed, or whose key another member's has replaced, is dropped first.
+    let leader_is_other = o
+        .store
+        .as_ref()
+        .and_then(|s| s.leader.as_deref())
+        .is_some_and(|l| l != o.me);
+    let drop = if o.lease_lapsed {
+        Some(Action::DropLease { revoke: false })
+    } else if o.lease_held && leader_is_other {
+        Some(Action::DropLease { revoke: true })
+    } else {
+        None
+    };
+    let Some(drop) = drop else {
+        return decide_with_lease(o);
+    };
+    let without = Observation {
+        lease_held: false,
+        lease_lapsed: false,
+        ..o.clone()
+    };
+    let mut d = decide_with_lease(&without);
+    d.actions.insert(0, drop);
+    d
+}
+
+fn decide_with_lease(o: &Observation) -> Decision {
     let pg = &o.pg;
     if let Some(pid) = pg.foreign_postmaster {
         // Neither acquired nor released around it: holding the lease keeps others
@@ -328,6 +381,19 @@ pub fn decide(o: &Observation) -> Decision {
             actions.push(Action::ReleaseLease);
         }
         return decision(actions, Reason::PrimaryWithoutLease);
+    }
+    if let Some(lease) = o.own_old_lease
+        && !o.lease_held
+        && store.leader.as_deref() == Some(o.me.as_str())
+    {
+        // (After the fence above: a PostgreSQL that may be primary is stopped first.)
+        // The leader key still names this member: its lease from before a restart
+        // (e.g. the whole cluster stopped without a quorum to release it). This member
+        // has the data that lease protected, so keeping it loses nothing.
+        return decision(
+            vec![Action::TakeBackLease { lease }],
+            Reason::TakingBackLease(lease),
+        );
     }
     if o.paused {
         let actions = if i_lead {
@@ -470,6 +536,11 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
                             Reason::SwitchingOver(to),
                         );
                     }
+                    let mut d = healthy_primary(o, store);
+                    if d.reason == Reason::HealthyPrimary {
+                        d.reason = Reason::SwitchoverNoCandidate;
+                    }
+                    return d;
                 } else {
                     // This member became primary: the request is done (or stale).
                     let mut actions = vec![Action::RenewLease, Action::ClearSwitchover];
@@ -478,17 +549,31 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
                     return decision(actions, why.unwrap_or(Reason::HealthyPrimary));
                 }
             }
-            let mut actions = vec![Action::RenewLease, Action::PublishOptime];
-            let mut others: Vec<String> = store.members.iter().map(|m| m.name.clone()).collect();
-            others.sort();
-            actions.push(Action::EnsureSlots { members: others });
-            let (sync, why) = sync_actions(o, store);
-            actions.extend(sync);
-            decision(actions, why.unwrap_or(Reason::HealthyPrimary))
+            healthy_primary(o, store)
         }
         // Running but not answering yet: keep the lease while it starts.
         _ => decision(vec![Action::RenewLease], Reason::StartingPrimary),
     }
+}
+
+/// A primary holding its lease: renew, publish its position, keep a slot for every
+/// other member (published or a Raft member: one that is down keeps its slot and
+/// the WAL it needs), and mind the synchronous standby.
+fn healthy_primary(o: &Observation, store: &StoreView) -> Decision {
+    let mut actions = vec![Action::RenewLease, Action::PublishOptime];
+    let mut others: Vec<String> = store
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .chain(store.raft_members.iter().cloned())
+        .filter(|n| *n != o.me)
+        .collect();
+    others.sort();
+    others.dedup();
+    actions.push(Action::EnsureSlots { members: others });
+    let (sync, why) = sync_actions(o, store);
+    actions.extend(sync);
+    decision(actions, why.unwrap_or(Reason::HealthyPrimary))
 }
 
 /// The member a switchover would hand over to: the named candidate, or else the
@@ -532,6 +617,17 @@ fn follow(o: &Observation, leader: &str) -> Decision {
         );
     }
     if !pg.running {
+        if pg.rewind_failed {
+            return decision(
+                vec![
+                    Action::Reclone { leader: l.clone() },
+                    Action::StartReplica {
+                        leader: Some(l.clone()),
+                    },
+                ],
+                Reason::RecloningAfterFailedRewind(l),
+            );
+        }
         let rewind_then_start = vec![
             Action::Rewind { leader: l.clone() },
             Action::StartReplica {

@@ -20,6 +20,10 @@ pub enum Reason {
     LostBootstrap,
     SwitchingOver(String),
     SwitchoverNoCandidate,
+    /// Keeping this member's own lease from before a restart.
+    TakingBackLease(u64),
+    /// pg_rewind failed on this data dir: moving it aside and cloning anew.
+    RecloningAfterFailedRewind(String),
     SwitchoverInProgress(String),
     /// The primary hangs: killed, then the lease released.
     PrimaryHung(String),
@@ -105,6 +109,14 @@ impl fmt::Display for Reason {
                 "switchover requested but no eligible replica is streaming; staying primary"
             ),
             SwitchoverInProgress(to) => write!(f, "switchover in progress to {to}"),
+            TakingBackLease(id) => write!(
+                f,
+                "the leader key still names this member (lease {id}, from before a restart): keeping it"
+            ),
+            RecloningAfterFailedRewind(l) => write!(
+                f,
+                "pg_rewind failed on this data dir: moving it aside (kept) and cloning anew from {l}"
+            ),
             PrimaryHung(why) => write!(
                 f,
                 "PostgreSQL hangs ({why}): killing its process group, then releasing the leader lease"

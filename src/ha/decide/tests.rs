@@ -43,6 +43,7 @@ fn pg_primary() -> PgView {
         sync_catchup: None,
         stall: Stall::default(),
         sync_stalled: None,
+        rewind_failed: false,
     }
 }
 
@@ -82,6 +83,7 @@ fn store(leader: Option<&str>) -> StoreView {
         timeline: Some(1),
         sync: None,
         switchover: None,
+        raft_members: vec![],
     }
 }
 
@@ -108,6 +110,8 @@ fn obs_primary() -> Observation {
             ..store(Some("a"))
         }),
         lease_held: true,
+        lease_lapsed: false,
+        own_old_lease: None,
         no_leader_for_ms: 0,
         cold_start: false,
         pg: pg_primary(),
@@ -144,6 +148,24 @@ fn slots() -> Action {
     Action::EnsureSlots {
         members: vec!["b".into(), "c".into()],
     }
+}
+
+/// Runs every case and reports every one that fails, not only the first.
+fn check(cases: Vec<(&str, Observation, Vec<Action>, Reason)>) {
+    let failed: Vec<String> = cases
+        .into_iter()
+        .filter_map(|(name, obs, actions, reason)| {
+            let want = Decision { actions, reason };
+            let got = decide(&obs);
+            (got != want).then(|| format!("case: {name}\n  want: {want:?}\n   got: {got:?}"))
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} case(s) failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
 }
 
 fn with<T>(mut v: T, f: impl FnOnce(&mut T)) -> T {
@@ -510,7 +532,7 @@ fn decisions() {
                     members: vec!["b".into(), "c".into()],
                 },
             ],
-            Reason::HealthyPrimary,
+            Reason::SwitchoverNoCandidate,
         ),
         (
             "switchover done: the new primary clears the request",
@@ -789,10 +811,7 @@ fn decisions() {
             Reason::HealthyPrimary,
         ),
     ];
-    for (name, obs, actions, reason) in cases {
-        let d = decide(&obs);
-        assert_eq!(d, Decision { actions, reason }, "case: {name}");
-    }
+    check(cases);
 }
 
 /// Property over a grid of observations: a decision never leaves PostgreSQL
@@ -836,3 +855,4 @@ fn never_primary_without_the_lease() {
 
 mod fail_closed;
 mod hang;
+mod lease_and_rebuild;

@@ -240,6 +240,7 @@ fn random_observation(r: &mut Rng) -> Observation {
             },
         ]),
         sync_stalled: r.pick(&[None, Some(("b".to_string(), 9_000))]),
+        rewind_failed: r.next().is_multiple_of(4),
     };
     let mut members = Vec::new();
     for n in names {
@@ -281,6 +282,10 @@ fn random_observation(r: &mut Rng) -> Observation {
                 candidate: None,
             }),
         ]),
+        raft_members: r.pick(&[
+            vec![],
+            vec!["a".to_string(), "b".to_string(), "c".to_string()],
+        ]),
     };
     Observation {
         me: "a".into(),
@@ -300,6 +305,8 @@ fn random_observation(r: &mut Rng) -> Observation {
         paused: r.next().is_multiple_of(6),
         store: (!r.next().is_multiple_of(5)).then_some(store),
         lease_held: r.coin(),
+        lease_lapsed: r.next().is_multiple_of(7),
+        own_old_lease: r.pick(&[None, None, Some(99)]),
         no_leader_for_ms: r.pick(&[0, 1_000, 10_000]),
         cold_start: r.coin(),
         pg,

@@ -109,9 +109,7 @@ fn primary_hang_cases() {
             Reason::PrimaryStartTimedOut,
         ),
     ];
-    for (name, obs, actions, reason) in cases {
-        assert_eq!(decide(&obs), Decision { actions, reason }, "case: {name}");
-    }
+    check(cases);
 }
 
 #[test]
@@ -292,7 +290,5 @@ fn sync_standby_hang_cases() {
             Reason::HealthyPrimary,
         ),
     ];
-    for (name, obs, actions, reason) in cases {
-        assert_eq!(decide(&obs), Decision { actions, reason }, "case: {name}");
-    }
+    check(cases);
 }
