@@ -19,8 +19,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::admin::AdminService;
-use crate::api::pb;
-use crate::api::rest::Health;
+use crate::ha::health::Health;
 use crate::config::NodeConfig;
 use crate::postgres::Postgres;
 use crate::raft::log_store::LogStore;
@@ -30,6 +29,7 @@ use crate::raft::storage::{DataDir, DataDirError};
 use crate::raft::{Member, Raft, expiry};
 use crate::store::Lessor;
 use crate::supervisor::Supervisor;
+use crate::wire::pb;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

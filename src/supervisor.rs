@@ -10,13 +10,15 @@
 //! so a slow cycle cannot fence a healthy primary.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
 use tokio::sync::watch;
 
-use crate::api::rest::{HangCounters, Health};
+use crate::ha::health::{HangCounters, Health};
 use crate::client::{Client, ClientError, LeaseKeeper, LeaseRenewer};
 use crate::config::{HaSettings, NodeConfig};
 use crate::ha::decide::{
@@ -271,7 +273,7 @@ impl Supervisor {
         let lease_valid = self
             .leader_lease
             .as_ref()
-            .is_some_and(|l| l.is_valid(tokio::time::Instant::now()));
+            .is_some_and(|l| l.is_valid(Instant::now()));
         match view.as_ref().map(|v| v.leader.is_none()) {
             Some(true) => {
                 self.leaderless_since.get_or_insert(now);
@@ -549,8 +551,8 @@ impl Supervisor {
             .leader_lease
             .as_ref()
             .and_then(|l| l.valid_until())
-            .map_or_else(Instant::now, |t| t.into_std());
-        self.pg.set_fence_deadline(Some(d))?;
+            .unwrap_or_else(Instant::now);
+        self.pg.set_fence_deadline(Some(d.into_std()))?;
         Ok(())
     }
 
@@ -895,7 +897,7 @@ impl Supervisor {
         if self
             .status_lease
             .as_ref()
-            .is_some_and(|l| !l.is_valid(tokio::time::Instant::now()))
+            .is_some_and(|l| !l.is_valid(Instant::now()))
             && let Some(l) = self.status_lease.take()
         {
             l.stop().await;
@@ -960,7 +962,7 @@ impl Supervisor {
             if system_id.is_some() {
                 h.system_identifier = system_id;
             }
-            h.last_cycle = Some(tokio::time::Instant::now());
+            h.last_cycle = Some(Instant::now());
             h.ttl = ttl;
             h.maximum_lag_on_failover = lag;
             if reached_store {

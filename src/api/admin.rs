@@ -19,12 +19,12 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use super::pb::admin_client::AdminClient;
-use super::pb::admin_server::Admin;
-use super::{FORWARDED, LEADER_HINT, OUTCOME, pb};
 use crate::raft::sm_store::SmStore;
 use crate::raft::{Member, NodeId, Raft};
 use crate::store::{self, Command, EventKind, Lessor};
+use crate::wire::pb::admin_client::AdminClient;
+use crate::wire::pb::admin_server::Admin;
+use crate::wire::{FORWARDED, LEADER_HINT, OUTCOME, connection_failed, pb};
 
 const MAX_KEY: usize = 4096;
 const MAX_VALUE: usize = 1024 * 1024;
@@ -196,7 +196,7 @@ impl AdminService {
     fn forward_failed(&self, s: Status) -> Status {
         // A connection that timed out or broke may be a half-dead TCP connection left
         // from a partition (retransmissions backing off for minutes): never reuse it.
-        if super::connection_failed(&s) {
+        if connection_failed(&s) {
             self.channels.lock().expect("lock").clear();
         }
         // The leader may have received (and applied) a forward that then timed out or

@@ -1,31 +1,8 @@
-//! The edges: gRPC admin service (`admin`), with generated protobuf types in `pb`.
-//! Errors from the inner modules are mapped to gRPC status codes here, once.
+//! The edges: gRPC admin service (`admin`) and the Patroni-compatible REST API
+//! (`rest`). Errors from the inner modules are mapped to gRPC status codes here,
+//! once. The wire types live in `crate::wire`, shared with the client and Raft.
 
 pub mod admin;
 pub mod rest;
 
-#[allow(clippy::all, clippy::pedantic)]
-pub mod pb {
-    tonic::include_proto!("pgquorum.v1");
-}
-
-/// Whether a call to a peer failed in the connection (refused, broken, cancelled,
-/// timed out) rather than being answered: the callers then consider replacing the
-/// connection, which may be a half-dead one left from a partition.
-pub(crate) fn connection_failed(s: &tonic::Status) -> bool {
-    matches!(
-        s.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::DeadlineExceeded
-    )
-}
-
-/// Metadata key carrying the Raft leader's address on `Unavailable` answers.
-pub const LEADER_HINT: &str = "x-pgquorum-leader";
-/// Set (to `unknown`) on a failed write that may still have been applied: proposed
-/// but not known to be committed. Clients must not retry such a write blindly.
-pub const OUTCOME: &str = "x-pgquorum-outcome";
-/// Set on a request one member forwarded to another, so it is forwarded at most once.
-pub const FORWARDED: &str = "x-pgquorum-forwarded";
+pub use crate::wire::pb;

@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::api::pb;
-use crate::api::rest::{ClusterRole, cluster_role, lag_bytes, member_state, split_host_port};
 use crate::client::{Client, ClientError, LeaseKeeper};
 use crate::ha::model::{self, ClusterView, MemberStatus, format_lsn};
+use crate::ha::view::{ClusterRole, cluster_role, lag_bytes, member_state, split_host_port};
+use crate::wire::pb;
 
 #[derive(Args, Debug)]
 pub struct CtlArgs {

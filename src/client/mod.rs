@@ -21,13 +21,12 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::api::pb;
-use crate::api::pb::admin_client::AdminClient;
+use crate::wire::pb;
+use crate::wire::pb::admin_client::AdminClient;
+use crate::wire::{LEADER_HINT, OUTCOME};
 
 /// Per-request timeout used by [`Client::new`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Metadata key a member sets on an error to name the node it believes leads.
-pub const LEADER_HINT_KEY: &str = "x-pgquorum-leader";
 /// Default assumed worst-case clock rate difference between us and the leader.
 pub const DEFAULT_DRIFT: f64 = 0.05;
 /// Default time subtracted from every lease deadline, see [`lease_deadline`].
@@ -435,7 +434,7 @@ impl Client {
     /// Index of the endpoint named by the leader hint in `status`, adding it to
     /// the known endpoints if it is new.
     fn leader_hint(&self, status: &Status) -> Option<usize> {
-        let addr = normalize(status.metadata().get(LEADER_HINT_KEY)?.to_str().ok()?);
+        let addr = normalize(status.metadata().get(LEADER_HINT)?.to_str().ok()?);
         if addr.is_empty() {
             return None;
         }
@@ -491,7 +490,7 @@ fn make_target(addr: String) -> Result<Target, ClientError> {
 /// call was cut off after it may have reached the server (our timeout, a broken
 /// stream). A refused connection or a "not the leader" answer means it was not.
 fn outcome_may_be_applied(status: &Status) -> bool {
-    if status.metadata().get(crate::api::OUTCOME).is_some() {
+    if status.metadata().get(OUTCOME).is_some() {
         return true;
     }
     match status.code() {
@@ -933,7 +932,7 @@ mod tests {
         let mut marked = Status::unavailable("not committed within 5s");
         marked
             .metadata_mut()
-            .insert(crate::api::OUTCOME, "unknown".parse().unwrap());
+            .insert(OUTCOME, "unknown".parse().unwrap());
         assert!(retryable(&marked) && outcome_may_be_applied(&marked));
         assert!(outcome_may_be_applied(&Status::deadline_exceeded("x")));
         // Refused connection, or "not the leader" (with or without a hint): never applied.

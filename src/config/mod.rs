@@ -8,6 +8,20 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod pg_rules;
+
+/// A member's `[tags]`: what it may be used for. Published in its status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Tags {
+    #[serde(default)]
+    pub nofailover: bool,
+    #[serde(default)]
+    pub noloadbalance: bool,
+    /// Higher wins ties between equally advanced candidates; 0 never wins a tie it could lose.
+    #[serde(default)]
+    pub failover_priority: i64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -76,7 +90,7 @@ struct RawConfig {
     #[serde(default)]
     ha: HaSettings,
     #[serde(default)]
-    tags: crate::ha::model::Tags,
+    tags: Tags,
     rest_listen_addr: Option<String>,
 }
 
@@ -240,12 +254,8 @@ impl HaSettings {
         if self.synchronous_mode_strict && !self.synchronous_mode {
             return Err("ha.synchronous_mode_strict needs ha.synchronous_mode = true".into());
         }
-        crate::postgres::validate_cluster_settings(
-            &self.parameters,
-            &self.pg_hba,
-            self.synchronous_mode,
-        )
-        .map_err(|e| format!("ha: {e}"))?;
+        pg_rules::validate_cluster_settings(&self.parameters, &self.pg_hba, self.synchronous_mode)
+            .map_err(|e| format!("ha: {e}"))?;
         Ok(())
     }
 }
@@ -267,7 +277,7 @@ pub struct NodeConfig {
     /// Absent: this node runs only the Raft store (no PostgreSQL supervision).
     pub postgresql: Option<PostgresConfig>,
     pub ha: HaSettings,
-    pub tags: crate::ha::model::Tags,
+    pub tags: Tags,
     pub rest_listen_addr: Option<SocketAddr>,
 }
 
@@ -415,7 +425,7 @@ impl NodeConfig {
             Some(p) => Some(postgres_config(p, base).map_err(invalid)?),
         };
         if let Some(p) = &postgresql {
-            crate::postgres::check_synchronous_commit(&p.parameters, raw.ha.synchronous_mode)
+            pg_rules::check_synchronous_commit(&p.parameters, raw.ha.synchronous_mode)
                 .map_err(invalid)?;
         }
         let rest_listen_addr = match &raw.rest_listen_addr {

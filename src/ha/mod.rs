@@ -2,4 +2,6 @@
 //! `decide` is the pure HA function; the supervisor (IO) lives in `crate::supervisor`.
 
 pub mod decide;
+pub mod health;
 pub mod model;
+pub mod view;

@@ -58,16 +58,7 @@ pub enum PgRunState {
     Crashed,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tags {
-    #[serde(default)]
-    pub nofailover: bool,
-    #[serde(default)]
-    pub noloadbalance: bool,
-    /// Higher wins ties between equally advanced candidates; 0 never wins a tie it could lose.
-    #[serde(default)]
-    pub failover_priority: i64,
-}
+pub use crate::config::Tags;
 
 /// What one member publishes about itself every cycle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,16 +114,7 @@ pub struct ClusterView {
     pub paused: bool,
 }
 
-/// Formats an LSN as PostgreSQL does (`16/B374D848`).
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-}
-
-/// Parses `16/B374D848`.
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
+pub use crate::lsn::{format_lsn, parse_lsn};
 
 impl ClusterView {
     /// Decodes the `/pg/` keys. A malformed member record is skipped rather than

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::os::{self, GroupStates};
 use super::sql::Session;
 use crate::config::Credentials;
-use crate::ha::model::parse_lsn;
+use crate::lsn::parse_lsn;
 
 /// How often the monitor probes.
 pub const PROBE_EVERY: Duration = Duration::from_millis(250);

@@ -24,15 +24,15 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
-pub use self::conf::check_synchronous_commit;
 pub use self::fence::FenceHandle;
 use self::fence::control_for;
 use self::guard::{Control, GuardArgs, Report, StopKind};
 pub use self::health::{Liveness, PROBE_TIMEOUT as HEALTH_PROBE_TIMEOUT};
 pub use self::os::GroupStates;
 use self::os::RunAs;
+pub use crate::config::pg_rules::{check_synchronous_commit, validate_cluster_settings};
 use crate::config::{Credentials, PostgresConfig};
-use crate::ha::model::parse_lsn;
+use crate::lsn::parse_lsn;
 
 /// Each SQL statement of [`Postgres::probe`].
 const SQL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -366,20 +366,6 @@ pub struct Postgres {
     synchronous_mode: bool,
     /// Started with the first postmaster (it needs the runtime); watches whichever runs.
     monitor: Option<health::Monitor>,
-}
-
-/// Checks cluster-wide PostgreSQL settings before the store accepts them.
-pub fn validate_cluster_settings(
-    parameters: &BTreeMap<String, String>,
-    pg_hba: &[String],
-    synchronous_mode: bool,
-) -> Result<(), String> {
-    conf::check_parameters(parameters)?;
-    conf::check_synchronous_commit(parameters, synchronous_mode)?;
-    for l in pg_hba {
-        conf::check_line_value("pg_hba entries", l)?;
-    }
-    Ok(())
 }
 
 impl Postgres {

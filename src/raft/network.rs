@@ -25,8 +25,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::types::{Member, NodeId, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
-use crate::api::pb;
-use crate::api::pb::raft_service_client::RaftServiceClient;
+use crate::wire::pb;
+use crate::wire::pb::raft_service_client::RaftServiceClient;
 
 type RPCError = openraft::errors::RPCError<TypeConfig>;
 
@@ -212,7 +212,7 @@ impl PeerClient {
                 r
             }
             Ok(Err(s)) => {
-                if crate::api::connection_failed(&s) {
+                if crate::wire::connection_failed(&s) {
                     self.failed();
                 } else {
                     // A refusal (wrong cluster, not a member) is still an answer.

@@ -1,0 +1,153 @@
+//! The JSON documents: `GET /patroni` (also the body of the health checks) and
+//! `GET /cluster`.
+
+use serde_json::{Map, Value, json};
+
+use crate::ha::health::Health;
+use crate::ha::model::{ClusterView, PgRunState, Role, Tags, format_lsn};
+use crate::ha::view::{
+    ClusterRole, cluster_role, lag_bytes, member_state, replication_state, role_name,
+    split_host_port, state_name,
+};
+
+/// Tags shown in `/patroni` and `/cluster`: only those that differ from the
+/// defaults, so an untagged member shows none, like Patroni's configured tags.
+fn tags_json(tags: &Tags) -> Option<Value> {
+    let mut m = Map::new();
+    if tags.nofailover {
+        m.insert("nofailover".into(), json!(true));
+    }
+    if tags.noloadbalance {
+        m.insert("noloadbalance".into(), json!(true));
+    }
+    if tags.failover_priority != 0 {
+        m.insert("failover_priority".into(), json!(tags.failover_priority));
+    }
+    (!m.is_empty()).then_some(Value::Object(m))
+}
+
+/// The `GET /patroni` document (also the body of the health checks), shaped
+/// like Patroni's `get_postgresql_status` + `_write_status_response`. Fields
+/// only appear when known; like Patroni, position fields only while running.
+pub fn status_json(h: &Health) -> Value {
+    let mut m = Map::new();
+    match h.status.as_ref() {
+        None => {
+            m.insert("state".into(), json!("unknown"));
+            m.insert("role".into(), json!(role_name(Role::Uninitialized)));
+        }
+        Some(s) => {
+            m.insert("state".into(), json!(state_name(s.state)));
+            m.insert("role".into(), json!(role_name(s.role)));
+            if s.state == PgRunState::Running {
+                if let Some(v) = h.server_version {
+                    m.insert("server_version".into(), json!(v));
+                }
+                match s.role {
+                    Role::Primary => {
+                        m.insert("xlog".into(), json!({ "location": s.receive_lsn }));
+                    }
+                    Role::Replica => {
+                        m.insert(
+                            "xlog".into(),
+                            json!({
+                                "received_location": s.receive_lsn,
+                                "replayed_location": s.replay_lsn,
+                            }),
+                        );
+                    }
+                    Role::Uninitialized => {}
+                }
+                m.insert("timeline".into(), json!(s.timeline));
+                if let Some(rs) = replication_state(s) {
+                    m.insert("replication_state".into(), json!(rs));
+                }
+                if h.is_sync_standby() {
+                    m.insert("sync_standby".into(), json!(true));
+                }
+            }
+            if let Some(tags) = tags_json(&s.tags) {
+                m.insert("tags".into(), tags);
+            }
+        }
+    }
+    // Patroni sets these two only when true.
+    if h.cluster.paused {
+        m.insert("pause".into(), json!(true));
+    }
+    if h.cluster.leader.is_none() {
+        m.insert("cluster_unlocked".into(), json!(true));
+    }
+    m.insert("dcs_last_seen".into(), json!(h.dcs_last_seen));
+    if let Some(sysid) = &h.system_identifier {
+        // A string, as Patroni prints it: the value exceeds JSON-safe integers.
+        m.insert(
+            "database_system_identifier".into(),
+            json!(sysid.to_string()),
+        );
+    }
+    m.insert(
+        "patroni".into(),
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "scope": h.scope,
+            "name": h.member,
+        }),
+    );
+    Value::Object(m)
+}
+
+/// The `GET /cluster` document, shaped like Patroni's `cluster_as_json`:
+/// members sorted by name; LSN/lag fields for every non-leader, `"unknown"`
+/// where not known.
+pub fn cluster_json(scope: &str, view: &ClusterView) -> Value {
+    let members: Vec<Value> = view
+        .members
+        .iter()
+        .map(|(name, s)| {
+            let role = cluster_role(view, name);
+            let mut m = Map::new();
+            m.insert("name".into(), json!(name));
+            m.insert("role".into(), json!(role.as_str()));
+            m.insert("state".into(), json!(member_state(role, s)));
+            m.insert("api_url".into(), json!(s.api_url));
+            let (host, port) = split_host_port(&s.pg_addr);
+            if !host.is_empty() {
+                m.insert("host".into(), json!(host));
+                if let Some(port) = port {
+                    m.insert("port".into(), json!(port));
+                }
+            }
+            m.insert("timeline".into(), json!(s.timeline));
+            if let Some(tags) = tags_json(&s.tags) {
+                m.insert("tags".into(), tags);
+            }
+            if role != ClusterRole::Leader {
+                let lsn = s.receive_lsn.max(s.replay_lsn);
+                for (prefix, pos) in [
+                    ("receive_", s.receive_lsn),
+                    ("replay_", s.replay_lsn),
+                    ("", lsn),
+                ] {
+                    let (lsn_v, lag_v) = if pos == 0 {
+                        (json!("unknown"), json!("unknown"))
+                    } else {
+                        let lag =
+                            lag_bytes(view.optime, pos).map_or(json!("unknown"), |l| json!(l));
+                        (json!(format_lsn(pos)), lag)
+                    };
+                    m.insert(format!("{prefix}lsn"), lsn_v);
+                    m.insert(format!("{prefix}lag"), lag_v);
+                }
+            }
+            Value::Object(m)
+        })
+        .collect();
+    let mut doc = Map::new();
+    doc.insert("members".into(), Value::Array(members));
+    doc.insert("scope".into(), json!(scope));
+    if view.paused {
+        doc.insert("pause".into(), json!(true));
+    }
+    Value::Object(doc)
+}

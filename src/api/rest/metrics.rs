@@ -1,0 +1,184 @@
+//! `GET /metrics`: Patroni's gauges and pgquorum's own counters, in Prometheus
+//! text format.
+
+use std::fmt::Write as _;
+
+use crate::ha::health::Health;
+use crate::ha::model::Role;
+use crate::ha::view::state_index;
+
+/// Escapes a Prometheus label value.
+fn label_value(s: &str) -> String {
+    s.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+/// `major*10000 + minor*100 + patch`, as Patroni's zero-padded semver gauge.
+pub(super) fn version_number(version: &str) -> u64 {
+    version
+        .split('.')
+        .take(3)
+        .map(|p| {
+            p.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .fold(0, |acc, p| acc * 100 + p)
+}
+
+/// The `GET /metrics` body: Patroni's gauges for what this member knows,
+/// labelled `{scope, name}`, in Prometheus text format.
+pub fn metrics_text(h: &Health) -> String {
+    let labels = format!(
+        "{{scope=\"{}\",name=\"{}\"}}",
+        label_value(&h.scope),
+        label_value(&h.member)
+    );
+    let status = h.status.as_ref();
+    let running = h.pg_running();
+    // Like Patroni, positions and timeline only count while PostgreSQL runs.
+    let live = status.filter(|_| running);
+    let location = live
+        .filter(|s| s.role == Role::Primary)
+        .map_or(0, |s| s.receive_lsn);
+    let (received, replayed) = live
+        .filter(|s| s.role == Role::Replica)
+        .map_or((0, 0), |s| (s.receive_lsn, s.replay_lsn));
+    let role = h.role();
+    let rows: [(&str, &str, &str, i128); 14] = [
+        (
+            "patroni_version",
+            "gauge",
+            "Patroni semver without periods.",
+            i128::from(version_number(env!("CARGO_PKG_VERSION"))),
+        ),
+        (
+            "patroni_postgres_running",
+            "gauge",
+            "Value is 1 if Postgres is running, 0 otherwise.",
+            i128::from(running),
+        ),
+        (
+            "patroni_primary",
+            "gauge",
+            "Value is 1 if this node is the leader, 0 otherwise.",
+            i128::from(role == Some(Role::Primary)),
+        ),
+        (
+            "patroni_xlog_location",
+            "counter",
+            "Current location of the Postgres transaction log, 0 if this node is not the leader.",
+            i128::from(location),
+        ),
+        (
+            "patroni_replica",
+            "gauge",
+            "Value is 1 if this node is a replica, 0 otherwise.",
+            i128::from(role == Some(Role::Replica)),
+        ),
+        (
+            "patroni_sync_standby",
+            "gauge",
+            "Value is 1 if this node is a sync standby, 0 otherwise.",
+            i128::from(running && h.is_sync_standby()),
+        ),
+        (
+            "patroni_xlog_received_location",
+            "counter",
+            "Current location of the received Postgres transaction log, 0 if this node is not a replica.",
+            i128::from(received),
+        ),
+        (
+            "patroni_xlog_replayed_location",
+            "counter",
+            "Current location of the replayed Postgres transaction log, 0 if this node is not a replica.",
+            i128::from(replayed),
+        ),
+        (
+            "patroni_postgres_streaming",
+            "gauge",
+            "Value is 1 if Postgres is streaming, 0 otherwise.",
+            i128::from(h.replication_state() == Some("streaming")),
+        ),
+        (
+            "patroni_postgres_server_version",
+            "gauge",
+            "Version of Postgres (if running), 0 otherwise.",
+            i128::from(h.server_version.filter(|_| running).unwrap_or(0)),
+        ),
+        (
+            "patroni_cluster_unlocked",
+            "gauge",
+            "Value is 1 if the cluster is unlocked, 0 if locked.",
+            i128::from(h.cluster.leader.is_none()),
+        ),
+        (
+            "patroni_postgres_timeline",
+            "gauge",
+            "Postgres timeline of this node (if running), 0 otherwise.",
+            i128::from(live.map_or(0, |s| s.timeline)),
+        ),
+        (
+            "patroni_dcs_last_seen",
+            "gauge",
+            "Epoch timestamp when DCS was last contacted successfully by Patroni.",
+            i128::from(h.dcs_last_seen),
+        ),
+        (
+            "patroni_is_paused",
+            "gauge",
+            "Value is 1 if auto failover is disabled, 0 otherwise.",
+            i128::from(h.cluster.paused),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+    let hang_rows: [(&str, &str, &str, f64); 4] = [
+        (
+            "pgquorum_postgres_hangs_total",
+            "counter",
+            "Hangs of this member's PostgreSQL seen (no answer, WAL flush stuck or postmaster stopped for 1 s or more).",
+            h.hangs.detected as f64,
+        ),
+        (
+            "pgquorum_postgres_hang_kills_total",
+            "counter",
+            "Times this member, as primary, killed its hung PostgreSQL and released the leader lease.",
+            h.hangs.primary_killed as f64,
+        ),
+        (
+            "pgquorum_sync_standby_changes_total",
+            "counter",
+            "Times this primary un-recorded a synchronous standby that hung or left.",
+            h.hangs.sync_standby_changes as f64,
+        ),
+        (
+            "pgquorum_postgres_unanswered_seconds",
+            "gauge",
+            "How long PostgreSQL has not answered the health probe (0 while it answers).",
+            h.pg_unanswered.map_or(0.0, |d| d.as_secs_f64()),
+        ),
+    ];
+    for (name, kind, help, value) in hang_rows {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+    // -1 when the state is not known yet, as Patroni does for "unknown".
+    let state = status.map_or(-1, |s| state_index(s.state));
+    let _ = writeln!(
+        out,
+        "# HELP patroni_postgres_state Numeric representation of Postgres state.\n\
+         # Values: 4=creating_replica, 5=running, 6=starting, 12=stopped, 14=crashed\n\
+         # TYPE patroni_postgres_state gauge\n\
+         patroni_postgres_state{labels} {state}"
+    );
+    out
+}

@@ -1,0 +1,130 @@
+//! Which PostgreSQL settings pgquorum accepts from an operator: pure string rules,
+//! used when a config file or `/pg/config` is validated and again by `postgres`
+//! when it renders the files. Imports nothing from the crate.
+
+use std::collections::BTreeMap;
+
+/// Settings pgquorum owns: an operator value for one of these would break supervision
+/// (wrong port or socket, a second replication source, sync standbys behind the HA
+/// layer's back, replicas that never accept connections, config in other places).
+pub const RESERVED_PARAMETERS: &[&str] = &[
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "primary_conninfo",
+    "primary_slot_name",
+    "synchronous_standby_names",
+    "hot_standby",
+    "config_file",
+    "data_directory",
+    "hba_file",
+];
+
+/// Rejects what cannot be written safely into a one-line-per-entry file.
+pub fn check_line_value(what: &str, v: &str) -> Result<(), String> {
+    if v.contains(['\n', '\r', '\0']) {
+        return Err(format!("{what} must not contain line breaks or NUL"));
+    }
+    Ok(())
+}
+
+/// Checks the operator's `postgresql.parameters`.
+pub fn check_parameters(params: &BTreeMap<String, String>) -> Result<(), String> {
+    for (k, v) in params {
+        let key_ok = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !key_ok {
+            return Err(format!(
+                "postgresql.parameters: {k:?} is not a PostgreSQL parameter name"
+            ));
+        }
+        if RESERVED_PARAMETERS.contains(&k.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "postgresql.parameters: {k} is managed by pgquorum and cannot be set here \
+                 (port and listen address come from postgresql.port and postgresql.listen_host)"
+            ));
+        }
+        if k.eq_ignore_ascii_case("wal_level") && !matches!(v.as_str(), "replica" | "logical") {
+            return Err(format!(
+                "postgresql.parameters: wal_level = {v:?} cannot feed replicas; use replica or logical"
+            ));
+        }
+        if k.eq_ignore_ascii_case("superuser_reserved_connections")
+            && v.trim()
+                .parse::<u32>()
+                .is_ok_and(|n| n < MIN_SUPERUSER_RESERVED)
+        {
+            return Err(format!(
+                "postgresql.parameters: superuser_reserved_connections = {v} is too few: \
+                 pgquorum holds two superuser sessions (HA cycle, health probe) and pg_rewind \
+                 needs a third, so that client load filling max_connections cannot blind \
+                 it; use at least {MIN_SUPERUSER_RESERVED}"
+            ));
+        }
+        check_line_value(&format!("postgresql.parameters.{k}"), v)?;
+    }
+    Ok(())
+}
+
+/// pgquorum's superuser sessions (HA cycle, health monitor, pg_rewind) must find a
+/// slot when clients have taken every other (PostgreSQL's default is 3).
+const MIN_SUPERUSER_RESERVED: u32 = 3;
+
+/// Whether `synchronous_commit = v` acknowledges a commit before any standby has it
+/// (`off`, `local`, and PostgreSQL's spellings of false).
+fn weak_synchronous_commit(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "off" | "local" | "false" | "no" | "0" | "of"
+    )
+}
+
+/// In synchronous mode no setting may acknowledge a commit the synchronous standby
+/// does not hold: a failover to that standby would lose it.
+pub fn check_synchronous_commit(
+    params: &BTreeMap<String, String>,
+    synchronous_mode: bool,
+) -> Result<(), String> {
+    if !synchronous_mode {
+        return Ok(());
+    }
+    for (k, v) in params {
+        if k.eq_ignore_ascii_case("synchronous_commit") && weak_synchronous_commit(v) {
+            return Err(format!(
+                "postgresql.parameters: synchronous_commit = {v:?} acknowledges commits before the \
+                 synchronous standby has them, which defeats synchronous_mode (a failover would \
+                 lose them); remove it, or use on, remote_write or remote_apply, or turn \
+                 synchronous_mode off"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Drops a `synchronous_commit` that [`check_synchronous_commit`] refuses (PostgreSQL's
+/// default, `on`, applies); returns whether it did.
+pub fn pin_synchronous_commit(params: &mut BTreeMap<String, String>) -> bool {
+    let before = params.len();
+    params.retain(|k, v| {
+        !(k.eq_ignore_ascii_case("synchronous_commit") && weak_synchronous_commit(v))
+    });
+    params.len() != before
+}
+
+/// Checks cluster-wide PostgreSQL settings before the store accepts them.
+pub fn validate_cluster_settings(
+    parameters: &BTreeMap<String, String>,
+    pg_hba: &[String],
+    synchronous_mode: bool,
+) -> Result<(), String> {
+    check_parameters(parameters)?;
+    check_synchronous_commit(parameters, synchronous_mode)?;
+    for l in pg_hba {
+        check_line_value("pg_hba entries", l)?;
+    }
+    Ok(())
+}

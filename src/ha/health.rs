@@ -1,0 +1,124 @@
+//! What one member knows about its own health, as the supervisor publishes it
+//! after every HA cycle for the REST API to answer from (a `watch` channel). Data
+//! only: the rules that turn it into status codes live in `api::rest`.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::model::{ClusterView, MemberStatus, PgRunState, Role};
+use super::view::{is_recorded_sync, replication_state};
+use crate::config::HaSettings;
+
+/// What the REST API needs to know about this member, published by the
+/// supervisor after every HA cycle.
+#[derive(Clone, Debug)]
+pub struct Health {
+    /// Cluster name (Patroni's `scope`).
+    pub scope: String,
+    /// This member's name.
+    pub member: String,
+    /// This member's own latest status (what it publishes under
+    /// `/pg/members/<name>`); `None` before the first cycle.
+    pub status: Option<MemberStatus>,
+    /// The instant until which this member certainly holds the leader lease
+    /// (`LeaseKeeper::valid_until`), `None` when it does not hold it. A deadline
+    /// rather than a flag so the answer ages correctly between cycles.
+    pub leader_lease_until: Option<Instant>,
+    /// The cluster as last read from the store (`cluster.paused` is Patroni's
+    /// `pause`).
+    pub cluster: ClusterView,
+    /// When the HA loop last completed a cycle, whether or not that cycle
+    /// reached the store. `/liveness` asks "is the loop stuck?", not "is the
+    /// store reachable?": restarting the process does not heal a partition.
+    pub last_cycle: Option<Instant>,
+    /// Leader lease TTL. `/liveness` fails once the loop has not completed a
+    /// cycle for `ttl` (primary) or `2 * ttl` (otherwise), as Patroni does.
+    pub ttl: Duration,
+    /// Default for `/readiness?lag=`, in bytes (Patroni's `maximum_lag_on_failover`).
+    pub maximum_lag_on_failover: u64,
+    /// `server_version_num` of the running PostgreSQL, e.g. 160004.
+    pub server_version: Option<u32>,
+    /// PostgreSQL system identifier (`/pg/initialize`).
+    pub system_identifier: Option<u64>,
+    /// Unix time (seconds) of the last successful read of the store; 0 = never.
+    pub dcs_last_seen: u64,
+    /// When PostgreSQL last answered the health monitor. Checks that need a
+    /// working PostgreSQL fail once this is older than `2 * ttl`, even if the HA
+    /// loop itself stalls (otherwise its status says "not accepting" within a cycle
+    /// of a hang).
+    pub pg_last_answer: Option<Instant>,
+    /// For how long PostgreSQL has not answered, as of the last cycle.
+    pub pg_unanswered: Option<Duration>,
+    pub hangs: HangCounters,
+}
+
+/// Hangs of this member's PostgreSQL and what was done about them, since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HangCounters {
+    /// Hangs seen (no answer, WAL flush stuck, or postmaster stopped for 1 s or more).
+    pub detected: u64,
+    /// Times this member, as primary, killed its hung PostgreSQL and gave up the lease.
+    pub primary_killed: u64,
+    /// Times this member, as primary, un-recorded a synchronous standby that hung or
+    /// left (replacing it, or dropping it when no other was streaming).
+    pub sync_standby_changes: u64,
+}
+
+impl Default for Health {
+    /// Thresholds from the HA defaults, so that a snapshot filled in partly does
+    /// not fail every probe; the supervisor sets the effective values.
+    fn default() -> Self {
+        let ha = HaSettings::default();
+        Self {
+            scope: String::new(),
+            member: String::new(),
+            status: None,
+            leader_lease_until: None,
+            cluster: ClusterView::default(),
+            last_cycle: None,
+            ttl: Duration::from_millis(ha.ttl_ms),
+            maximum_lag_on_failover: ha.maximum_lag_on_failover,
+            server_version: None,
+            system_identifier: None,
+            dcs_last_seen: 0,
+            pg_last_answer: None,
+            pg_unanswered: None,
+            hangs: HangCounters::default(),
+        }
+    }
+}
+
+impl Health {
+    /// This member holds the leader lease at `now` by its own deadline.
+    pub fn holds_leader_lock(&self, now: Instant) -> bool {
+        self.leader_lease_until.is_some_and(|until| now < until)
+    }
+
+    /// PostgreSQL answered the health monitor within `2 * ttl` of `now`.
+    pub fn pg_answering(&self, now: Instant) -> bool {
+        self.pg_last_answer
+            .is_some_and(|t| now.saturating_duration_since(t) < self.ttl.saturating_mul(2))
+    }
+
+    /// PostgreSQL runs (state `running`).
+    pub fn pg_running(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| s.state == PgRunState::Running)
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.status.as_ref().map(|s| s.role)
+    }
+
+    /// Runs as a replica and is the standby recorded in `/pg/sync`.
+    pub fn is_sync_standby(&self) -> bool {
+        self.role() == Some(Role::Replica) && is_recorded_sync(&self.cluster, &self.member)
+    }
+
+    /// Patroni's `replication_state`: only `streaming` is known here.
+    pub fn replication_state(&self) -> Option<&'static str> {
+        self.status.as_ref().and_then(replication_state)
+    }
+}

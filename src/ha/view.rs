@@ -1,0 +1,129 @@
+//! How a member and the cluster are shown: Patroni's names for states and roles,
+//! replication state, lag, and host:port splitting. Shared by the REST API and
+//! `ctl`, below both; no IO.
+
+use super::model::{ClusterView, MemberStatus, PgRunState, Role};
+
+/// Patroni's state names (`PostgresqlState`).
+pub fn state_name(state: PgRunState) -> &'static str {
+    match state {
+        PgRunState::Running => "running",
+        PgRunState::Starting => "starting",
+        PgRunState::Stopped => "stopped",
+        // Cloning, rewinding or bootstrapping; Patroni's nearest state.
+        PgRunState::Creating => "creating replica",
+        PgRunState::Crashed => "crashed",
+    }
+}
+
+/// Patroni's `postgres_state` metric values, frozen there for dashboards.
+pub fn state_index(state: PgRunState) -> i64 {
+    match state {
+        PgRunState::Creating => 4,
+        PgRunState::Running => 5,
+        PgRunState::Starting => 6,
+        PgRunState::Stopped => 12,
+        PgRunState::Crashed => 14,
+    }
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Primary => "primary",
+        Role::Replica => "replica",
+        Role::Uninitialized => "uninitialized",
+    }
+}
+
+/// `streaming` for a running replica that follows a member, else `None`.
+pub fn replication_state(status: &MemberStatus) -> Option<&'static str> {
+    (status.role == Role::Replica
+        && status.state == PgRunState::Running
+        && status.following.is_some())
+    .then_some("streaming")
+}
+
+pub fn is_recorded_sync(view: &ClusterView, member: &str) -> bool {
+    view.sync
+        .as_ref()
+        .and_then(|s| s.sync_standby.as_deref())
+        .is_some_and(|s| s == member)
+}
+
+/// A member's role in the cluster as Patroni's `/cluster` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterRole {
+    Leader,
+    SyncStandby,
+    Replica,
+}
+
+impl ClusterRole {
+    /// The `/cluster` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterRole::Leader => "leader",
+            ClusterRole::SyncStandby => "sync_standby",
+            ClusterRole::Replica => "replica",
+        }
+    }
+
+    /// The `patronictl list` spelling.
+    pub fn title(self) -> &'static str {
+        match self {
+            ClusterRole::Leader => "Leader",
+            ClusterRole::SyncStandby => "Sync Standby",
+            ClusterRole::Replica => "Replica",
+        }
+    }
+}
+
+/// Leader = holder of `/pg/leader`; sync standby = the standby in `/pg/sync`.
+pub fn cluster_role(view: &ClusterView, member: &str) -> ClusterRole {
+    if view.leader.as_deref() == Some(member) {
+        ClusterRole::Leader
+    } else if is_recorded_sync(view, member) {
+        ClusterRole::SyncStandby
+    } else {
+        ClusterRole::Replica
+    }
+}
+
+/// The state shown for a member in `/cluster` and `ctl list`: a non-leader's
+/// replication state (`streaming`) when it has one, else its PostgreSQL state.
+pub fn member_state(role: ClusterRole, status: &MemberStatus) -> &'static str {
+    match replication_state(status) {
+        Some(rs) if role != ClusterRole::Leader => rs,
+        _ => state_name(status.state),
+    }
+}
+
+/// Bytes `lsn` is behind the cluster's last primary position, as Patroni's
+/// `cluster_as_json`: `None` when either is unknown (0 / absent), 0 when ahead.
+/// (Patroni counts an absent optime as 0 and shows lag 0; "unknown" is honest.)
+pub fn lag_bytes(optime: Option<u64>, lsn: u64) -> Option<u64> {
+    if lsn == 0 {
+        return None;
+    }
+    optime.map(|o| o.saturating_sub(lsn))
+}
+
+/// Splits `host:port`, `[v6]:port` or a bare host.
+pub fn split_host_port(addr: &str) -> (String, Option<u16>) {
+    if let Some(rest) = addr.strip_prefix('[')
+        && let Some((host, tail)) = rest.split_once(']')
+    {
+        return (
+            host.to_owned(),
+            tail.strip_prefix(':').and_then(|p| p.parse().ok()),
+        );
+    }
+    match addr.rsplit_once(':') {
+        // A second colon means a bare IPv6 address, not a port.
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(p) => (host.to_owned(), Some(p)),
+            Err(_) => (addr.to_owned(), None),
+        },
+        _ => (addr.to_owned(), None),
+    }
+}
