@@ -19,8 +19,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::admin::AdminService;
-use crate::ha::health::Health;
 use crate::config::NodeConfig;
+use crate::ha::health::Health;
 use crate::postgres::Postgres;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, RaftGrpc};

@@ -18,13 +18,13 @@ use tokio::sync::Notify;
 
 use tokio::sync::watch;
 
-use crate::ha::health::{HangCounters, Health};
 use crate::client::{Client, ClientError, LeaseKeeper, LeaseRenewer};
 use crate::config::{HaSettings, NodeConfig};
 use crate::ha::decide::{
     self, Action, DataState, Decision, Observation, PgView, Policy, Reason, Stall, StopKind,
     StoreView,
 };
+use crate::ha::health::{HangCounters, Health};
 use crate::ha::model::{
     self, ClusterView, INITIALIZE_KEY, LEADER_KEY, MemberStatus, OPTIME_KEY, PgRunState, Role,
     SYNC_KEY, SyncState, TIMELINE_KEY, Tags,

@@ -13,8 +13,8 @@ use openraft::raft::ReadPolicy;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::Raft;
 use super::sm_store::LeaseSignal;
-use super::types::Raft;
 use crate::store::{Command, Lessor};
 
 /// Stamps lease updates with this member's monotonic clock as they are applied.

@@ -14,7 +14,11 @@ mod suite_test;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use types::{Member, NodeId, Raft, TypeConfig};
+pub use types::{Member, NodeId, TypeConfig};
+
+/// The Raft node: the type config with the sled state machine (defined here, where
+/// both meet, so `types` and `sm_store` do not import each other).
+pub type Raft = openraft::Raft<TypeConfig, sm_store::SmStore>;
 
 use crate::config::RaftTuning;
 
