@@ -1,0 +1,335 @@
+//! Executing: each action `decide` chose, and nothing it did not. The leader lease's
+//! renewal task and the fence deadline live here.
+
+use super::*;
+
+impl Supervisor {
+    pub(super) fn target(
+        view: Option<&ClusterView>,
+        leader: &str,
+    ) -> Result<ConnTarget, SupervisorError> {
+        let m = view.and_then(|v| v.members.get(leader)).ok_or_else(|| {
+            SupervisorError::Other(format!("leader {leader} has not published its address yet"))
+        })?;
+        let (host, port) = m
+            .pg_addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
+            .ok_or_else(|| {
+                SupervisorError::Other(format!(
+                    "leader {leader} published a bad address {:?}",
+                    m.pg_addr
+                ))
+            })?;
+        Ok(ConnTarget { host, port })
+    }
+
+    /// Renews the leader lease every loop_wait on a task of its own, which moves
+    /// PostgreSQL's fence deadline after each committed renewal: a slow cycle (a
+    /// long action, a store that answers slowly over a bad link) must not starve
+    /// renewals and fence a healthy primary. The HA cycle still judges the lease
+    /// each time (`lease_held`) and arms or disarms the fence.
+    ///
+    /// At most one such task runs: any earlier one is stopped first, so only the lease
+    /// that guards the leader key ever moves the fence deadline.
+    pub(super) async fn keep_leader_lease(&mut self, keeper: LeaseKeeper) {
+        if let Some(old) = self.stop_leader_lease().await {
+            let _ = self.client.lease_revoke(old).await;
+        }
+        let fence = self.pg.fence_handle();
+        let every = Duration::from_millis(self.ha.loop_wait_ms);
+        self.leader_lease = Some(LeaseRenewer::spawn(keeper, every, move |until| {
+            if let Err(e) = fence.move_if_armed(until.into_std()) {
+                tracing::debug!(error = %e, "renewed the leader lease; PostgreSQL is not running");
+            }
+        }));
+    }
+
+    /// Stops renewing the leader lease (once this returns, its task no longer moves the
+    /// fence deadline); returns its id.
+    pub(super) async fn stop_leader_lease(&mut self) -> Option<u64> {
+        let l = self.leader_lease.take()?;
+        let id = l.id();
+        l.stop().await;
+        Some(id)
+    }
+
+    /// Arms the fence with the leader lease's holder-side deadline. Without a valid
+    /// lease the deadline is now (fail closed): this is only called where PostgreSQL
+    /// is, or is about to be, a primary.
+    pub(super) fn fence_deadline(&mut self) -> Result<(), SupervisorError> {
+        let d = self
+            .leader_lease
+            .as_ref()
+            .and_then(|l| l.valid_until())
+            .unwrap_or_else(Instant::now);
+        self.pg.set_fence_deadline(Some(d.into_std()))?;
+        Ok(())
+    }
+
+    pub(super) async fn execute(
+        &mut self,
+        action: Action,
+        view: Option<&ClusterView>,
+        probe: &PgProbe,
+    ) -> Result<(), SupervisorError> {
+        let ttl = Duration::from_millis(self.ha.ttl_ms);
+        match action {
+            Action::AcquireLease => {
+                let keeper = LeaseKeeper::grant(self.client.clone(), ttl).await?;
+                let put = self
+                    .client
+                    .put(
+                        LEADER_KEY,
+                        self.me.clone().into_bytes(),
+                        keeper.id(),
+                        Some(0),
+                    )
+                    .await;
+                match put {
+                    Ok(r) if r.succeeded => {
+                        tracing::info!(lease = keeper.id(), "acquired the leader lease");
+                        self.keep_leader_lease(keeper).await;
+                        self.fence_deadline()?;
+                    }
+                    other => {
+                        let _ = self.client.lease_revoke(keeper.id()).await;
+                        if let Err(e) = other {
+                            return Err(e.into());
+                        }
+                        tracing::info!("another member took the leader lease first");
+                    }
+                }
+            }
+            Action::DropLease { revoke } => {
+                if let Some(id) = self.stop_leader_lease().await
+                    && revoke
+                {
+                    let _ = self.client.lease_revoke(id).await;
+                }
+            }
+            Action::TakeBackLease { lease } => {
+                match LeaseKeeper::attach(self.client.clone(), lease).await {
+                    Ok(l) => {
+                        tracing::info!(lease, "took back this member's leader lease");
+                        self.keep_leader_lease(l).await;
+                        self.fence_deadline()?;
+                    }
+                    Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                        tracing::info!(lease, "this member's old leader lease is gone")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // Renewals run on the lease's own task; here the cycle confirms the lease
+            // is still there and keeps the fence armed with its deadline.
+            Action::RenewLease => {
+                let Some(l) = self.leader_lease.as_ref() else {
+                    return Err(SupervisorError::Other("no leader lease to renew".into()));
+                };
+                if l.valid_until().is_none() {
+                    tracing::warn!("the leader lease is gone");
+                    self.stop_leader_lease().await;
+                    return Err(SupervisorError::Other("the leader lease is gone".into()));
+                }
+                self.fence_deadline()?;
+            }
+            Action::ReleaseLease => {
+                // The fence fails closed: the lease goes (and the deadline with it)
+                // only once PostgreSQL is confirmed stopped or a replica.
+                if self.pg.may_be_primary() {
+                    return Err(SupervisorError::Other(
+                        "PostgreSQL may still accept writes; keeping the leader lease and the \
+                         fence until it is stopped"
+                            .into(),
+                    ));
+                }
+                if let Some(id) = self.stop_leader_lease().await {
+                    let _ = self.client.lease_revoke(id).await;
+                }
+                self.pg.set_fence_deadline(None)?;
+            }
+            Action::StopForeign { pid } => {
+                self.pg.stop_foreign(pid).await?;
+            }
+            Action::Bootstrap => {
+                self.fence_deadline()?;
+                self.pg.initdb().await?;
+                tracing::info!("initialized a new PostgreSQL cluster (initdb)");
+                self.following = None;
+            }
+            Action::SetAsideFailedBootstrap => {
+                self.should_run = false;
+                self.pg.stop(StopMode::Fast).await?;
+                self.pg.move_data_dir_aside()?;
+                self.pg.clear_bootstrap_marker()?;
+            }
+            Action::RecordSystemId => {
+                // Replicas need the role before the cluster counts as initialized.
+                self.pg.ensure_replication_role().await?;
+                let DataDirState::Initialized { system_id } = probe.data_dir else {
+                    return Err(SupervisorError::Other(
+                        "no system identifier to record".into(),
+                    ));
+                };
+                let put = self
+                    .client
+                    .put(
+                        INITIALIZE_KEY,
+                        system_id.to_string().into_bytes(),
+                        0,
+                        Some(0),
+                    )
+                    .await?;
+                if put.succeeded {
+                    self.pg.clear_bootstrap_marker()?;
+                }
+                // The bootstrapping member's settings become the cluster's, unless set already.
+                let bytes = serde_json::to_vec(&self.ha)
+                    .map_err(|e| SupervisorError::Other(e.to_string()))?;
+                self.client
+                    .put(model::CONFIG_KEY, bytes, 0, Some(0))
+                    .await?;
+            }
+            Action::StartPrimary => {
+                self.fence_deadline()?;
+                self.should_run = true;
+                self.pg.start(StartMode::Primary).await?;
+                self.following = None;
+            }
+            Action::StartReplica { leader } => {
+                self.pg.set_fence_deadline(None)?;
+                let primary = match &leader {
+                    Some(l) => Some(Self::target(view, l)?),
+                    None => None,
+                };
+                self.should_run = true;
+                self.pg
+                    .start(StartMode::Replica {
+                        primary,
+                        slot: leader.as_ref().map(|_| Postgres::slot_name(&self.me)),
+                    })
+                    .await?;
+                self.following = leader;
+            }
+            Action::Stop(kind) => {
+                self.should_run = false;
+                self.pg
+                    .stop(match kind {
+                        StopKind::Fast => StopMode::Fast,
+                        StopKind::Immediate => StopMode::Immediate,
+                        StopKind::Kill => StopMode::Kill,
+                    })
+                    .await?;
+                self.following = None;
+            }
+            Action::Promote => {
+                self.fence_deadline()?;
+                self.pg.promote().await?;
+                self.following = None;
+                tracing::info!("promoted to primary");
+            }
+            Action::Follow { leader } => {
+                let target = Self::target(view, &leader)?;
+                self.pg.stop(StopMode::Fast).await?;
+                self.pg.set_fence_deadline(None)?;
+                self.pg
+                    .start(StartMode::Replica {
+                        primary: Some(target),
+                        slot: Some(Postgres::slot_name(&self.me)),
+                    })
+                    .await?;
+                self.following = Some(leader);
+            }
+            Action::Rewind { leader } => {
+                let target = Self::target(view, &leader)?;
+                // A replica rewound because its starts kept failing gets another full
+                // period before the next rewind (each one checkpoints the leader).
+                self.down_since = None;
+                match self.pg.rewind(&target).await {
+                    Ok(()) => self.rewind_failed = false,
+                    // pg_rewind (or the crash recovery before it) ran and failed: the
+                    // data dir cannot be rewound (`decide` re-clones it). Anything else
+                    // (the new primary not answering yet) is retried, keeping the data dir.
+                    Err(e @ (PgError::Command { .. } | PgError::NotCleanAfterRecovery(_))) => {
+                        tracing::warn!(error = %e, "pg_rewind failed");
+                        self.rewind_failed = true;
+                        return Err(e.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Action::Reclone { leader } => {
+                let target = Self::target(view, &leader)?;
+                self.pg
+                    .reclone(&target, &Postgres::slot_name(&self.me))
+                    .await?;
+                self.rewind_failed = false;
+            }
+            Action::Clone { leader } => {
+                let target = Self::target(view, &leader)?;
+                self.pg
+                    .basebackup(&target, &Postgres::slot_name(&self.me))
+                    .await?;
+                self.rewind_failed = false;
+            }
+            Action::PublishOptime => {
+                // Timeline first: a reader that sees the new position also sees its timeline.
+                if probe.timeline > 0 && view.and_then(|v| v.timeline) != Some(probe.timeline) {
+                    self.put_as_leader(TIMELINE_KEY, probe.timeline.to_string().into_bytes())
+                        .await?;
+                }
+                if probe.write_lsn > 0 && view.and_then(|v| v.optime) != Some(probe.write_lsn) {
+                    self.put_as_leader(OPTIME_KEY, probe.write_lsn.to_string().into_bytes())
+                        .await?;
+                }
+            }
+            Action::EnsureSlots { members } => {
+                let slots: Vec<String> = members.iter().map(|m| Postgres::slot_name(m)).collect();
+                self.pg.ensure_slots(&slots).await?;
+            }
+            Action::SetSyncStandby(name) => {
+                self.pg.set_synchronous_standby(name.as_deref()).await?;
+            }
+            Action::ClearSwitchover => {
+                self.client
+                    .delete(model::SWITCHOVER_KEY, false, None)
+                    .await?;
+                tracing::info!("switchover complete");
+            }
+            Action::RecordSync(name) => {
+                let state = SyncState {
+                    leader: self.me.clone(),
+                    sync_standby: name,
+                };
+                let bytes = serde_json::to_vec(&state)
+                    .map_err(|e| SupervisorError::Other(e.to_string()))?;
+                self.put_as_leader(SYNC_KEY, bytes).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a cluster key that only the primary may write, in one state-machine
+    /// step with the check that this member's lease still holds the leader key: a
+    /// primary resuming from a freeze cannot move `/pg/optime`, `/pg/timeline` or
+    /// `/pg/sync` after it was deposed.
+    pub(super) async fn put_as_leader(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<(), SupervisorError> {
+        let Some(id) = self.leader_lease.as_ref().map(|l| l.id()) else {
+            return Err(SupervisorError::Other(format!(
+                "not writing {key}: this member holds no leader lease"
+            )));
+        };
+        let r = self.client.put_guarded(key, value, LEADER_KEY, id).await?;
+        if !r.succeeded {
+            return Err(SupervisorError::Other(format!(
+                "not writing {key}: this member's lease no longer holds the leader key"
+            )));
+        }
+        Ok(())
+    }
+}
