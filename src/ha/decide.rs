@@ -551,7 +551,12 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
             }
             healthy_primary(o, store)
         }
-        // Running but not answering yet: keep the lease while it starts.
+        // Running but silent: hung (killed at primary_hang_timeout_ms, above), or
+        // still starting. The lease is kept meanwhile.
+        _ if hung_for(pg, MEMBER_HUNG_MS) => decision(
+            vec![Action::RenewLease],
+            Reason::PrimaryNotAnswering(o.policy.primary_hang_timeout_ms),
+        ),
         _ => decision(vec![Action::RenewLease], Reason::StartingPrimary),
     }
 }

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// The second look at an instance the monitor found silent.
+const FRESH_CHECK_TIMEOUT: Duration = Duration::from_millis(300);
+
 impl Postgres {
     /// What the data directory holds. Reads `global/pg_control` directly (its first
     /// 8 bytes are the system identifier in every PostgreSQL version); spawns nothing.
@@ -62,22 +65,37 @@ impl Postgres {
             return p;
         }
         p.liveness = self.liveness();
-        // The monitor has had no answer for a whole probe timeout: do not spend this
-        // cycle's time waiting for one too (the instance counts as not accepting).
-        if p.liveness
+        // The monitor's view is up to one probe old, and a kill must not rest on a
+        // hang that has just ended: a postmaster the monitor last saw stopped is looked
+        // at again now.
+        if p.liveness.postmaster_stopped.is_some()
+            && p.postmaster_pid
+                .is_some_and(|pm| !os::instance_states(pm).leader_stopped)
+        {
+            p.liveness.postmaster_stopped = None;
+        }
+        // No answer for a whole probe timeout: ask once more, briefly (not for this
+        // cycle's full SQL timeout: a hung instance would stretch every cycle).
+        let timeout = if p
+            .liveness
             .unanswered
             .is_some_and(|d| d >= health::PROBE_TIMEOUT)
         {
-            return p;
-        }
+            FRESH_CHECK_TIMEOUT
+        } else {
+            SQL_TIMEOUT
+        };
         let Ok(rows) = self
             .sql
-            .simple("probe", "SELECT pg_is_in_recovery()", SQL_TIMEOUT)
+            .simple("probe", "SELECT pg_is_in_recovery()", timeout)
             .await
         else {
             return p;
         };
         p.accepting = true;
+        // It answers now, whatever the monitor saw last.
+        p.liveness.unanswered = None;
+        p.liveness.last_answer = Some(tokio::time::Instant::now());
         p.in_recovery = cell(&rows, 0, 0).map(|v| v == "t");
         if p.in_recovery == Some(false) {
             // Promoted by someone else, maybe: it stays "may be primary" until it stops.

@@ -28,6 +28,8 @@ pub enum Reason {
     /// The primary hangs: killed, then the lease released.
     PrimaryHung(String),
     PrimaryHungPaused(String),
+    /// The primary does not answer yet; killed once this lasts the timeout (ms).
+    PrimaryNotAnswering(u64),
     /// This member's PostgreSQL hangs (not the leader): no candidate, no reads.
     MemberHung(String),
     SyncStandbyReplaced {
@@ -124,6 +126,14 @@ impl fmt::Display for Reason {
             PrimaryHungPaused(why) => write!(
                 f,
                 "cluster is paused: PostgreSQL hangs ({why}) but nothing is killed; resume to let pgquorum fail over"
+            ),
+            PrimaryNotAnswering(0) => write!(
+                f,
+                "PostgreSQL does not answer; keeping the leader lease (hang detection is off: primary_hang_timeout_ms = 0)"
+            ),
+            PrimaryNotAnswering(ms) => write!(
+                f,
+                "PostgreSQL does not answer; keeping the leader lease, and killing it if this lasts {ms} ms (primary_hang_timeout_ms)"
             ),
             MemberHung(why) => write!(
                 f,

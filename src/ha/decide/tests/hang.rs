@@ -47,10 +47,16 @@ fn primary_hang_cases() {
     use Action::*;
     let cases: Vec<(&str, Observation, Vec<Action>, Reason)> = vec![
         (
-            "hung shorter than the timeout: keeps the lease (as a starting primary would)",
-            hung_primary(9_999),
+            "silent for less than a second: still starting, as far as anyone can tell",
+            hung_primary(999),
             vec![RenewLease],
             Reason::StartingPrimary,
+        ),
+        (
+            "hung shorter than the timeout: keeps the lease, says so",
+            hung_primary(9_999),
+            vec![RenewLease],
+            Reason::PrimaryNotAnswering(10_000),
         ),
         (
             "hung for the timeout: killed, then the lease released",
@@ -81,7 +87,7 @@ fn primary_hang_cases() {
                 o.policy.primary_hang_timeout_ms = 0
             }),
             vec![RenewLease],
-            Reason::StartingPrimary,
+            Reason::PrimaryNotAnswering(0),
         ),
         (
             "paused: reported, nothing killed, lease kept",
