@@ -1,0 +1,186 @@
+//! The arguments of `pgquorum ctl` (clap) and the errors its commands return.
+
+use super::*;
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// Cluster members to talk to (host:port, comma separated); any member answers.
+    #[arg(
+        long,
+        env = "PGQUORUM_ENDPOINTS",
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+
+    /// Timeout per request and node, e.g. 5s, 500ms, 1m.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCommand {
+    /// Show the answering node's view of the cluster.
+    Status,
+    /// List the cluster members.
+    Members,
+    /// List the PostgreSQL members and their replication state, like `patronictl list`.
+    List,
+    /// Planned change of primary: the primary stops cleanly (every commit reaches the
+    /// candidate), releases its lease, and the candidate is promoted. Waits for it.
+    Switchover {
+        /// Member to promote (a running, streaming replica); default: the most
+        /// advanced eligible one.
+        #[arg(long)]
+        candidate: Option<String>,
+        /// Seconds to wait for the new primary before cancelling the request.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    /// Add or remove cluster members.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Read and write keys.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Grant, renew, revoke and inspect leases.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Add a node; it becomes a voter once it caught up unless --learner.
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        name: String,
+        /// The node's gRPC address, host:port.
+        #[arg(long)]
+        addr: String,
+        /// Keep the node a non-voting learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Print a key (or all keys under a prefix) as `key = value`.
+    Get {
+        key: String,
+        /// Treat KEY as a prefix.
+        #[arg(long)]
+        prefix: bool,
+        /// Answer from the contacted node's state without asking the leader (may be stale).
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Write a key.
+    Put {
+        key: String,
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        /// Attach the key to this lease; it is deleted when the lease ends.
+        #[arg(long, default_value_t = 0)]
+        lease: u64,
+        /// Only write if the key's mod_revision is REV (0: the key must not exist).
+        #[arg(long, value_name = "REV")]
+        expect_revision: Option<u64>,
+    },
+    /// Delete a key (or all keys under a prefix).
+    Del {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Only delete if the key's mod_revision is REV.
+        #[arg(long, value_name = "REV")]
+        expect_revision: Option<u64>,
+    },
+    /// Print changes under a prefix as they happen.
+    Watch {
+        prefix: String,
+        /// Start with the change at this revision (default: from now on).
+        #[arg(long, value_name = "REV", default_value_t = 0)]
+        from_revision: u64,
+        /// Stop after N events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaseCommand {
+    /// Grant a lease of TTL_MS milliseconds.
+    Grant {
+        ttl_ms: u64,
+        /// Ask for this lease id (default: the cluster chooses).
+        #[arg(long, default_value_t = 0)]
+        id: u64,
+    },
+    /// Renew a lease once, or with --keep-alive every ttl/3 until Ctrl-C.
+    Renew {
+        id: u64,
+        #[arg(long)]
+        keep_alive: bool,
+    },
+    /// End a lease now, deleting its keys.
+    Revoke { id: u64 },
+    /// Show a lease's ttl, time left and keys.
+    Ttl { id: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+
+    #[error("key {0:?} not found")]
+    KeyNotFound(String),
+
+    #[error("lease {0} not found: it expired or was revoked; grant a new one")]
+    LeaseNotFound(u64),
+
+    #[error("member {0} not found: see `pgquorum ctl members` for the current members")]
+    MemberNotFound(u64),
+
+    #[error("compare failed: {0}")]
+    CompareFailed(String),
+
+    #[error(
+        "lease {id} may have expired: no renewal committed in time ({source}); the lease is no longer certainly held"
+    )]
+    LeaseLost { id: u64, source: ClientError },
+
+    #[error(
+        "the node ended the watch stream; rerun with --from-revision {next_revision} to continue"
+    )]
+    WatchClosed { next_revision: u64 },
+
+    #[error("{0}")]
+    BadInput(String),
+
+    #[error("cannot wait for Ctrl-C: {0}")]
+    Signal(std::io::Error),
+
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}

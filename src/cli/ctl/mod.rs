@@ -1,0 +1,480 @@
+//! `pgquorum ctl`: operator commands against a running cluster.
+//!
+//! Output goes to stdout, either as aligned human-readable text or, with
+//! `--output json`, as one JSON document per command (one per line for `kv
+//! watch` and `lease renew --keep-alive`). Errors are returned to the caller,
+//! which prints them and exits 1.
+
+mod args;
+mod output;
+#[cfg(test)]
+mod tests;
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::client::{Client, ClientError, LeaseKeeper};
+use crate::ha::model::{self, ClusterView, MemberStatus, format_lsn};
+use crate::ha::view::{ClusterRole, cluster_role, lag_bytes, member_state, split_host_port};
+use crate::wire::pb;
+
+pub use self::args::*;
+pub use self::output::*;
+
+/// Runs one `pgquorum ctl` command.
+pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
+    if args.timeout.is_zero() {
+        return Err(CtlError::BadInput(
+            "--timeout must be greater than 0".into(),
+        ));
+    }
+    let client = Client::new(args.endpoints)?.with_timeout(args.timeout);
+    let json = args.output == OutputFormat::Json;
+    match args.command {
+        CtlCommand::Status => {
+            let st = client.status().await?;
+            emit(json, status_json(&st), || format_status(&st))
+        }
+        CtlCommand::Members => {
+            let st = client.status().await?;
+            emit(json, json!({ "members": members_json(&st) }), || {
+                format_members(&st)
+            })
+        }
+        CtlCommand::List => {
+            // The status call only supplies the cluster name for the title.
+            let st = client.status().await?;
+            let resp = client.get(model::PREFIX, true, false).await?;
+            let listing = PgListing::from_kvs(&resp.kvs);
+            emit(json, list_json(&st.cluster, &listing), || {
+                format_list(&st.cluster, &listing)
+            })
+        }
+        CtlCommand::Switchover { candidate, wait } => {
+            switchover(&client, json, candidate, Duration::from_secs(wait)).await
+        }
+        CtlCommand::Member(cmd) => member(&client, json, cmd).await,
+        CtlCommand::Kv(cmd) => kv(&client, json, cmd).await,
+        CtlCommand::Lease(cmd) => lease(&client, json, cmd).await,
+    }
+}
+
+async fn pg_view(client: &Client) -> Result<ClusterView, CtlError> {
+    let resp = client.get(model::PREFIX, true, false).await?;
+    Ok(ClusterView::from_kvs(
+        resp.kvs
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.as_slice())),
+    )
+    .0)
+}
+
+async fn switchover(
+    client: &Client,
+    json: bool,
+    candidate: Option<String>,
+    wait: Duration,
+) -> Result<(), CtlError> {
+    let view = pg_view(client).await?;
+    let Some(leader) = view.leader.clone() else {
+        return Err(CtlError::BadInput(
+            "no member holds the leader lease: there is no primary to switch over from".into(),
+        ));
+    };
+    let runnable = |m: &MemberStatus| {
+        m.name != leader
+            && m.role == model::Role::Replica
+            && m.state == model::PgRunState::Running
+            && !m.tags.nofailover
+    };
+    match &candidate {
+        Some(c) => match view.members.get(c) {
+            None => {
+                return Err(CtlError::BadInput(format!(
+                    "{c} is not a member (see `pgquorum ctl list`)"
+                )));
+            }
+            Some(m) if !runnable(m) => {
+                return Err(CtlError::BadInput(format!(
+                    "{c} cannot take over: it must be a running replica not tagged nofailover, other than the primary {leader}"
+                )));
+            }
+            Some(m) => {
+                if let Some(why) = switchover_ineligible(&view, m) {
+                    return Err(CtlError::BadInput(format!(
+                        "{c} cannot take over: {why}; the request was not made"
+                    )));
+                }
+            }
+        },
+        None if !view.members.values().any(runnable) => {
+            return Err(CtlError::BadInput(
+                "no running replica can take over (see `pgquorum ctl list`)".into(),
+            ));
+        }
+        None => {}
+    }
+    let req = model::Switchover {
+        leader: leader.clone(),
+        candidate: candidate.clone(),
+    };
+    let body = serde_json::to_vec(&req).expect("switchover serializes");
+    let put = client.put(model::SWITCHOVER_KEY, body, 0, Some(0)).await?;
+    if !put.succeeded {
+        return Err(CtlError::CompareFailed(format!(
+            "a switchover is already requested ({}); cancel it with `pgquorum ctl kv del {}`",
+            model::SWITCHOVER_KEY,
+            model::SWITCHOVER_KEY
+        )));
+    }
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(v) = pg_view(client).await
+            && let Some(new) = v.leader
+            && new != leader
+        {
+            let secs = started.elapsed().as_secs_f64();
+            return emit(
+                json,
+                json!({ "from": leader, "to": new, "seconds": secs }),
+                || format!("switched over from {leader} to {new} in {secs:.1} s\n"),
+            );
+        }
+        if started.elapsed() >= wait {
+            let _ = client.delete(model::SWITCHOVER_KEY, false, None).await;
+            return Err(CtlError::BadInput(format!(
+                "no new primary within {} s; the request was cancelled and {leader} stays primary \
+                 unless it already stepped down (see `pgquorum ctl list` and its log)",
+                wait.as_secs()
+            )));
+        }
+    }
+}
+
+/// Why `m` could not legally take over now (the same rules a failover obeys, which
+/// the new primary's `decide` applies again): `None` when it could.
+fn switchover_ineligible(view: &model::ClusterView, m: &MemberStatus) -> Option<String> {
+    let cfg = view.config.clone().unwrap_or_default();
+    if cfg.synchronous_mode {
+        let recorded = view.sync.as_ref().and_then(|s| s.sync_standby.as_deref());
+        if recorded != Some(m.name.as_str()) {
+            return Some(match recorded {
+                Some(r) => format!(
+                    "synchronous mode: only the recorded synchronous standby ({r}) holds every \
+                     acknowledged commit"
+                ),
+                None => "synchronous mode: no synchronous standby is recorded yet, so no member \
+                         provably holds every acknowledged commit"
+                    .into(),
+            });
+        }
+    }
+    if let Some(t) = view.timeline
+        && m.timeline < t
+    {
+        return Some(format!(
+            "it is on timeline {}, older than the primary's {t}",
+            m.timeline
+        ));
+    }
+    // Lag is not judged here: under load a streaming replica's published position
+    // trails the primary's by a cycle's worth of WAL. The candidate checks it when it
+    // takes over, after the primary's clean stop sent it everything.
+    None
+}
+
+async fn member(client: &Client, json: bool, cmd: MemberCommand) -> Result<(), CtlError> {
+    match cmd {
+        MemberCommand::Add {
+            id,
+            name,
+            addr,
+            learner,
+        } => {
+            if name.is_empty() || addr.is_empty() {
+                return Err(CtlError::BadInput(
+                    "member add needs a non-empty --name and --addr".into(),
+                ));
+            }
+            let st = client.add_member(id, &name, &addr, learner).await?;
+            let role = if learner {
+                "learner"
+            } else {
+                "voter once caught up"
+            };
+            emit(json, status_json(&st), || {
+                format!(
+                    "member {id} ({name}) added as {role}\n{}",
+                    format_members(&st)
+                )
+            })
+        }
+        MemberCommand::Remove { id } => {
+            let st = client.remove_member(id).await.map_err(|e| match e.code() {
+                Some(Code::NotFound) => CtlError::MemberNotFound(id),
+                _ => e.into(),
+            })?;
+            emit(json, status_json(&st), || {
+                format!("member {id} removed\n{}", format_members(&st))
+            })
+        }
+    }
+}
+
+async fn kv(client: &Client, json: bool, cmd: KvCommand) -> Result<(), CtlError> {
+    match cmd {
+        KvCommand::Get {
+            key,
+            prefix,
+            serializable,
+        } => {
+            let resp = client.get(&key, prefix, serializable).await?;
+            if !prefix && resp.kvs.is_empty() {
+                return Err(CtlError::KeyNotFound(key));
+            }
+            emit(json, range_json(&resp), || format_kvs(&resp.kvs))
+        }
+        KvCommand::Put {
+            key,
+            value,
+            lease,
+            expect_revision,
+        } => {
+            let resp = client
+                .put(&key, value.into_bytes(), lease, expect_revision)
+                .await
+                .map_err(|e| match e.code() {
+                    Some(Code::NotFound) if lease != 0 => CtlError::LeaseNotFound(lease),
+                    _ => e.into(),
+                })?;
+            if json {
+                print_out(&put_json(&resp).to_string())?;
+            }
+            if !resp.succeeded {
+                return Err(CtlError::CompareFailed(put_compare_failure(
+                    &key,
+                    resp.prev.as_ref(),
+                    expect_revision,
+                )));
+            }
+            if !json {
+                print_out(&format!("OK revision={}", resp.revision))?;
+            }
+            Ok(())
+        }
+        KvCommand::Del {
+            key,
+            prefix,
+            expect_revision,
+        } => {
+            let resp = client.delete(&key, prefix, expect_revision).await?;
+            if json {
+                print_out(&delete_json(&resp).to_string())?;
+            }
+            if !resp.succeeded {
+                let expected = expect_revision.map_or_else(|| "?".to_owned(), |r| r.to_string());
+                return Err(CtlError::CompareFailed(format!(
+                    "key {key:?} does not have mod_revision {expected} (it changed or does not exist)"
+                )));
+            }
+            if !json {
+                print_out(&format!(
+                    "OK deleted={} revision={}",
+                    resp.deleted, resp.revision
+                ))?;
+            }
+            Ok(())
+        }
+        KvCommand::Watch {
+            prefix,
+            from_revision,
+            count,
+        } => watch(client, json, &prefix, from_revision, count).await,
+    }
+}
+
+async fn watch(
+    client: &Client,
+    json: bool,
+    prefix: &str,
+    from_revision: u64,
+    count: Option<u64>,
+) -> Result<(), CtlError> {
+    if count == Some(0) {
+        return Ok(());
+    }
+    let mut stream = client.watch(prefix, from_revision).await?;
+    let mut seen = 0u64;
+    let mut next_revision = from_revision;
+    while let Some(ev) = stream.message().await.map_err(ClientError::Rpc)? {
+        next_revision = next_revision.max(ev.revision + 1);
+        let line = if json {
+            watch_event_json(&ev).to_string()
+        } else {
+            format_watch_event(&ev)
+        };
+        // Flushed per event: watchers are often piped into scripts that react
+        // to each line.
+        print_out(&line)?;
+        seen += 1;
+        if count.is_some_and(|n| seen >= n) {
+            return Ok(());
+        }
+    }
+    Err(CtlError::WatchClosed { next_revision })
+}
+
+async fn lease(client: &Client, json: bool, cmd: LeaseCommand) -> Result<(), CtlError> {
+    let not_found = |id: u64| {
+        move |e: ClientError| match e.code() {
+            Some(Code::NotFound) => CtlError::LeaseNotFound(id),
+            _ => e.into(),
+        }
+    };
+    match cmd {
+        LeaseCommand::Grant { ttl_ms, id } => {
+            if ttl_ms == 0 {
+                return Err(CtlError::BadInput("lease TTL must be at least 1 ms".into()));
+            }
+            let resp = client.lease_grant(ttl_ms, id).await?;
+            emit(json, lease_json(&resp), || {
+                format!("lease {} granted, ttl {} ms", resp.id, resp.ttl_ms)
+            })
+        }
+        LeaseCommand::Renew {
+            id,
+            keep_alive: false,
+        } => {
+            let resp = client.lease_renew(id).await.map_err(not_found(id))?;
+            emit(json, lease_json(&resp), || {
+                format!("lease {} renewed, ttl {} ms", resp.id, resp.ttl_ms)
+            })
+        }
+        LeaseCommand::Renew {
+            id,
+            keep_alive: true,
+        } => keep_alive(client, json, id).await,
+        LeaseCommand::Revoke { id } => {
+            let resp = client.lease_revoke(id).await.map_err(not_found(id))?;
+            emit(json, lease_json(&resp), || format!("lease {id} revoked"))
+        }
+        LeaseCommand::Ttl { id } => {
+            let resp = client.lease_ttl(id).await.map_err(not_found(id))?;
+            emit(json, lease_json(&resp), || format_lease_ttl(&resp))
+        }
+    }
+}
+
+/// Renews every ttl/3 until Ctrl-C. Gives up once the local deadline passed
+/// without a committed renewal, because from then on the lease may be gone.
+async fn keep_alive(client: &Client, json: bool, id: u64) -> Result<(), CtlError> {
+    let mut keeper = LeaseKeeper::attach(client.clone(), id)
+        .await
+        .map_err(|e| match e.code() {
+            Some(Code::NotFound) => CtlError::LeaseNotFound(id),
+            _ => e.into(),
+        })?;
+    print_keepalive(json, &keeper)?;
+    // One listener for the whole loop: a Ctrl-C that arrives while a renewal is
+    // in flight is then still seen, and the renewal itself can be interrupted.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut wait = keeper.ttl() / 3;
+    loop {
+        let renewed = tokio::select! {
+            res = &mut ctrl_c => return res.map_err(CtlError::Signal),
+            _ = tokio::time::sleep(wait) => tokio::select! {
+                res = &mut ctrl_c => return res.map_err(CtlError::Signal),
+                r = keeper.renew() => r,
+            },
+        };
+        match renewed {
+            Ok(_) => {
+                print_keepalive(json, &keeper)?;
+                wait = keeper.ttl() / 3;
+            }
+            Err(e) if e.code() == Some(Code::NotFound) => return Err(CtlError::LeaseNotFound(id)),
+            Err(e) if !keeper.is_valid(Instant::now()) => {
+                return Err(CtlError::LeaseLost { id, source: e });
+            }
+            Err(e) => {
+                eprintln!("lease {id}: renewal failed, retrying: {e}");
+                // Retry well before the deadline rather than after a full ttl/3.
+                wait = (keeper.ttl() / 10).max(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn print_keepalive(json: bool, keeper: &LeaseKeeper) -> Result<(), CtlError> {
+    let valid_for = keeper.valid_until().map_or(Duration::ZERO, |until| {
+        until.saturating_duration_since(Instant::now())
+    });
+    let line = if json {
+        json!({
+            "id": keeper.id(),
+            "ttl_ms": millis(keeper.ttl()),
+            "valid_for_ms": millis(valid_for),
+        })
+        .to_string()
+    } else {
+        format!(
+            "lease {} renewed, ttl {} ms, certainly held for the next {} ms",
+            keeper.id(),
+            millis(keeper.ttl()),
+            millis(valid_for)
+        )
+    };
+    print_out(&line)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Prints the JSON document or the human text (built only when needed).
+fn emit(json: bool, doc: Value, human: impl FnOnce() -> String) -> Result<(), CtlError> {
+    if json {
+        print_out(&doc.to_string())
+    } else {
+        print_out(&human())
+    }
+}
+
+/// Writes `text` plus a newline (unless empty) and flushes.
+fn print_out(text: &str) -> Result<(), CtlError> {
+    let mut out = std::io::stdout().lock();
+    if !text.is_empty() {
+        out.write_all(text.as_bytes())?;
+        if !text.ends_with('\n') {
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Parses durations like `5s`, `500ms`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 5s, 500ms or 1m"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "" => Err(format!("duration {s:?} needs a unit: ms, s or m (e.g. 5s)")),
+        other => Err(format!(
+            "unknown unit {other:?} in duration {s:?}: use ms, s or m"
+        )),
+    }
+}
