@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod ha;
+pub mod hostport;
 pub mod lsn;
 pub mod node;
 pub mod postgres;

@@ -352,7 +352,7 @@ impl Admin for AdminService {
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let r = req.get_ref();
-        if r.id == 0 || r.name.is_empty() || r.addr.rsplit_once(':').is_none() {
+        if r.id == 0 || r.name.is_empty() || crate::hostport::parse(&r.addr).is_none() {
             return Err(Status::invalid_argument(
                 "member add needs --id > 0, --name and --addr HOST:PORT",
             ));

@@ -519,11 +519,11 @@ pub fn find_pg_bin_dir() -> Option<PathBuf> {
 }
 
 fn check_host_port(s: &str) -> Result<(), String> {
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
-            Ok(())
-        }
-        _ => Err(format!("{s:?} is not HOST:PORT")),
+    match crate::hostport::parse(s) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{s:?} is not HOST:PORT (an IPv6 host in brackets: [::1]:7001)"
+        )),
     }
 }
 

@@ -108,22 +108,4 @@ pub fn lag_bytes(optime: Option<u64>, lsn: u64) -> Option<u64> {
     optime.map(|o| o.saturating_sub(lsn))
 }
 
-/// Splits `host:port`, `[v6]:port` or a bare host.
-pub fn split_host_port(addr: &str) -> (String, Option<u16>) {
-    if let Some(rest) = addr.strip_prefix('[')
-        && let Some((host, tail)) = rest.split_once(']')
-    {
-        return (
-            host.to_owned(),
-            tail.strip_prefix(':').and_then(|p| p.parse().ok()),
-        );
-    }
-    match addr.rsplit_once(':') {
-        // A second colon means a bare IPv6 address, not a port.
-        Some((host, port)) if !host.contains(':') => match port.parse() {
-            Ok(p) => (host.to_owned(), Some(p)),
-            Err(_) => (addr.to_owned(), None),
-        },
-        _ => (addr.to_owned(), None),
-    }
-}
+pub use crate::hostport::split as split_host_port;

@@ -11,16 +11,12 @@ impl Supervisor {
         let m = view.and_then(|v| v.members.get(leader)).ok_or_else(|| {
             SupervisorError::Other(format!("leader {leader} has not published its address yet"))
         })?;
-        let (host, port) = m
-            .pg_addr
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
-            .ok_or_else(|| {
-                SupervisorError::Other(format!(
-                    "leader {leader} published a bad address {:?}",
-                    m.pg_addr
-                ))
-            })?;
+        let (host, port) = crate::hostport::parse(&m.pg_addr).ok_or_else(|| {
+            SupervisorError::Other(format!(
+                "leader {leader} published a bad address {:?}",
+                m.pg_addr
+            ))
+        })?;
         Ok(ConnTarget { host, port })
     }
 

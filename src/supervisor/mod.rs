@@ -119,7 +119,7 @@ impl Supervisor {
             ha: cfg.ha.clone(),
             client,
             pg,
-            pg_addr: format!("{}:{}", pgc.connect_host, pgc.port),
+            pg_addr: crate::hostport::join(&pgc.connect_host, pgc.port),
             api_url,
             leader_lease: None,
             status_lease: None,
