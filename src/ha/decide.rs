@@ -19,7 +19,8 @@
 //!   it is only reported. A hung or silent member is never a candidate, and a
 //!   synchronous standby is replaced only after it has been un-recorded.
 
-use super::model::{MemberStatus, PgRunState, Role, Switchover, SyncState, Tags};
+use super::eligibility::cannot_take_over;
+use super::model::{MemberStatus, Role, Switchover, SyncState, Tags};
 
 mod reason;
 mod sync;
@@ -587,13 +588,14 @@ fn healthy_primary(o: &Observation, store: &StoreView) -> Decision {
 fn switchover_target(o: &Observation, store: &StoreView, sw: &Switchover) -> Option<String> {
     let streaming = |name: &str| o.pg.streaming_replicas.iter().any(|(n, _)| n == name);
     let eligible = |m: &&MemberStatus| {
-        m.role == Role::Replica
-            && m.state == PgRunState::Running
-            && !m.tags.nofailover
-            && streaming(&m.name)
-            && (!o.policy.synchronous_mode
-                || store.sync.as_ref().and_then(|s| s.sync_standby.as_deref())
-                    == Some(m.name.as_str()))
+        streaming(&m.name)
+            && cannot_take_over(
+                m,
+                o.policy.synchronous_mode,
+                store.sync.as_ref(),
+                store.timeline,
+            )
+            .is_none()
     };
     let mut candidates: Vec<&MemberStatus> = store.members.iter().filter(eligible).collect();
     if let Some(c) = &sw.candidate {
@@ -804,11 +806,14 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
     let better = store
         .members
         .iter()
-        .filter(|m| m.role == Role::Replica && m.state == PgRunState::Running && !m.tags.nofailover)
         .filter(|m| {
-            !o.policy.synchronous_mode
-                || store.sync.as_ref().and_then(|s| s.sync_standby.as_deref())
-                    == Some(m.name.as_str())
+            cannot_take_over(
+                m,
+                o.policy.synchronous_mode,
+                store.sync.as_ref(),
+                store.timeline,
+            )
+            .is_none()
         })
         .filter(|m| {
             let theirs = (m.timeline, m.receive_lsn, m.tags.failover_priority);

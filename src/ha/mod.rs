@@ -2,6 +2,7 @@
 //! `decide` is the pure HA function; the supervisor (IO) lives in `crate::supervisor`.
 
 pub mod decide;
+pub mod eligibility;
 pub mod health;
 pub mod model;
 pub mod view;

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::client::{Client, ClientError, LeaseKeeper};
+use crate::ha::eligibility::cannot_take_over;
 use crate::ha::model::{self, ClusterView, MemberStatus, format_lsn};
 use crate::ha::view::{ClusterRole, cluster_role, lag_bytes, member_state, split_host_port};
 use crate::wire::pb;
@@ -157,36 +158,15 @@ async fn switchover(
     }
 }
 
-/// Why `m` could not legally take over now (the same rules a failover obeys, which
-/// the new primary's `decide` applies again): `None` when it could.
+/// Why `m` could not legally take over now (the rule a failover obeys, which the
+/// new primary's `decide` applies again): `None` when it could.
 fn switchover_ineligible(view: &model::ClusterView, m: &MemberStatus) -> Option<String> {
     let cfg = view.config.clone().unwrap_or_default();
-    if cfg.synchronous_mode {
-        let recorded = view.sync.as_ref().and_then(|s| s.sync_standby.as_deref());
-        if recorded != Some(m.name.as_str()) {
-            return Some(match recorded {
-                Some(r) => format!(
-                    "synchronous mode: only the recorded synchronous standby ({r}) holds every \
-                     acknowledged commit"
-                ),
-                None => "synchronous mode: no synchronous standby is recorded yet, so no member \
-                         provably holds every acknowledged commit"
-                    .into(),
-            });
-        }
-    }
-    if let Some(t) = view.timeline
-        && m.timeline < t
-    {
-        return Some(format!(
-            "it is on timeline {}, older than the primary's {t}",
-            m.timeline
-        ));
-    }
     // Lag is not judged here: under load a streaming replica's published position
     // trails the primary's by a cycle's worth of WAL. The candidate checks it when it
     // takes over, after the primary's clean stop sent it everything.
-    None
+    cannot_take_over(m, cfg.synchronous_mode, view.sync.as_ref(), view.timeline)
+        .map(|why| why.to_string())
 }
 
 async fn member(client: &Client, json: bool, cmd: MemberCommand) -> Result<(), CtlError> {

@@ -1,6 +1,7 @@
 //! Table-driven tests: each case is an observation and the exact decision.
 
 use super::*;
+use crate::ha::model::PgRunState;
 use crate::ha::model::Switchover;
 
 const SYS: u64 = 7_000_000_000_000_000_001;

@@ -1,0 +1,146 @@
+//! Who may become the next primary, judged from a member's published status: the
+//! one rule `decide` (failover ranking, switchover target) and `ctl switchover`
+//! (refusing a named candidate at once) share. Lag and the cold-start wait are
+//! judged by the candidate itself when it takes over (`decide::no_leader`).
+
+use std::fmt;
+
+use super::model::{MemberStatus, PgRunState, Role, SyncState};
+
+/// Why a member may not take over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ineligible {
+    /// Not a running replica (primary, stopped, starting, hung).
+    NotARunningReplica,
+    NoFailoverTag,
+    /// Synchronous mode and another member (or none) is the recorded standby.
+    NotTheSyncStandby {
+        recorded: Option<String>,
+    },
+    /// On an older timeline than the last primary's.
+    OlderTimeline {
+        member: u64,
+        primary: u64,
+    },
+}
+
+impl fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ineligible::NotARunningReplica => write!(f, "it is not a running replica"),
+            Ineligible::NoFailoverTag => write!(f, "it is tagged nofailover"),
+            Ineligible::NotTheSyncStandby { recorded: Some(r) } => write!(
+                f,
+                "synchronous mode: only the recorded synchronous standby ({r}) holds every \
+                 acknowledged commit"
+            ),
+            Ineligible::NotTheSyncStandby { recorded: None } => write!(
+                f,
+                "synchronous mode: no synchronous standby is recorded yet, so no member \
+                 provably holds every acknowledged commit"
+            ),
+            Ineligible::OlderTimeline { member, primary } => write!(
+                f,
+                "it is on timeline {member}, older than the primary's {primary}"
+            ),
+        }
+    }
+}
+
+/// `None` when `m` may take over: a running replica, not tagged `nofailover`, in
+/// synchronous mode the standby recorded in `sync`, and not on an older timeline
+/// than the last primary's (`timeline`).
+pub fn cannot_take_over(
+    m: &MemberStatus,
+    synchronous_mode: bool,
+    sync: Option<&SyncState>,
+    timeline: Option<u64>,
+) -> Option<Ineligible> {
+    if m.role != Role::Replica || m.state != PgRunState::Running {
+        return Some(Ineligible::NotARunningReplica);
+    }
+    if m.tags.nofailover {
+        return Some(Ineligible::NoFailoverTag);
+    }
+    if synchronous_mode {
+        let recorded = sync.and_then(|s| s.sync_standby.as_deref());
+        if recorded != Some(m.name.as_str()) {
+            return Some(Ineligible::NotTheSyncStandby {
+                recorded: recorded.map(str::to_string),
+            });
+        }
+    }
+    if let Some(t) = timeline
+        && m.timeline < t
+    {
+        return Some(Ineligible::OlderTimeline {
+            member: m.timeline,
+            primary: t,
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Tags;
+
+    fn replica(name: &str, timeline: u64) -> MemberStatus {
+        MemberStatus {
+            name: name.into(),
+            role: Role::Replica,
+            state: PgRunState::Running,
+            pg_addr: format!("{name}:5432"),
+            api_url: String::new(),
+            timeline,
+            receive_lsn: 100,
+            replay_lsn: 100,
+            following: Some("a".into()),
+            tags: Tags::default(),
+            sync_standby: false,
+            node_id: 0,
+        }
+    }
+
+    #[test]
+    fn the_rules_in_order() {
+        let sync_b = SyncState {
+            leader: "a".into(),
+            sync_standby: Some("b".into()),
+        };
+        let b = replica("b", 2);
+        assert_eq!(cannot_take_over(&b, false, None, Some(2)), None);
+        assert_eq!(cannot_take_over(&b, true, Some(&sync_b), Some(2)), None);
+        let c = replica("c", 2);
+        assert_eq!(
+            cannot_take_over(&c, true, Some(&sync_b), None),
+            Some(Ineligible::NotTheSyncStandby {
+                recorded: Some("b".into())
+            })
+        );
+        assert_eq!(
+            cannot_take_over(&c, true, None, None),
+            Some(Ineligible::NotTheSyncStandby { recorded: None })
+        );
+        assert_eq!(
+            cannot_take_over(&replica("d", 1), false, None, Some(2)),
+            Some(Ineligible::OlderTimeline {
+                member: 1,
+                primary: 2
+            })
+        );
+        let mut hung = replica("e", 2);
+        hung.state = PgRunState::Starting;
+        assert_eq!(
+            cannot_take_over(&hung, false, None, None),
+            Some(Ineligible::NotARunningReplica)
+        );
+        let mut tagged = replica("f", 2);
+        tagged.tags.nofailover = true;
+        assert_eq!(
+            cannot_take_over(&tagged, false, None, None),
+            Some(Ineligible::NoFailoverTag)
+        );
+    }
+}
