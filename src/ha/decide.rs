@@ -115,6 +115,12 @@ impl Stall {
         .max()
     }
 
+    /// Some sign has lasted at least `ms` (0: never, as a timeout of 0 turns a
+    /// check off).
+    pub fn lasted(&self, ms: u64) -> bool {
+        ms > 0 && self.longest_ms().is_some_and(|l| l >= ms)
+    }
+
     /// The signs that have lasted at least `ms`, and the process states, for the
     /// reason of a decision (no durations: the reason stays the same while it lasts).
     fn describe(&self, ms: u64) -> String {
@@ -145,7 +151,7 @@ impl Stall {
 pub const MEMBER_HUNG_MS: u64 = 1_000;
 
 fn hung_for(pg: &PgView, ms: u64) -> bool {
-    pg.running && ms > 0 && pg.stall.longest_ms().is_some_and(|l| l >= ms)
+    pg.running && pg.stall.lasted(ms)
 }
 
 /// A replica that cannot stream from its serving leader for this long, or cannot

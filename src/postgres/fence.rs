@@ -189,10 +189,11 @@ fn fencer(weak: Weak<(Mutex<FenceState>, Condvar)>) {
             // The postmaster's pid can only name a stranger if it exited and the pid
             // was reused; then its start time differs. A group whose leader is gone
             // (backends left behind) keeps its id reserved, so it is still ours.
-            if os::process_start_time(pgid).is_none_or(|t| t == started) {
+            let now_started = os::process_start_time(pgid);
+            if now_started.is_none_or(|t| t == started) {
                 // PostgreSQL's children are not in the postmaster's group (each calls
                 // setsid): kill its whole tree, and whatever is below the guard.
-                if os::process_start_time(pgid) == Some(started) {
+                if now_started.is_some() {
                     os::kill_tree(pgid, true);
                 } else {
                     os::kill_group(pgid, libc::SIGKILL);

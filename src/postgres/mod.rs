@@ -33,8 +33,7 @@ pub use self::error::PgError;
 pub use self::fence::FenceHandle;
 use self::fence::control_for;
 use self::guard::{Control, GuardArgs, Report, StopKind};
-pub use self::health::{Liveness, PROBE_TIMEOUT as HEALTH_PROBE_TIMEOUT};
-pub use self::os::GroupStates;
+pub use self::health::Liveness;
 use self::os::RunAs;
 pub use crate::config::pg_rules::{check_synchronous_commit, validate_cluster_settings};
 use crate::config::{Credentials, PostgresConfig};
@@ -162,8 +161,6 @@ pub struct PgProbe {
     /// A postmaster that pgquorum did not start holds the data directory (its pid).
     /// `start`, `rewind`, `basebackup` and `reclone` refuse to run until it is stopped.
     pub foreign_postmaster: Option<i32>,
-    /// Primary: backends waiting for a synchronous standby (`SyncRep`).
-    pub sync_waiters: u64,
     /// The health monitor's view of the running instance (see [`health`]).
     pub liveness: Liveness,
 }

@@ -115,8 +115,7 @@ impl Postgres {
             .simple(
                 "probe primary",
                 "SELECT pg_current_wal_lsn(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8), \
-                        current_setting('synchronous_standby_names'), \
-                        (SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep')",
+                        current_setting('synchronous_standby_names')",
                 SQL_TIMEOUT,
             )
             .await
@@ -126,7 +125,6 @@ impl Postgres {
                 .and_then(|t| u64::from_str_radix(t, 16).ok())
                 .unwrap_or(0);
             p.synchronous_standby_names = cell(&rows, 0, 2).and_then(conf::unquote_standby_name);
-            p.sync_waiters = cell(&rows, 0, 3).and_then(|v| v.parse().ok()).unwrap_or(0);
         }
         if let Ok(rows) = self
             .sql

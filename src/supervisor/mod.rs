@@ -351,9 +351,7 @@ impl Supervisor {
     /// Logs and counts the start and end of a hang of this member's PostgreSQL
     /// (what is done about it is `decide`'s, and logged with its reason).
     fn note_hang(&mut self, stall: &Stall) {
-        let hung = stall
-            .longest_ms()
-            .is_some_and(|ms| ms >= decide::MEMBER_HUNG_MS);
+        let hung = stall.lasted(decide::MEMBER_HUNG_MS);
         if hung && !self.hang_seen {
             self.hangs.detected += 1;
             tracing::warn!(
