@@ -294,6 +294,100 @@ async fn pg_fence_kills_every_backend_even_a_busy_one() {
     assert!(r.is_err(), "a write was acknowledged after the fence");
 }
 
+/// The instance's processes and the postmaster's pid's descendants.
+fn instance_pids(pm: i32) -> Vec<i32> {
+    let mut pids = vec![pm];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if proc_field(pid, "PPid:").is_some_and(|pp| pp == pm.to_string()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A primary frozen long enough for the monitor to report it silent, while
+/// application clients keep reconnecting (each attempt waits in the listen queue),
+/// then resumed: the next probe must find it answering. It used to give the second
+/// look 300 ms, which the postmaster, working through the queued connections first,
+/// did not meet, so a resumed primary counted as hung (and, unpaused, was killed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_resumed_instance_answers_the_next_probe_despite_queued_clients() {
+    if !have_pg() {
+        return;
+    }
+    let mut m = Member::new("n1");
+    m.pg.bootstrap()
+        .await
+        .unwrap_or_else(|e| panic!("bootstrap: {e}"));
+    let su = |port: u16| {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .password(r#"su 'secret' \ with:colon"#)
+            .dbname("postgres");
+        c
+    };
+    let (admin, conn) = su(m.port).connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute("CREATE ROLE app LOGIN PASSWORD 'app'")
+        .await
+        .unwrap();
+    drop(admin);
+    let pm = m.pg.postmaster_pid().expect("running");
+    let pids = instance_pids(pm);
+    for p in &pids {
+        // SAFETY: kill(2) of this test's own PostgreSQL processes.
+        unsafe { libc::kill(*p, libc::SIGSTOP) };
+    }
+    let port = m.port;
+    let clients: Vec<_> = (0..120)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = tokio_postgres::Config::new();
+                c.host("127.0.0.1")
+                    .port(port)
+                    .user("app")
+                    .password("app")
+                    .dbname("postgres")
+                    .connect_timeout(Duration::from_secs(20));
+                if let Ok((client, conn)) = c.connect(tokio_postgres::NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = client.simple_query("SELECT pg_sleep(5)").await;
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        let p = m.pg.probe().await;
+        assert!(!p.accepting, "a stopped instance answered: {p:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = m.pg.probe().await;
+    assert!(
+        p.liveness.unanswered.is_some(),
+        "the monitor missed the freeze: {p:#?}"
+    );
+    for p in &pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(*p, libc::SIGCONT) };
+    }
+    let p = m.pg.probe().await;
+    assert!(
+        p.accepting && p.liveness.unanswered.is_none(),
+        "a resumed instance counted as silent: {p:#?}"
+    );
+    for c in clients {
+        c.abort();
+    }
+    m.pg.stop(StopMode::Fast).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_dropping_the_supervisor_kills_postgres() {
     if !have_pg() {

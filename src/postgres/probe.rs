@@ -6,6 +6,9 @@ use super::*;
 
 /// The second look at an instance the monitor found silent.
 const FRESH_CHECK_TIMEOUT: Duration = Duration::from_millis(300);
+/// SQLSTATE `too_many_connections`.
+const TOO_MANY_CONNECTIONS: &str = "53300";
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 impl Postgres {
     /// What the data directory holds. Reads `global/pg_control` directly (its first
@@ -66,30 +69,30 @@ impl Postgres {
         }
         p.liveness = self.liveness();
         // The monitor's view is up to one probe old, and a kill must not rest on a
-        // hang that has just ended: a postmaster the monitor last saw stopped is looked
-        // at again now.
-        if p.liveness.postmaster_stopped.is_some()
-            && p.postmaster_pid
-                .is_some_and(|pm| !os::instance_states(pm).leader_stopped)
-        {
+        // hang that has just ended: the kernel's view is read again now.
+        let now = p
+            .postmaster_pid
+            .map(os::instance_states)
+            .unwrap_or_default();
+        if p.liveness.postmaster_stopped.is_some() && !now.leader_stopped {
             p.liveness.postmaster_stopped = None;
         }
-        // No answer for a whole probe timeout: ask once more, briefly (not for this
-        // cycle's full SQL timeout: a hung instance would stretch every cycle).
+        // No answer for a whole probe timeout: ask once more. Briefly while the kernel
+        // shows a process stopped or waiting on storage (a hung instance would
+        // otherwise stretch every cycle by the full SQL timeout); with the full
+        // timeout when every process can run: a resumed postmaster serves the clients
+        // queued while it was frozen before it reaches this connection.
         let timeout = if p
             .liveness
             .unanswered
             .is_some_and(|d| d >= health::PROBE_TIMEOUT)
+            && (now.stopped > 0 || now.disk_sleep > 0 || now.total == 0)
         {
             FRESH_CHECK_TIMEOUT
         } else {
             SQL_TIMEOUT
         };
-        let Ok(rows) = self
-            .sql
-            .simple("probe", "SELECT pg_is_in_recovery()", timeout)
-            .await
-        else {
+        let Some(rows) = self.first_answer(timeout).await else {
             return p;
         };
         p.accepting = true;
@@ -107,6 +110,28 @@ impl Postgres {
             None => {}
         }
         p
+    }
+
+    /// `SELECT pg_is_in_recovery()` within `timeout`. "Too many clients" is no
+    /// answer: backends hung on storage hold their slots, and a postmaster resumed
+    /// after a freeze refuses connections until the attempts queued meanwhile have
+    /// ended, so it is asked again until the timeout.
+    async fn first_answer(&mut self, timeout: Duration) -> Option<sql::TextRows> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self
+                .sql
+                .simple("probe", "SELECT pg_is_in_recovery()", left)
+                .await
+            {
+                Ok(rows) => return Some(rows),
+                Err(e) if e.sqlstate() == Some(TOO_MANY_CONNECTIONS) && left > RETRY_PAUSE => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(_) => return None,
+            }
+        }
     }
 
     pub(super) async fn probe_primary(&mut self, p: &mut PgProbe) {
