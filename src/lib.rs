@@ -15,6 +15,8 @@ pub mod lsn;
 pub mod node;
 pub mod postgres;
 pub mod raft;
+#[cfg(test)]
+mod sim;
 pub mod store;
 pub mod supervisor;
 pub mod wire;

@@ -19,7 +19,8 @@
 //!   it is only reported. A hung or silent member is never a candidate, and a
 //!   synchronous standby is replaced only after it has been un-recorded.
 
-use super::eligibility::cannot_take_over;
+use super::bugs::{self, Bug};
+use super::eligibility::{cannot_take_over, last_primary_alone};
 use super::model::{MemberStatus, Role, Switchover, SyncState, Tags};
 
 mod reason;
@@ -310,10 +311,18 @@ pub fn may_be_primary(pg: &PgView) -> bool {
 /// Releasing the lease: only after PostgreSQL is stopped, unless it already is.
 fn stop_then_release(pg: &PgView) -> Vec<Action> {
     if pg.running {
-        vec![Action::Stop(StopKind::Immediate), Action::ReleaseLease]
+        release_after(StopKind::Immediate)
     } else {
         vec![Action::ReleaseLease]
     }
+}
+
+/// `Stop(kind)`, then `ReleaseLease`.
+fn release_after(kind: StopKind) -> Vec<Action> {
+    if bugs::on(Bug::ReleaseWithoutStop) {
+        return vec![Action::ReleaseLease];
+    }
+    vec![Action::Stop(kind), Action::ReleaseLease]
 }
 
 pub fn decide(o: &Observation) -> Decision {
@@ -479,7 +488,7 @@ fn bootstrap(o: &Observation, store: &StoreView, i_lead: bool) -> Decision {
                 Reason::RecordingSystemId,
             ),
             (DataState::Initialized { .. }, false) => decision(
-                vec![Action::RenewLease, Action::StartPrimary],
+                becoming_primary(o, store, Action::StartPrimary),
                 Reason::StartingPrimary,
             ),
             (DataState::Invalid(_), _) => unreachable!("handled in decide"),
@@ -499,7 +508,7 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
         // the group leaves nothing that could commit when its storage returns. The
         // lease goes only once the kill is confirmed (the executor checks).
         return decision(
-            vec![Action::Stop(StopKind::Kill), Action::ReleaseLease],
+            release_after(StopKind::Kill),
             Reason::PrimaryHung(pg.stall.describe(o.policy.primary_hang_timeout_ms)),
         );
     }
@@ -515,33 +524,29 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
     if !pg.running {
         if pg.down_for_ms.unwrap_or(0) > o.policy.primary_start_timeout_ms {
             return decision(
-                vec![Action::Stop(StopKind::Immediate), Action::ReleaseLease],
+                release_after(StopKind::Immediate),
                 Reason::PrimaryStartTimedOut,
             );
         }
         return decision(
-            vec![Action::RenewLease, Action::StartPrimary],
+            becoming_primary(o, store, Action::StartPrimary),
             Reason::StartingPrimary,
         );
     }
     match pg.role {
-        Some(Role::Replica) => {
-            decision(vec![Action::RenewLease, Action::Promote], Reason::Promoting)
-        }
+        Some(Role::Replica) => decision(
+            becoming_primary(o, store, Action::Promote),
+            Reason::Promoting,
+        ),
         Some(Role::Primary) => {
             if let Some(sw) = &store.switchover {
                 if sw.leader == o.me {
                     if let Some(to) = switchover_target(o, store, sw) {
                         // A fast shutdown sends all WAL to connected standbys before it
                         // ends, so the candidate has every commit when it takes over.
-                        return decision(
-                            vec![
-                                Action::PublishOptime,
-                                Action::Stop(StopKind::Fast),
-                                Action::ReleaseLease,
-                            ],
-                            Reason::SwitchingOver(to),
-                        );
+                        let mut actions = vec![Action::PublishOptime];
+                        actions.extend(release_after(StopKind::Fast));
+                        return decision(actions, Reason::SwitchingOver(to));
                     }
                     let mut d = healthy_primary(o, store);
                     if d.reason == Reason::HealthyPrimary {
@@ -566,6 +571,21 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
         ),
         _ => decision(vec![Action::RenewLease], Reason::StartingPrimary),
     }
+}
+
+/// `RenewLease`, then `start` (StartPrimary or Promote). In synchronous mode a
+/// member about to accept writes first records itself as the primary without a
+/// standby (unless the record is its own already): from then on it is the one
+/// member that may take over again if it loses its lease before it records a
+/// standby (see `eligibility::last_primary_alone`), and the previous primary's
+/// record, which named it, ends.
+fn becoming_primary(o: &Observation, store: &StoreView, start: Action) -> Vec<Action> {
+    let mut a = vec![Action::RenewLease];
+    if o.policy.synchronous_mode && store.sync.as_ref().is_none_or(|s| s.leader != o.me) {
+        a.push(Action::RecordSync(None));
+    }
+    a.push(start);
+    a
 }
 
 /// A primary holding its lease: renew, publish its position, keep a slot for every
@@ -767,9 +787,17 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
         sw.candidate.as_deref() == Some(o.me.as_str())
             && o.no_leader_for_ms < o.policy.candidate_grace_ms
     });
+    if named_candidate && bugs::on(Bug::CandidateSkipsRules) {
+        return decision(vec![Action::AcquireLease], Reason::TakingOver);
+    }
     if o.policy.synchronous_mode {
         let recorded = store.sync.as_ref().and_then(|s| s.sync_standby.as_deref());
-        if recorded != Some(o.me.as_str()) {
+        if recorded != Some(o.me.as_str())
+            && !store
+                .sync
+                .as_ref()
+                .is_some_and(|s| last_primary_alone(s, &o.me))
+        {
             return decision(
                 vec![],
                 Reason::NotEligible("synchronous mode: not the recorded synchronous standby"),

@@ -64,7 +64,9 @@ pub fn cannot_take_over(
     }
     if synchronous_mode {
         let recorded = sync.and_then(|s| s.sync_standby.as_deref());
-        if recorded != Some(m.name.as_str()) {
+        if recorded != Some(m.name.as_str())
+            && !sync.is_some_and(|s| last_primary_alone(s, &m.name))
+        {
             return Some(Ineligible::NotTheSyncStandby {
                 recorded: recorded.map(str::to_string),
             });
@@ -79,6 +81,17 @@ pub fn cannot_take_over(
         });
     }
     None
+}
+
+/// `name` is the primary that recorded "no synchronous standby" (`/pg/sync` with
+/// its name and none): it acknowledged commits alone, so it holds every one of them,
+/// and nobody can have been promoted after it wrote that (no member was eligible,
+/// and a new primary's first record names itself). It may take over again, as in
+/// Patroni, where the leader named in `/sync` stays a candidate; without this, a
+/// primary whose standby had left and whose lease then lapsed (a pause, a restart)
+/// left the cluster without a primary for good.
+pub fn last_primary_alone(sync: &SyncState, name: &str) -> bool {
+    sync.leader == name && sync.sync_standby.is_none()
 }
 
 #[cfg(test)]
@@ -121,6 +134,16 @@ mod tests {
         );
         assert_eq!(
             cannot_take_over(&c, true, None, None),
+            Some(Ineligible::NotTheSyncStandby { recorded: None })
+        );
+        // The primary that went on alone holds every commit it acknowledged.
+        let alone_c = SyncState {
+            leader: "c".into(),
+            sync_standby: None,
+        };
+        assert_eq!(cannot_take_over(&c, true, Some(&alone_c), None), None);
+        assert_eq!(
+            cannot_take_over(&b, true, Some(&alone_c), None),
             Some(Ineligible::NotTheSyncStandby { recorded: None })
         );
         assert_eq!(

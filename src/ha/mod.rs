@@ -1,6 +1,7 @@
 //! High availability decisions. `model` holds the data kept in the store;
 //! `decide` is the pure HA function; the supervisor (IO) lives in `crate::supervisor`.
 
+pub mod bugs;
 pub mod decide;
 pub mod eligibility;
 pub mod health;

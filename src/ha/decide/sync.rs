@@ -2,6 +2,7 @@
 //! store records as holding every acknowledged commit.
 
 use super::{Action, Observation, Reason, StoreView};
+use crate::ha::bugs::{self, Bug};
 use crate::ha::model::{PgRunState, Role};
 
 /// Synchronous standby management on the primary. The store record is what a
@@ -103,6 +104,10 @@ pub(super) fn sync_actions(o: &Observation, store: &StoreView) -> (Vec<Action>, 
             ),
         };
     }
+    // A primary that has no record of its own yet acknowledges commits alone: it
+    // says so first ({leader: me, no standby}), which keeps it a candidate after
+    // losing its lease (`eligibility::last_primary_alone`) and ends the previous
+    // primary's record, under which it was the standby.
     let candidate = configured
         .clone()
         .filter(|c| streaming(c) && eligible(c))
@@ -114,11 +119,13 @@ pub(super) fn sync_actions(o: &Observation, store: &StoreView) -> (Vec<Action>, 
                 .min()
         });
     let caught_up = |name: &str| matches!(&pg.sync_catchup, Some((n, at)) if n == name && flushed(name).is_some_and(|f| f >= *at));
-    let a = match candidate {
+    let mut a = match candidate {
         Some(c) if configured.as_deref() != Some(c.as_str()) => {
             vec![Action::SetSyncStandby(Some(c))]
         }
-        Some(c) if confirmed(&c) && caught_up(&c) => vec![Action::RecordSync(Some(c))],
+        Some(c) if confirmed(&c) && (caught_up(&c) || bugs::on(Bug::SyncRecordedEarly)) => {
+            vec![Action::RecordSync(Some(c))]
+        }
         Some(_) => vec![],
         // Nothing recorded, so nothing is promised: in strict mode commits keep
         // waiting for the configured standby until another can replace it.
@@ -127,5 +134,10 @@ pub(super) fn sync_actions(o: &Observation, store: &StoreView) -> (Vec<Action>, 
         }
         None => vec![],
     };
+    if store.sync.as_ref().is_none_or(|s| s.leader != o.me)
+        && !a.iter().any(|x| matches!(x, Action::RecordSync(Some(_))))
+    {
+        a.insert(0, Action::RecordSync(None));
+    }
     (a, None)
 }

@@ -698,12 +698,13 @@ fn decisions() {
             Reason::TakingOver,
         ),
         (
-            "sync mode primary: configure a standby first",
+            "sync mode primary: say it acknowledges alone, and configure a standby",
             with(obs_primary(), |o| o.policy.synchronous_mode = true),
             vec![
                 RenewLease,
                 PublishOptime,
                 slots(),
+                RecordSync(None),
                 SetSyncStandby(Some("b".into())),
             ],
             Reason::HealthyPrimary,
@@ -717,7 +718,7 @@ fn decisions() {
                 o.pg.replica_flush = vec![("b".into(), 900), ("c".into(), 1000)];
                 o.pg.sync_catchup = Some(("b".into(), 1000));
             }),
-            vec![RenewLease, PublishOptime, slots()],
+            vec![RenewLease, PublishOptime, slots(), RecordSync(None)],
             Reason::HealthyPrimary,
         ),
         (
@@ -726,6 +727,20 @@ fn decisions() {
                 o.policy.synchronous_mode = true;
                 o.pg.sync_standby_names = Some("b".into());
                 o.pg.streaming_replicas = vec![("b".into(), true), ("c".into(), false)];
+            }),
+            vec![RenewLease, PublishOptime, slots(), RecordSync(None)],
+            Reason::HealthyPrimary,
+        ),
+        (
+            "sync mode primary: its own record says it acknowledges alone: nothing to record",
+            with(obs_primary(), |o| {
+                o.policy.synchronous_mode = true;
+                o.pg.sync_standby_names = Some("b".into());
+                o.pg.streaming_replicas = vec![("b".into(), true), ("c".into(), false)];
+                o.store.as_mut().unwrap().sync = Some(SyncState {
+                    leader: "a".into(),
+                    sync_standby: None,
+                });
             }),
             vec![RenewLease, PublishOptime, slots()],
             Reason::HealthyPrimary,

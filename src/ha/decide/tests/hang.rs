@@ -281,6 +281,7 @@ fn sync_standby_hang_cases() {
                 RenewLease,
                 PublishOptime,
                 slots(),
+                RecordSync(None),
                 SetSyncStandby(Some("c".into())),
             ],
             Reason::HealthyPrimary,
@@ -292,7 +293,7 @@ fn sync_standby_hang_cases() {
                 o.store.as_mut().unwrap().sync = None;
                 o.pg.streaming_replicas = vec![];
             }),
-            vec![RenewLease, PublishOptime, slots()],
+            vec![RenewLease, PublishOptime, slots(), RecordSync(None)],
             Reason::HealthyPrimary,
         ),
     ];
