@@ -1,7 +1,7 @@
 //! The simulation in CI: many seeds, every property after every step, and each
 //! reintroduced bug found within the budget. `PGQ_SIM_SEED=<seed>` replays one run
 //! with its whole trace (`cargo nextest run --lib sim::tests::replay`);
-//! `PGQ_SIM_STEPS` changes the CI budget.
+//! `PGQ_SIM_STEPS` changes the CI budget (10⁷ steps).
 
 use std::time::Instant;
 
@@ -27,7 +27,7 @@ fn budget() -> u64 {
     std::env::var("PGQ_SIM_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000)
+        .unwrap_or(10_000_000)
 }
 
 /// Runs seeds from `first` until `steps` steps have run or a run fails.
@@ -101,7 +101,8 @@ fn finds(bug: Bug, expect: &[&str], limit: u64) -> u64 {
     bugs::set(None);
     let f = found.unwrap_or_else(|| panic!("{bug:?} not found in {steps} steps"));
     println!(
-        "SIM {bug:?}: found after {steps} steps ({seed} runs; seed {seed}): {}",
+        "SIM {bug:?}: found after {steps} steps ({seed} runs; seed {seed}; replay: \
+         PGQ_SIM_BUG={bug:?} PGQ_SIM_SEED={seed}): {}",
         f.what
     );
     steps

@@ -684,6 +684,60 @@ fn decisions() {
             Reason::NotEligible("synchronous mode: not the recorded synchronous standby"),
         ),
         (
+            "sync mode: the primary that recorded it acknowledged alone takes over again",
+            with(obs_failover(), |o| {
+                o.policy.synchronous_mode = true;
+                o.store.as_mut().unwrap().sync = Some(SyncState {
+                    leader: "b".into(),
+                    sync_standby: None,
+                });
+            }),
+            vec![AcquireLease],
+            Reason::TakingOver,
+        ),
+        (
+            "sync mode: another primary's record of acknowledging alone makes nobody else eligible",
+            with(obs_failover(), |o| {
+                o.policy.synchronous_mode = true;
+                o.store.as_mut().unwrap().sync = Some(SyncState {
+                    leader: "a".into(),
+                    sync_standby: None,
+                });
+            }),
+            vec![],
+            Reason::NotEligible("synchronous mode: not the recorded synchronous standby"),
+        ),
+        (
+            "sync mode: the recorded standby records itself as primary before it promotes",
+            with(obs_replica(), |o| {
+                o.policy.synchronous_mode = true;
+                o.lease_held = true;
+                let s = o.store.as_mut().unwrap();
+                s.leader = Some("b".into());
+                s.sync = Some(SyncState {
+                    leader: "a".into(),
+                    sync_standby: Some("b".into()),
+                });
+            }),
+            vec![RenewLease, RecordSync(None), Promote],
+            Reason::Promoting,
+        ),
+        (
+            "sync mode: a primary restarting under its own record keeps it",
+            with(obs_primary(), |o| {
+                o.policy.synchronous_mode = true;
+                o.pg.running = false;
+                o.pg.role = None;
+                o.pg.down_for_ms = Some(100);
+                o.store.as_mut().unwrap().sync = Some(SyncState {
+                    leader: "a".into(),
+                    sync_standby: Some("b".into()),
+                });
+            }),
+            vec![RenewLease, StartPrimary],
+            Reason::StartingPrimary,
+        ),
+        (
             "sync mode: the recorded standby takes over even if another is ahead",
             with(obs_failover(), |o| {
                 o.policy.synchronous_mode = true;
