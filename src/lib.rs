@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod raft;
 #[cfg(test)]
 mod sim;
+pub mod stop;
 pub mod store;
 pub mod supervisor;
 pub mod wire;

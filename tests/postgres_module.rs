@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use pgquorum::config::{Credentials, PostgresConfig};
 use pgquorum::postgres::{
-    ConnTarget, DataDirState, PgExit, PgProbe, Postgres, StartMode, StopMode,
+    ConnTarget, DataDirState, PgExit, PgProbe, Postgres, StartMode, StopKind,
 };
 use tempfile::TempDir;
 
@@ -231,7 +231,7 @@ async fn pg_bootstrap_probe_and_fence_by_deadline() {
     let p = m.pg.probe().await;
     assert!(p.accepting && p.in_recovery == Some(false), "{p:#?}");
     let pgid = p.postmaster_pid.unwrap();
-    m.pg.stop(StopMode::Fast).await.unwrap();
+    m.pg.stop(StopKind::Fast).await.unwrap();
     assert!(!group_alive(pgid));
     let p = m.pg.probe().await;
     assert!(!p.running && !p.accepting);
@@ -385,7 +385,7 @@ async fn pg_a_resumed_instance_answers_the_next_probe_despite_queued_clients() {
     for c in clients {
         c.abort();
     }
-    m.pg.stop(StopMode::Fast).await.unwrap();
+    m.pg.stop(StopKind::Fast).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,7 +511,7 @@ async fn pg_replication_promotion_rewind_and_reclone() {
     );
 
     // Failover: A crashes (immediate stop), B is promoted onto timeline 2.
-    a.pg.stop(StopMode::Immediate).await.unwrap();
+    a.pg.stop(StopKind::Immediate).await.unwrap();
     b.pg.promote()
         .await
         .unwrap_or_else(|e| panic!("promote: {e}"));
@@ -544,7 +544,7 @@ async fn pg_replication_promotion_rewind_and_reclone() {
     .await;
 
     // Reclone moves the old data dir aside (never deletes it) and clones afresh.
-    a.pg.stop(StopMode::Fast).await.unwrap();
+    a.pg.stop(StopKind::Fast).await.unwrap();
     let e = a.pg.basebackup(&b.target(), &slot_a).await.unwrap_err();
     assert!(e.to_string().contains("not empty"), "{e}");
     a.pg.reclone(&b.target(), &slot_a)
@@ -572,8 +572,8 @@ async fn pg_replication_promotion_rewind_and_reclone() {
         p.streaming_from.as_deref() == Some(&want_from)
     })
     .await;
-    a.pg.stop(StopMode::Fast).await.unwrap();
-    b.pg.stop(StopMode::Fast).await.unwrap();
+    a.pg.stop(StopKind::Fast).await.unwrap();
+    b.pg.stop(StopKind::Fast).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,7 +70,7 @@ impl Postgres {
 
     /// Stops PostgreSQL and returns once its whole process group is gone. `Ok` when it
     /// was not running.
-    pub async fn stop(&mut self, mode: StopMode) -> Result<(), PgError> {
+    pub async fn stop(&mut self, mode: StopKind) -> Result<(), PgError> {
         self.reap_guard().await;
         let Some(g) = self.guard.as_mut() else {
             return Ok(());
@@ -78,9 +78,9 @@ impl Postgres {
         g.stop_requested = true;
         let pgid = g.pgid;
         let (kind, wait) = match mode {
-            StopMode::Fast => (StopKind::Fast, STOP_WAIT_FAST),
-            StopMode::Immediate => (StopKind::Immediate, STOP_WAIT_IMMEDIATE),
-            StopMode::Kill => (StopKind::Kill, STOP_WAIT_KILL),
+            StopKind::Fast => (StopKind::Fast, STOP_WAIT_FAST),
+            StopKind::Immediate => (StopKind::Immediate, STOP_WAIT_IMMEDIATE),
+            StopKind::Kill => (StopKind::Kill, STOP_WAIT_KILL),
         };
         // A guard that has gone quiet (stopped, starved) will not act on the request:
         // do not wait the full escalation for it before killing it and the group.

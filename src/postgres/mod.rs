@@ -9,6 +9,7 @@ mod conf;
 mod error;
 mod fence;
 pub mod guard;
+pub mod guard_wire;
 mod health;
 mod lifecycle;
 mod os;
@@ -32,12 +33,13 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 pub use self::error::PgError;
 pub use self::fence::FenceHandle;
 use self::fence::control_for;
-use self::guard::{Control, GuardArgs, Report, StopKind};
+use self::guard::{Control, GuardArgs, Report};
 pub use self::health::Liveness;
 use self::os::RunAs;
 pub use crate::config::pg_rules::{check_synchronous_commit, validate_cluster_settings};
 use crate::config::{Credentials, PostgresConfig};
 use crate::lsn::parse_lsn;
+pub use crate::stop::StopKind;
 
 /// Each SQL statement of [`Postgres::probe`].
 const SQL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -173,16 +175,6 @@ pub enum StartMode {
         primary: Option<ConnTarget>,
         slot: Option<String>,
     },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopMode {
-    /// SIGINT (fast shutdown: clients disconnected, checkpoint); SIGQUIT after 30 s.
-    Fast,
-    /// SIGQUIT (immediate shutdown: no checkpoint, crash recovery at next start).
-    Immediate,
-    /// SIGKILL to the whole process group.
-    Kill,
 }
 
 /// The running guard, seen from pgquorum. The write end of its control pipe lives in

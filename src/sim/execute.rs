@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::node::*;
+use super::observe::my_status;
 use super::{Ev, LOOP_WAIT_MS, MAX_LAG, MS, TTL_MS, World};
 
 pub(super) fn target(w: &World, n: usize, leader: &str) -> Result<usize, String> {

@@ -1,6 +1,7 @@
 //! What happens outside the supervisor: the two fencers, WAL streaming, host
 //! crashes and restarts, process pauses, and an operator's switchover request.
 
+use super::execute::upstream_answers;
 use super::node::*;
 use super::{Ev, MS, World};
 

@@ -24,6 +24,7 @@
 //! primary is within `maximum_lag_on_failover` of `/pg/optime`. After the faults
 //! stop: one primary, every other member streaming from it, within a bound.
 
+mod cycle;
 mod execute;
 mod host;
 mod node;
@@ -405,7 +406,7 @@ impl World {
                 if let Some(r) = self.reqs.get_mut(&req) {
                     r.done = true;
                 }
-                node::on_reply(self, n, req, resp);
+                cycle::on_reply(self, n, req, resp);
             }
             Ev::Fence { n, pg_gen } => host::fence_check(self, n, pg_gen),
             Ev::RaftTick => self.raft_tick(),
@@ -452,9 +453,9 @@ impl World {
             return;
         }
         match ev {
-            Ev::Cycle { tick, .. } => node::cycle(self, n, tick),
-            Ev::Step { .. } => node::step(self, n),
-            Ev::Renew { status, id, .. } => node::renew(self, n, status, id),
+            Ev::Cycle { tick, .. } => cycle::cycle(self, n, tick),
+            Ev::Step { .. } => cycle::step(self, n),
+            Ev::Renew { status, id, .. } => cycle::renew(self, n, status, id),
             _ => unreachable!(),
         }
     }

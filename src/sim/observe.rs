@@ -92,7 +92,6 @@ pub(super) fn observe(w: &mut World, n: usize, kvs: Option<Vec<(String, Vec<u8>,
     run.view = read.map(|(v, _, _)| v);
     run.ops = d.actions.into_iter().map(Op::Act).collect();
     run.ops.push_back(Op::Publish);
-    step(w, n);
 }
 
 pub(super) fn track_sync_catchup(w: &mut World, n: usize) {

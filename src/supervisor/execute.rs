@@ -156,7 +156,7 @@ impl Supervisor {
             }
             Action::SetAsideFailedBootstrap => {
                 self.should_run = false;
-                self.pg.stop(StopMode::Fast).await?;
+                self.pg.stop(StopKind::Fast).await?;
                 self.pg.move_data_dir_aside()?;
                 self.pg.clear_bootstrap_marker()?;
             }
@@ -210,13 +210,7 @@ impl Supervisor {
             }
             Action::Stop(kind) => {
                 self.should_run = false;
-                self.pg
-                    .stop(match kind {
-                        StopKind::Fast => StopMode::Fast,
-                        StopKind::Immediate => StopMode::Immediate,
-                        StopKind::Kill => StopMode::Kill,
-                    })
-                    .await?;
+                self.pg.stop(kind).await?;
                 self.following = None;
             }
             Action::Promote => {
@@ -227,7 +221,7 @@ impl Supervisor {
             }
             Action::Follow { leader } => {
                 let target = Self::target(view, &leader)?;
-                self.pg.stop(StopMode::Fast).await?;
+                self.pg.stop(StopKind::Fast).await?;
                 self.pg.set_fence_deadline(None)?;
                 self.pg
                     .start(StartMode::Replica {

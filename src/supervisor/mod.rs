@@ -33,7 +33,7 @@ use crate::ha::model::{
     self, ClusterView, INITIALIZE_KEY, LEADER_KEY, MemberStatus, OPTIME_KEY, PgRunState, Role,
     SYNC_KEY, SyncState, TIMELINE_KEY, Tags,
 };
-use crate::postgres::{ConnTarget, DataDirState, PgError, PgProbe, Postgres, StartMode, StopMode};
+use crate::postgres::{ConnTarget, DataDirState, PgError, PgProbe, Postgres, StartMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -182,9 +182,9 @@ impl Supervisor {
                 .put_as_leader(OPTIME_KEY, last.write_lsn.to_string().into_bytes())
                 .await;
         }
-        if let Err(e) = self.pg.stop(StopMode::Fast).await {
+        if let Err(e) = self.pg.stop(StopKind::Fast).await {
             tracing::warn!(error = %e, "clean stop failed; stopping immediately");
-            let _ = self.pg.stop(StopMode::Immediate).await;
+            let _ = self.pg.stop(StopKind::Immediate).await;
         }
         if self.pg.may_be_primary() {
             // Both stops failed: the lease is left to expire and the fence stays

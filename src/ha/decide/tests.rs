@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::ha::model::PgRunState;
-use crate::ha::model::Switchover;
+use crate::ha::model::{Switchover, SyncState, Tags};
 
 const SYS: u64 = 7_000_000_000_000_000_001;
 

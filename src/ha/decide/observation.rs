@@ -1,0 +1,245 @@
+//! What `decide` reads (`Observation`: this member's PostgreSQL, the store, the
+//! lease, the policy) and what it returns (`Decision`: actions and a reason).
+
+use super::Reason;
+use crate::ha::model::{MemberStatus, Role, Switchover, SyncState, Tags};
+pub use crate::stop::StopKind;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataState {
+    Missing,
+    Initialized { system_id: u64 },
+    Invalid(String),
+}
+
+/// This member's PostgreSQL, as probed this cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgView {
+    pub data: DataState,
+    pub running: bool,
+    /// Answers SQL; `role` is only known when it does.
+    pub accepting: bool,
+    pub role: Option<Role>,
+    pub timeline: u64,
+    /// Primary: write position; replica: received position.
+    pub lsn: u64,
+    /// The member this replica was last started to follow (the supervisor knows: it
+    /// configured it); `None` for a standby started without an upstream.
+    pub following: Option<String>,
+    /// The data dir was last run as a primary (no standby.signal): it may have
+    /// diverged from the new primary and must be rewound before following it.
+    pub was_primary: bool,
+    /// The data dir comes from this member's own bootstrap that was never recorded
+    /// in the store (cut short); it may be set aside if another bootstrap won.
+    pub unrecorded_bootstrap: bool,
+    /// Milliseconds PostgreSQL has been down while it should run (for restart give-up).
+    pub down_for_ms: Option<u64>,
+    /// `synchronous_standby_names` currently configured (primary).
+    pub sync_standby_names: Option<String>,
+    /// Standbys streaming from this primary: (application_name = member name, is sync).
+    pub streaming_replicas: Vec<(String, bool)>,
+    /// Replica: for how long (ms) it has not been streaming although its leader
+    /// serves as primary; `None` while streaming.
+    pub not_streaming_ms: Option<u64>,
+    /// The running postmaster was started as a primary or promoted (or answered as
+    /// one): until it stops it may accept writes, whatever the last probe said.
+    pub may_be_primary: bool,
+    /// A postmaster pgquorum did not start runs on this data dir (its pid). It is
+    /// outside the fence and may be a primary.
+    pub foreign_postmaster: Option<i32>,
+    /// Primary: each standby's flush position (`pg_stat_replication.flush_lsn`).
+    pub replica_flush: Vec<(String, u64)>,
+    /// Primary: (standby, WAL position) sampled right after PostgreSQL was first seen
+    /// treating that standby as synchronous. Commits acknowledged before that need
+    /// not be on it; once its flush position reaches this, it holds them all.
+    pub sync_catchup: Option<(String, u64)>,
+    /// Signs that the running PostgreSQL hangs.
+    pub stall: Stall,
+    /// Primary: commits have waited on this synchronous standby while its flush
+    /// position stood still, for this many ms.
+    pub sync_stalled: Option<(String, u64)>,
+    /// pg_rewind (or the crash recovery before it) ran on this data dir and failed:
+    /// it cannot be rewound, only re-cloned.
+    pub rewind_failed: bool,
+}
+
+/// Signs that a running PostgreSQL hangs, from the health monitor: how long each
+/// has lasted (ms), and what `/proc` shows of its processes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stall {
+    /// No answer to the health probe (bounded; over a reserved superuser slot).
+    pub unanswered_ms: Option<u64>,
+    /// Backends wait on WAL write/flush and the flush position does not move.
+    pub wal_flush_stuck_ms: Option<u64>,
+    /// The postmaster is stopped (`T`).
+    pub postmaster_stopped_ms: Option<u64>,
+    /// Processes of the instance: total, stopped, in uninterruptible sleep.
+    pub processes: u32,
+    pub stopped: u32,
+    pub disk_sleep: u32,
+}
+
+impl Stall {
+    /// The longest-lasting sign, if any.
+    pub fn longest_ms(&self) -> Option<u64> {
+        [
+            self.unanswered_ms,
+            self.wal_flush_stuck_ms,
+            self.postmaster_stopped_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    }
+
+    /// Some sign has lasted at least `ms` (0: never, as a timeout of 0 turns a
+    /// check off).
+    pub fn lasted(&self, ms: u64) -> bool {
+        ms > 0 && self.longest_ms().is_some_and(|l| l >= ms)
+    }
+
+    /// The signs that have lasted at least `ms`, and the process states, for the
+    /// reason of a decision (no durations: the reason stays the same while it lasts).
+    pub(super) fn describe(&self, ms: u64) -> String {
+        let mut signs = Vec::new();
+        let past = |v: Option<u64>| v.is_some_and(|v| v >= ms);
+        if past(self.unanswered_ms) {
+            signs.push("no answer to the health probe");
+        }
+        if past(self.wal_flush_stuck_ms) {
+            signs.push("WAL flush not moving while backends wait for it");
+        }
+        if past(self.postmaster_stopped_ms) {
+            signs.push("postmaster stopped");
+        }
+        format!(
+            "{} for {ms} ms or more; {} of {} processes stopped, {} in uninterruptible sleep",
+            signs.join(", "),
+            self.stopped,
+            self.processes,
+            self.disk_sleep
+        )
+    }
+}
+
+/// The cluster as read from the Raft store this cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreView {
+    pub leader: Option<String>,
+    pub system_id: Option<u64>,
+    /// Other members' published statuses (this member excluded).
+    pub members: Vec<MemberStatus>,
+    pub optime: Option<u64>,
+    /// Timeline of the primary that published `optime`.
+    pub timeline: Option<u64>,
+    pub sync: Option<SyncState>,
+    pub switchover: Option<Switchover>,
+    /// Names of the Raft members (read only while this member leads): each gets a
+    /// replication slot, also while it is down and publishes nothing.
+    pub raft_members: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub maximum_lag_on_failover: u64,
+    pub synchronous_mode: bool,
+    pub primary_start_timeout_ms: u64,
+    /// With no leader, a candidate behind the last known primary position waits this
+    /// long for a member at that position (one that has every acknowledged commit,
+    /// e.g. the old primary restarting) before it takes over within the lag limit.
+    pub candidate_grace_ms: u64,
+    /// A primary hung this long is killed and gives up the lease (0: never).
+    pub primary_hang_timeout_ms: u64,
+    /// A synchronous standby that holds commits up this long is replaced (0: never).
+    pub sync_standby_hang_timeout_ms: u64,
+    /// Synchronous mode never falls back to asynchronous commits: a recorded standby
+    /// that left or hangs is replaced only by another, never dropped for none.
+    pub synchronous_mode_strict: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub me: String,
+    pub tags: Tags,
+    pub policy: Policy,
+    pub paused: bool,
+    /// `None`: the store could not be read (no quorum reachable).
+    pub store: Option<StoreView>,
+    /// This member holds the leader lease and its holder-side deadline has not passed.
+    pub lease_held: bool,
+    /// This process still renews a leader lease whose holder-side deadline has passed.
+    pub lease_lapsed: bool,
+    /// The leader key names this member under a lease this process does not hold:
+    /// its own lease from before a restart (its id).
+    pub own_old_lease: Option<u64>,
+    /// For how long (ms) this member has seen no leader (0 while there is one).
+    pub no_leader_for_ms: u64,
+    /// This member has not seen any leader since it started (e.g. the whole cluster
+    /// is coming back): the old primary, with the most data, may still be starting.
+    pub cold_start: bool,
+    pub pg: PgView,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    AcquireLease,
+    RenewLease,
+    ReleaseLease,
+    /// Stop renewing the lease this process holds: it no longer guards the leader
+    /// key. `revoke`: it is still valid, so hand it back too (harmless: the key
+    /// is another member's already). The fence deadline stays as it is.
+    DropLease {
+        revoke: bool,
+    },
+    /// Renew (and so keep) this member's own lease from before a restart.
+    TakeBackLease {
+        lease: u64,
+    },
+    /// initdb (start and roles follow in later cycles).
+    Bootstrap,
+    /// Stop PostgreSQL and move the data dir of a lost bootstrap aside (never deleted).
+    SetAsideFailedBootstrap,
+    RecordSystemId,
+    StartPrimary,
+    /// Start as a standby of `leader`; `None`: no upstream (recover local WAL only).
+    StartReplica {
+        leader: Option<String>,
+    },
+    Stop(StopKind),
+    Promote,
+    /// Restart the replica with `leader` as its upstream.
+    Follow {
+        leader: String,
+    },
+    Rewind {
+        leader: String,
+    },
+    /// Move the data dir aside (never deleted) and clone it anew from `leader`.
+    Reclone {
+        leader: String,
+    },
+    Clone {
+        leader: String,
+    },
+    PublishOptime,
+    /// Physical slots on the primary, one per other member.
+    EnsureSlots {
+        members: Vec<String>,
+    },
+    /// Configure PostgreSQL's synchronous_standby_names.
+    SetSyncStandby(Option<String>),
+    /// Record the synchronous standby in the store.
+    RecordSync(Option<String>),
+    /// Delete the switchover request (done by the new primary).
+    ClearSwitchover,
+    /// Stop (immediate shutdown) a postmaster pgquorum did not start on our data dir.
+    StopForeign {
+        pid: i32,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    pub reason: Reason,
+}
