@@ -184,7 +184,14 @@ pub(super) fn execute(w: &mut World, n: usize, a: Action) -> Outcome {
             Ok(Some(50 * MS))
         }
         Action::Stop(kind) => {
+            // A hung instance acts on no shutdown request; only SIGKILL ends it.
+            if kind != StopKind::Kill && w.nodes[n].pg.frozen_since.is_some() {
+                return Err("PostgreSQL does not answer the shutdown request".into());
+            }
             w.nodes[n].proc.should_run = false;
+            if kind == StopKind::Kill {
+                w.hang_kills += 1;
+            }
             stop(w, n, kind == StopKind::Fast);
             w.nodes[n].proc.following = None;
             Ok(Some(if kind == StopKind::Fast { 100 * MS } else { MS }))

@@ -32,13 +32,21 @@ pub(super) fn fence_check(w: &mut World, n: usize, _pg_gen: u64) {
 pub(super) fn stream(w: &mut World, n: usize) {
     let now = w.now;
     let pg = &w.nodes[n].pg;
-    if !pg.accepting(now) || pg.primary {
+    if !pg.running || now < pg.ready_at || pg.primary {
         return;
     }
     let Some(u) = pg.upstream else {
         return;
     };
     if !upstream_answers(w, n, u) || !w.nodes[n].up {
+        return;
+    }
+    if w.nodes[n].pg.frozen_since.is_some() {
+        // A hung standby's connection stays open; its flush position stands still.
+        let name = w.nodes[n].name.clone();
+        if let Some(s) = w.nodes[u].pg.seen.get_mut(&name) {
+            s.0 = now;
+        }
         return;
     }
     if !w.nodes[n].pg.is_prefix_of(&w.nodes[u].pg.wal) {
@@ -61,7 +69,11 @@ pub(super) fn stream(w: &mut World, n: usize) {
     pg.streamed_at = Some(now);
     let flushed = pg.wal.len();
     let up = &mut w.nodes[u].pg;
-    up.seen.insert(name.clone(), (now, flushed));
+    let moved = match up.seen.get(&name) {
+        Some((_, f, m)) if *f == flushed => *m,
+        _ => now,
+    };
+    up.seen.insert(name.clone(), (now, flushed, moved));
     if up.sync_names.as_deref() == Some(name.as_str()) {
         let wal = &up.wal;
         let mut acked = Vec::new();

@@ -148,6 +148,8 @@ pub(crate) enum Heal {
     Loss,
     Disk,
     SlowLink(usize),
+    /// A hung PostgreSQL resumes.
+    Thaw(usize),
 }
 
 /// A store answer as the client library returns it.
@@ -248,6 +250,8 @@ pub(crate) struct World {
     pub acked: Vec<u64>,
     pub commits_acked: u64,
     pub promotions: u64,
+    /// Hung primaries killed (`Stop(Kill)`).
+    pub hang_kills: u64,
     pub base: tokio::time::Instant,
     trace: VecDeque<String>,
     pub verbose: bool,
@@ -287,6 +291,7 @@ impl World {
             acked: Vec::new(),
             commits_acked: 0,
             promotions: 0,
+            hang_kills: 0,
             base: tokio::time::Instant::now(),
             trace: VecDeque::new(),
             verbose: false,
@@ -365,6 +370,7 @@ impl World {
         Ok(Stats {
             steps: self.steps,
             promotions: self.promotions,
+            hang_kills: self.hang_kills,
             commits_acked: self.commits_acked,
         })
     }
@@ -437,6 +443,11 @@ impl World {
                 Heal::Loss => self.loss = 0.0,
                 Heal::Disk => self.disk_stall_us = 0,
                 Heal::SlowLink(i) => self.slow_link[i] = false,
+                Heal::Thaw(i) => {
+                    if self.nodes[i].pg.frozen_since.take().is_some() {
+                        self.note(format!("n{}'s PostgreSQL resumes", i + 1));
+                    }
+                }
             },
         }
     }
@@ -661,7 +672,7 @@ impl World {
             _ => n,
         };
         let ttl = TTL_MS * MS;
-        match self.rng.range(0, 9) {
+        match self.rng.range(0, 10) {
             0 | 1 if self.nodes[n].up => {
                 self.note(format!("FAULT crash n{}", n + 1));
                 host::crash(self, n);
@@ -711,6 +722,21 @@ impl World {
                     d,
                     Ev::Heal {
                         what: Heal::SlowLink(n),
+                    },
+                );
+            }
+            9 if self.nodes[n].pg.running && self.nodes[n].pg.frozen_since.is_none() => {
+                self.nodes[n].pg.frozen_since = Some(self.now);
+                let d = self.rng.range(2_000 * MS, 20_000 * MS);
+                self.note(format!(
+                    "FAULT n{}'s PostgreSQL hangs (every process stopped) for {} ms",
+                    n + 1,
+                    d / MS
+                ));
+                self.at(
+                    d,
+                    Ev::Heal {
+                        what: Heal::Thaw(n),
                     },
                 );
             }
@@ -780,5 +806,6 @@ impl World {
 pub(crate) struct Stats {
     pub steps: u64,
     pub promotions: u64,
+    pub hang_kills: u64,
     pub commits_acked: u64,
 }

@@ -170,14 +170,36 @@ pub(super) fn pg_view(w: &mut World, n: usize, now_l: u64, leader_serving: bool)
         replica_flush: if is_primary {
             pg.seen
                 .iter()
-                .map(|(k, (_, f))| (k.clone(), *f as u64))
+                .map(|(k, (_, f, _))| (k.clone(), *f as u64))
                 .collect()
         } else {
             Vec::new()
         },
         sync_catchup: p.sync_catchup.clone(),
-        stall: Stall::default(),
-        sync_stalled: None,
+        // The health monitor's view: no answer and every process stopped.
+        stall: match pg.frozen_since {
+            Some(t) if pg.running => {
+                let ms = Some((now - t) / MS);
+                Stall {
+                    unanswered_ms: ms,
+                    postmaster_stopped_ms: ms,
+                    processes: 6,
+                    stopped: 6,
+                    ..Stall::default()
+                }
+            }
+            _ => Stall::default(),
+        },
+        // Commits wait on the synchronous standby while its flush does not move.
+        sync_stalled: pg
+            .sync_names
+            .as_ref()
+            .filter(|_| is_primary && !pg.waiting.is_empty())
+            .and_then(|s| {
+                pg.seen
+                    .get(s)
+                    .map(|(_, _, moved)| (s.clone(), (now - moved) / MS))
+            }),
         rewind_failed: p.rewind_failed,
     }
 }

@@ -23,8 +23,8 @@ pub(crate) struct SimPg {
     /// Started as primary or promoted, and has not stopped since.
     pub writable_possible: bool,
     pub sync_names: Option<String>,
-    /// Primary: each standby's (last contact, flush position).
-    pub seen: BTreeMap<String, (u64, usize)>,
+    /// Primary: each standby's (last contact, flush position, when it last moved).
+    pub seen: BTreeMap<String, (u64, usize, u64)>,
     /// Replica: the node it streams from.
     pub upstream: Option<usize>,
     /// Replica: last instant it received from its upstream.
@@ -33,6 +33,10 @@ pub(crate) struct SimPg {
     pub waiting: Vec<usize>,
     /// This data dir comes from a bootstrap not yet recorded in the store.
     pub unrecorded_bootstrap: bool,
+    /// Every process stopped (storage that stopped answering, SIGSTOP) since this
+    /// instant: it answers nothing and commits nothing until it resumes, then goes
+    /// on as it was (a primary accepts writes again).
+    pub frozen_since: Option<u64>,
 }
 
 /// How long a standby counts as connected after its last contact.
@@ -40,7 +44,7 @@ pub(super) const STREAM_TIMEOUT_US: u64 = 300_000;
 
 impl SimPg {
     pub fn accepting(&self, now: u64) -> bool {
-        self.running && now >= self.ready_at
+        self.running && now >= self.ready_at && self.frozen_since.is_none()
     }
 
     /// Accepts writes at `now`.
@@ -66,6 +70,7 @@ impl SimPg {
     /// Processes gone (crash, kill, stop): nothing waiting is acknowledged.
     pub fn halt(&mut self) {
         self.running = false;
+        self.frozen_since = None;
         self.writable_possible = false;
         self.waiting.clear();
         self.seen.clear();
@@ -77,7 +82,7 @@ impl SimPg {
     pub fn streaming(&self, now: u64) -> Vec<(String, bool)> {
         self.seen
             .iter()
-            .filter(|(_, (t, _))| now.saturating_sub(*t) <= STREAM_TIMEOUT_US)
+            .filter(|(_, (t, _, _))| now.saturating_sub(*t) <= STREAM_TIMEOUT_US)
             .map(|(n, _)| (n.clone(), self.sync_names.as_deref() == Some(n.as_str())))
             .collect()
     }

@@ -40,6 +40,7 @@ fn sweep(first: u64, steps: u64) -> (u64, u64, Stats, Option<Failure>) {
             Ok(s) => {
                 total.steps += s.steps;
                 total.promotions += s.promotions;
+                total.hang_kills += s.hang_kills;
                 total.commits_acked += s.commits_acked;
             }
             Err(f) => {
@@ -63,11 +64,12 @@ fn sim_at_most_one_primary_and_no_acknowledged_commit_lost() {
         panic!("{f}");
     }
     println!(
-        "SIM {runs} runs, {} steps in {secs:.1} s ({:.0} steps/s), {} promotions, {} commits \
-         acknowledged",
+        "SIM {runs} runs, {} steps in {secs:.1} s ({:.0} steps/s), {} promotions, {} hung \
+         primaries killed, {} commits acknowledged",
         total.steps,
         total.steps as f64 / secs,
         total.promotions,
+        total.hang_kills,
         total.commits_acked
     );
     assert!(
@@ -113,22 +115,22 @@ const LOSS: &[&str] = &["acknowledged commit", "maximum_lag_on_failover"];
 
 #[test]
 fn sim_finds_release_without_stop() {
-    finds(Bug::ReleaseWithoutStop, TWO_PRIMARIES, 1_000_000);
+    finds(Bug::ReleaseWithoutStop, TWO_PRIMARIES, 5_000_000);
 }
 
 #[test]
 fn sim_finds_the_guard_frozen_with_pgquorum() {
-    finds(Bug::GuardInSupervisorGroup, TWO_PRIMARIES, 1_000_000);
+    finds(Bug::GuardInSupervisorGroup, TWO_PRIMARIES, 5_000_000);
 }
 
 #[test]
 fn sim_finds_a_sync_standby_recorded_early() {
-    finds(Bug::SyncRecordedEarly, &["acknowledged commit"], 1_000_000);
+    finds(Bug::SyncRecordedEarly, &["acknowledged commit"], 5_000_000);
 }
 
 #[test]
 fn sim_finds_a_candidate_skipping_the_rules() {
-    finds(Bug::CandidateSkipsRules, LOSS, 1_000_000);
+    finds(Bug::CandidateSkipsRules, LOSS, 5_000_000);
 }
 
 /// Same seed, same run: every step and every trace line.

@@ -8,14 +8,14 @@ impl Supervisor {
         view: Option<&ClusterView>,
         leader: &str,
     ) -> Result<ConnTarget, SupervisorError> {
-        let m = view.and_then(|v| v.members.get(leader)).ok_or_else(|| {
-            SupervisorError::Other(format!("leader {leader} has not published its address yet"))
-        })?;
+        let m = view
+            .and_then(|v| v.members.get(leader))
+            .ok_or_else(|| SupervisorError::LeaderAddressUnknown(leader.to_string()))?;
         let (host, port) = crate::hostport::parse(&m.pg_addr).ok_or_else(|| {
-            SupervisorError::Other(format!(
-                "leader {leader} published a bad address {:?}",
-                m.pg_addr
-            ))
+            SupervisorError::LeaderAddressInvalid {
+                leader: leader.to_string(),
+                addr: m.pg_addr.clone(),
+            }
         })?;
         Ok(ConnTarget { host, port })
     }
@@ -121,12 +121,12 @@ impl Supervisor {
             // is still there and keeps the fence armed with its deadline.
             Action::RenewLease => {
                 let Some(l) = self.leader_lease.as_ref() else {
-                    return Err(SupervisorError::Other("no leader lease to renew".into()));
+                    return Err(SupervisorError::NoLeaderLease);
                 };
                 if l.valid_until().is_none() {
                     tracing::warn!("the leader lease is gone");
                     self.stop_leader_lease().await;
-                    return Err(SupervisorError::Other("the leader lease is gone".into()));
+                    return Err(SupervisorError::LeaseGone);
                 }
                 self.fence_deadline()?;
             }
@@ -134,11 +134,7 @@ impl Supervisor {
                 // The fence fails closed: the lease goes (and the deadline with it)
                 // only once PostgreSQL is confirmed stopped or a replica.
                 if self.pg.may_be_primary() {
-                    return Err(SupervisorError::Other(
-                        "PostgreSQL may still accept writes; keeping the leader lease and the \
-                         fence until it is stopped"
-                            .into(),
-                    ));
+                    return Err(SupervisorError::MayBePrimary);
                 }
                 if let Some(id) = self.stop_leader_lease().await {
                     let _ = self.client.lease_revoke(id).await;
@@ -164,9 +160,7 @@ impl Supervisor {
                 // Replicas need the role before the cluster counts as initialized.
                 self.pg.ensure_replication_role().await?;
                 let DataDirState::Initialized { system_id } = probe.data_dir else {
-                    return Err(SupervisorError::Other(
-                        "no system identifier to record".into(),
-                    ));
+                    return Err(SupervisorError::NoSystemId);
                 };
                 let put = self
                     .client
@@ -181,8 +175,11 @@ impl Supervisor {
                     self.pg.clear_bootstrap_marker()?;
                 }
                 // The bootstrapping member's settings become the cluster's, unless set already.
-                let bytes = serde_json::to_vec(&self.ha)
-                    .map_err(|e| SupervisorError::Other(e.to_string()))?;
+                let bytes =
+                    serde_json::to_vec(&self.ha).map_err(|source| SupervisorError::Encode {
+                        what: "the HA settings",
+                        source,
+                    })?;
                 self.client
                     .put(model::CONFIG_KEY, bytes, 0, Some(0))
                     .await?;
@@ -292,8 +289,11 @@ impl Supervisor {
                     leader: self.me.clone(),
                     sync_standby: name,
                 };
-                let bytes = serde_json::to_vec(&state)
-                    .map_err(|e| SupervisorError::Other(e.to_string()))?;
+                let bytes =
+                    serde_json::to_vec(&state).map_err(|source| SupervisorError::Encode {
+                        what: "the synchronous standby record",
+                        source,
+                    })?;
                 self.put_as_leader(SYNC_KEY, bytes).await?;
             }
         }
@@ -310,15 +310,15 @@ impl Supervisor {
         value: Vec<u8>,
     ) -> Result<(), SupervisorError> {
         let Some(id) = self.leader_lease.as_ref().map(|l| l.id()) else {
-            return Err(SupervisorError::Other(format!(
-                "not writing {key}: this member holds no leader lease"
-            )));
+            return Err(SupervisorError::NotLeaseHolder {
+                key: key.to_string(),
+            });
         };
         let r = self.client.put_guarded(key, value, LEADER_KEY, id).await?;
         if !r.succeeded {
-            return Err(SupervisorError::Other(format!(
-                "not writing {key}: this member's lease no longer holds the leader key"
-            )));
+            return Err(SupervisorError::Deposed {
+                key: key.to_string(),
+            });
         }
         Ok(())
     }

@@ -41,8 +41,36 @@ pub enum SupervisorError {
     Store(#[from] ClientError),
     #[error("postgres: {0}")]
     Pg(#[from] PgError),
-    #[error("{0}")]
-    Other(String),
+    #[error(
+        "the node config has no [postgresql] section; add one for this node to supervise PostgreSQL"
+    )]
+    NoPostgresSection,
+    #[error("leader {0} has not published its PostgreSQL address yet; retried next cycle")]
+    LeaderAddressUnknown(String),
+    #[error(
+        "leader {leader} published a bad PostgreSQL address {addr:?}; fix its postgresql.connect_address"
+    )]
+    LeaderAddressInvalid { leader: String, addr: String },
+    #[error("no leader lease to renew")]
+    NoLeaderLease,
+    #[error("the leader lease is gone")]
+    LeaseGone,
+    #[error(
+        "PostgreSQL may still accept writes; keeping the leader lease and the fence until it is stopped"
+    )]
+    MayBePrimary,
+    #[error("no system identifier to record: the data directory is not initialized")]
+    NoSystemId,
+    #[error("not writing {key}: this member holds no leader lease")]
+    NotLeaseHolder { key: String },
+    #[error("not writing {key}: this member's lease no longer holds the leader key")]
+    Deposed { key: String },
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 pub struct Supervisor {
@@ -95,7 +123,7 @@ impl Supervisor {
         let pgc = cfg
             .postgresql
             .as_ref()
-            .ok_or_else(|| SupervisorError::Other("no [postgresql] section".into()))?;
+            .ok_or_else(|| SupervisorError::NoPostgresSection)?;
         let mut endpoints = vec![cfg.advertise_addr.clone()];
         endpoints.extend(
             cfg.initial_cluster
