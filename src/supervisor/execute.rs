@@ -197,6 +197,10 @@ impl Supervisor {
                     None => None,
                 };
                 self.should_run = true;
+                // A freshly started standby gets a full period to stream before it
+                // counts as diverged again; otherwise one that answers before its
+                // walreceiver connects is rewound at once, forever.
+                self.stalled_since = None;
                 self.pg
                     .start(StartMode::Replica {
                         primary,
@@ -218,6 +222,7 @@ impl Supervisor {
             }
             Action::Follow { leader } => {
                 let target = Self::target(view, &leader)?;
+                self.stalled_since = None;
                 self.pg.stop(StopKind::Fast).await?;
                 self.pg.set_fence_deadline(None)?;
                 self.pg
