@@ -114,6 +114,21 @@ impl Member {
         }
     }
 
+    /// A superuser session (its connection runs on its own task).
+    async fn superuser(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .password(r#"su 'secret' \ with:colon"#)
+            .dbname("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.pg.log_path()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -255,16 +270,7 @@ async fn pg_fence_kills_every_backend_even_a_busy_one() {
     m.pg.bootstrap()
         .await
         .unwrap_or_else(|e| panic!("bootstrap: {e}"));
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(m.port)
-        .user("postgres")
-        .password(r#"su 'secret' \ with:colon"#)
-        .dbname("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let client = m.superuser().await;
     client
         .batch_execute("CREATE TABLE after_fence (x int)")
         .await
@@ -322,17 +328,7 @@ async fn pg_a_resumed_instance_answers_the_next_probe_despite_queued_clients() {
     m.pg.bootstrap()
         .await
         .unwrap_or_else(|e| panic!("bootstrap: {e}"));
-    let su = |port: u16| {
-        let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(port)
-            .user("postgres")
-            .password(r#"su 'secret' \ with:colon"#)
-            .dbname("postgres");
-        c
-    };
-    let (admin, conn) = su(m.port).connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let admin = m.superuser().await;
     admin
         .batch_execute("CREATE ROLE app LOGIN PASSWORD 'app'")
         .await

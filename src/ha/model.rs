@@ -117,6 +117,14 @@ pub struct ClusterView {
 pub use crate::lsn::{format_lsn, parse_lsn};
 
 impl ClusterView {
+    /// The member named by the leader key publishes itself as a running primary.
+    pub fn leader_serving(&self) -> bool {
+        self.leader
+            .as_ref()
+            .and_then(|l| self.members.get(l))
+            .is_some_and(|m| m.role == Role::Primary && m.state == PgRunState::Running)
+    }
+
     /// Decodes the `/pg/` keys. A malformed member record is skipped rather than
     /// failing the whole view: one member's bad write must not blind the others.
     pub fn from_kvs<'a>(

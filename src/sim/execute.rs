@@ -40,8 +40,7 @@ pub(super) fn set_fence(w: &mut World, n: usize, d: Option<u64>) {
     w.nodes[n].fence = d;
     if let Some(d) = d {
         let real = w.nodes[n].clock.real(d);
-        let pg_gen = w.nodes[n].pg_gen;
-        w.at(real.saturating_sub(w.now), Ev::Fence { n, pg_gen });
+        w.at(real.saturating_sub(w.now), Ev::Fence { n });
     }
 }
 
@@ -360,7 +359,6 @@ pub(super) fn start(
     let ready = w.rng.range(100 * MS, 600 * MS);
     let now = w.now;
     let node = &mut w.nodes[n];
-    node.pg_gen += 1;
     let pg = &mut node.pg;
     pg.running = true;
     pg.ready_at = now + ready;

@@ -7,7 +7,7 @@ use super::{Ev, MS, World};
 
 /// Both fencers look at the deadline: the guard unless it is paused, pgquorum's
 /// fencer thread unless pgquorum is. Either kills every PostgreSQL process.
-pub(super) fn fence_check(w: &mut World, n: usize, _pg_gen: u64) {
+pub(super) fn fence_check(w: &mut World, n: usize) {
     let node = &w.nodes[n];
     let Some(d) = node.fence else {
         return;
@@ -153,7 +153,7 @@ pub(super) fn resume(w: &mut World, n: usize) {
             w.at(0, ev);
         }
     }
-    fence_check(w, n, 0);
+    fence_check(w, n);
 }
 
 /// An operator's `ctl switchover` (candidate named or not), if the store commits.
@@ -165,10 +165,10 @@ pub(super) fn request_switchover(w: &mut World) {
     else {
         return;
     };
-    let Some(from) = (0..w.nodes.len()).find(|&i| w.nodes[i].up && w.reaches_quorum(i)) else {
+    // The operator's ctl reaches some member that reaches the quorum.
+    if !(0..w.nodes.len()).any(|i| w.nodes[i].up && w.reaches_quorum(i)) {
         return;
-    };
-    let _ = from;
+    }
     let others: Vec<String> = w
         .nodes
         .iter()

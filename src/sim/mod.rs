@@ -120,7 +120,6 @@ pub(crate) enum Ev {
     /// A fencer looks at its deadline.
     Fence {
         n: usize,
-        pg_gen: u64,
     },
     /// Raft: elections, followers catching up, lease expiry on the leader.
     RaftTick,
@@ -414,7 +413,7 @@ impl World {
                 }
                 cycle::on_reply(self, n, req, resp);
             }
-            Ev::Fence { n, pg_gen } => host::fence_check(self, n, pg_gen),
+            Ev::Fence { n } => host::fence_check(self, n),
             Ev::RaftTick => self.raft_tick(),
             Ev::Stream { n } => {
                 host::stream(self, n);

@@ -124,7 +124,6 @@ pub(crate) struct Node {
     pub(super) lessor: Lessor,
     pub(super) applied: usize,
     pub(super) pg: SimPg,
-    pub(super) pg_gen: u64,
     /// The fence deadline both fencers enforce (local µs).
     pub(super) fence: Option<u64>,
     pub(super) proc: Proc,
@@ -144,7 +143,6 @@ impl Node {
             lessor: Lessor::default(),
             applied: 0,
             pg: SimPg::default(),
-            pg_gen: 0,
             fence: None,
             proc: Proc::default(),
         }

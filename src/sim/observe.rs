@@ -24,12 +24,7 @@ pub(super) fn observe(w: &mut World, n: usize, kvs: Option<Vec<(String, Vec<u8>,
         Vec::new()
     };
     track_sync_catchup(w, n);
-    let leader_serving = read.as_ref().is_some_and(|(v, _, _)| {
-        v.leader
-            .as_ref()
-            .and_then(|l| v.members.get(l))
-            .is_some_and(|m| m.role == Role::Primary && m.state == PgRunState::Running)
-    });
+    let leader_serving = read.as_ref().is_some_and(|(v, _, _)| v.leader_serving());
     let pg = pg_view(w, n, now_l, leader_serving);
     let node = &mut w.nodes[n];
     let p = &mut node.proc;
@@ -60,21 +55,9 @@ pub(super) fn observe(w: &mut World, n: usize, kvs: Option<Vec<(String, Vec<u8>,
             synchronous_mode_strict: false,
         },
         paused: false,
-        store: read.as_ref().map(|(view, sysid, _)| StoreView {
-            raft_members,
-            leader: view.leader.clone(),
-            system_id: *sysid,
-            members: view
-                .members
-                .values()
-                .filter(|m| m.name != me)
-                .cloned()
-                .collect(),
-            optime: view.optime,
-            timeline: view.timeline,
-            sync: view.sync.clone(),
-            switchover: view.switchover.clone(),
-        }),
+        store: read
+            .as_ref()
+            .map(|(view, sysid, _)| StoreView::of(view, *sysid, raft_members, &me)),
         lease_held: lease_valid,
         lease_lapsed: p.leader_lease.is_some() && !lease_valid,
         own_old_lease: read.as_ref().and_then(|(_, _, l)| *l),

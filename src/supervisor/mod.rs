@@ -259,12 +259,10 @@ impl Supervisor {
         let probe = self.pg.probe().await;
         self.track_sync_catchup(&probe).await;
         let now = Instant::now();
-        let leader_serving = store.as_ref().ok().is_some_and(|(v, _, _)| {
-            v.leader
-                .as_ref()
-                .and_then(|l| v.members.get(l))
-                .is_some_and(|m| m.role == Role::Primary && m.state == PgRunState::Running)
-        });
+        let leader_serving = store
+            .as_ref()
+            .ok()
+            .is_some_and(|(v, _, _)| v.leader_serving());
         let pg = self.pg_view(&probe, now, leader_serving);
         let own_old_lease = store.as_ref().ok().and_then(|(_, _, l)| *l);
         let (view, store_view) = match &store {

@@ -32,21 +32,7 @@ impl Supervisor {
         system_id: Option<u64>,
         raft_members: Vec<String>,
     ) -> StoreView {
-        StoreView {
-            raft_members,
-            leader: view.leader.clone(),
-            system_id,
-            members: view
-                .members
-                .values()
-                .filter(|m| m.name != self.me)
-                .cloned()
-                .collect(),
-            optime: view.optime,
-            timeline: view.timeline,
-            sync: view.sync.clone(),
-            switchover: view.switchover.clone(),
-        }
+        StoreView::of(view, system_id, raft_members, &self.me)
     }
 
     pub(super) fn pg_view(&mut self, p: &PgProbe, now: Instant, leader_serving: bool) -> PgView {

@@ -2,7 +2,7 @@
 //! lease, the policy) and what it returns (`Decision`: actions and a reason).
 
 use super::Reason;
-use crate::ha::model::{MemberStatus, Role, Switchover, SyncState, Tags};
+use crate::ha::model::{ClusterView, MemberStatus, Role, Switchover, SyncState, Tags};
 pub use crate::stop::StopKind;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +137,32 @@ pub struct StoreView {
     /// Names of the Raft members (read only while this member leads): each gets a
     /// replication slot, also while it is down and publishes nothing.
     pub raft_members: Vec<String>,
+}
+
+impl StoreView {
+    /// The store's keys as member `me` reads them (its own status left out).
+    pub fn of(
+        view: &ClusterView,
+        system_id: Option<u64>,
+        raft_members: Vec<String>,
+        me: &str,
+    ) -> Self {
+        StoreView {
+            raft_members,
+            leader: view.leader.clone(),
+            system_id,
+            members: view
+                .members
+                .values()
+                .filter(|m| m.name != me)
+                .cloned()
+                .collect(),
+            optime: view.optime,
+            timeline: view.timeline,
+            sync: view.sync.clone(),
+            switchover: view.switchover.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
