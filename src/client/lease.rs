@@ -4,6 +4,31 @@
 
 use super::*;
 
+/// The two lease calls a [`LeaseKeeper`] makes, so a keeper can run against the
+/// cluster ([`Client`]) or against a fake in a holder's unit tests.
+pub trait LeaseRpc: Clone + Send + Sync + 'static {
+    /// Grants a lease of `ttl_ms` (id chosen by the cluster); returns the id and the
+    /// TTL the cluster reports applying (0: as asked).
+    fn grant_lease(
+        &self,
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<(u64, u64), ClientError>> + Send;
+    /// Renews lease `id`; returns the TTL the cluster reports applying (0: unknown).
+    /// A lease that does not exist is an error with code `NotFound`.
+    fn renew_lease(&self, id: u64) -> impl Future<Output = Result<u64, ClientError>> + Send;
+}
+
+impl LeaseRpc for Client {
+    async fn grant_lease(&self, ttl_ms: u64) -> Result<(u64, u64), ClientError> {
+        let r = self.lease_grant(ttl_ms, 0).await?;
+        Ok((r.id, r.ttl_ms))
+    }
+
+    async fn renew_lease(&self, id: u64) -> Result<u64, ClientError> {
+        Ok(self.lease_renew(id).await?.ttl_ms)
+    }
+}
+
 /// Until when a lease is certainly still held, given that a grant or renewal
 /// that was *sent* at `sent` (local monotonic clock, read before sending)
 /// committed with `ttl`.
@@ -79,8 +104,8 @@ pub(super) fn effective_ttl(requested: Duration, reported_ms: u64) -> Duration {
 /// clears it), so once `is_valid(now)` is false the holder must stop acting as
 /// lease owner (e.g. demote PostgreSQL) even if a later renewal may succeed.
 #[derive(Debug)]
-pub struct LeaseKeeper {
-    client: Client,
+pub struct LeaseKeeper<C = Client> {
+    client: C,
     id: u64,
     ttl: Duration,
     drift: f64,
@@ -88,16 +113,16 @@ pub struct LeaseKeeper {
     valid_until: Option<Instant>,
 }
 
-impl LeaseKeeper {
+impl<C: LeaseRpc> LeaseKeeper<C> {
     /// Grants a new lease (id chosen by the cluster) with [`DEFAULT_DRIFT`] and
     /// [`DEFAULT_MARGIN`].
-    pub async fn grant(client: Client, ttl: Duration) -> Result<Self, ClientError> {
+    pub async fn grant(client: C, ttl: Duration) -> Result<Self, ClientError> {
         Self::grant_with(client, ttl, DEFAULT_DRIFT, DEFAULT_MARGIN).await
     }
 
     /// Like [`LeaseKeeper::grant`] with explicit clock drift and safety margin.
     pub async fn grant_with(
-        client: Client,
+        client: C,
         ttl: Duration,
         drift: f64,
         margin: Duration,
@@ -106,11 +131,11 @@ impl LeaseKeeper {
         // rest we did not ask for would overstate the deadline.
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let sent = Instant::now();
-        let resp = client.lease_grant(ttl_ms, 0).await?;
-        let ttl = effective_ttl(Duration::from_millis(ttl_ms), resp.ttl_ms);
+        let (id, applied_ms) = client.grant_lease(ttl_ms).await?;
+        let ttl = effective_ttl(Duration::from_millis(ttl_ms), applied_ms);
         Ok(LeaseKeeper {
             client,
-            id: resp.id,
+            id,
             ttl,
             drift,
             margin,
@@ -120,25 +145,25 @@ impl LeaseKeeper {
 
     /// Takes over an existing lease by renewing it once; the TTL is the one the
     /// cluster reports.
-    pub async fn attach(client: Client, id: u64) -> Result<Self, ClientError> {
+    pub async fn attach(client: C, id: u64) -> Result<Self, ClientError> {
         Self::attach_with(client, id, DEFAULT_DRIFT, DEFAULT_MARGIN).await
     }
 
     /// Like [`LeaseKeeper::attach`] with explicit clock drift and safety margin.
     pub async fn attach_with(
-        client: Client,
+        client: C,
         id: u64,
         drift: f64,
         margin: Duration,
     ) -> Result<Self, ClientError> {
         let sent = Instant::now();
-        let resp = client.lease_renew(id).await?;
-        if resp.ttl_ms == 0 {
+        let ttl_ms = client.renew_lease(id).await?;
+        if ttl_ms == 0 {
             return Err(ClientError::InvalidResponse(format!(
                 "renewal of lease {id} reported no ttl"
             )));
         }
-        let ttl = Duration::from_millis(resp.ttl_ms);
+        let ttl = Duration::from_millis(ttl_ms);
         Ok(LeaseKeeper {
             client,
             id,
@@ -152,12 +177,12 @@ impl LeaseKeeper {
     /// Renews the lease. Only an Ok answer moves [`LeaseKeeper::valid_until`]
     /// (to the send time of this renewal plus the discounted TTL); an error
     /// leaves it unchanged, except `NotFound`, which clears it.
-    pub async fn renew(&mut self) -> Result<pb::LeaseResponse, ClientError> {
+    pub async fn renew(&mut self) -> Result<(), ClientError> {
         let sent = Instant::now();
-        let result = self.client.lease_renew(self.id).await;
+        let result = self.client.renew_lease(self.id).await;
         let renewal = match &result {
-            Ok(resp) => {
-                self.ttl = effective_ttl(self.ttl, resp.ttl_ms);
+            Ok(ttl_ms) => {
+                self.ttl = effective_ttl(self.ttl, *ttl_ms);
                 Renewal::Committed { ttl: self.ttl }
             }
             Err(err) if err.code() == Some(Code::NotFound) => Renewal::Gone,
@@ -165,7 +190,7 @@ impl LeaseKeeper {
         };
         self.valid_until =
             next_valid_until(self.valid_until, sent, renewal, self.drift, self.margin);
-        result
+        result.map(|_| ())
     }
 
     /// Until when the lease is certainly held; `None` if it never was or is gone.
@@ -205,8 +230,8 @@ pub struct LeaseRenewer {
 }
 
 impl LeaseRenewer {
-    pub fn spawn(
-        mut keeper: LeaseKeeper,
+    pub fn spawn<C: LeaseRpc>(
+        mut keeper: LeaseKeeper<C>,
         every: Duration,
         on_renewed: impl Fn(Instant) + Send + 'static,
     ) -> Self {

@@ -27,7 +27,7 @@ use crate::wire::{LEADER_HINT, OUTCOME};
 
 mod lease;
 
-pub use self::lease::{LeaseKeeper, LeaseRenewer, lease_deadline};
+pub use self::lease::{LeaseKeeper, LeaseRenewer, LeaseRpc, lease_deadline};
 #[cfg(test)]
 use self::lease::{Renewal, effective_ttl, next_valid_until};
 

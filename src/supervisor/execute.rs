@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Supervisor {
+impl<S: Store, P: Database> Supervisor<S, P> {
     pub(super) fn target(
         view: Option<&ClusterView>,
         leader: &str,
@@ -28,14 +28,14 @@ impl Supervisor {
     ///
     /// At most one such task runs: any earlier one is stopped first, so only the lease
     /// that guards the leader key ever moves the fence deadline.
-    pub(super) async fn keep_leader_lease(&mut self, keeper: LeaseKeeper) {
+    pub(super) async fn keep_leader_lease(&mut self, keeper: LeaseKeeper<S>) {
         if let Some(old) = self.stop_leader_lease().await {
-            let _ = self.client.lease_revoke(old).await;
+            let _ = self.client.revoke(old).await;
         }
         let fence = self.pg.fence_handle();
         let every = Duration::from_millis(self.ha.loop_wait_ms);
         self.leader_lease = Some(LeaseRenewer::spawn(keeper, every, move |until| {
-            if let Err(e) = fence.move_if_armed(until.into_std()) {
+            if let Err(e) = fence.move_if_armed(until) {
                 tracing::debug!(error = %e, "renewed the leader lease; PostgreSQL is not running");
             }
         }));
@@ -59,7 +59,7 @@ impl Supervisor {
             .as_ref()
             .and_then(|l| l.valid_until())
             .unwrap_or_else(Instant::now);
-        self.pg.set_fence_deadline(Some(d.into_std()))?;
+        self.pg.set_fence_deadline(Some(d))?;
         Ok(())
     }
 
@@ -75,7 +75,7 @@ impl Supervisor {
                 let keeper = LeaseKeeper::grant(self.client.clone(), ttl).await?;
                 let put = self
                     .client
-                    .put(
+                    .put_key(
                         LEADER_KEY,
                         self.me.clone().into_bytes(),
                         keeper.id(),
@@ -83,13 +83,13 @@ impl Supervisor {
                     )
                     .await;
                 match put {
-                    Ok(r) if r.succeeded => {
+                    Ok(true) => {
                         tracing::info!(lease = keeper.id(), "acquired the leader lease");
                         self.keep_leader_lease(keeper).await;
                         self.fence_deadline()?;
                     }
                     other => {
-                        let _ = self.client.lease_revoke(keeper.id()).await;
+                        let _ = self.client.revoke(keeper.id()).await;
                         if let Err(e) = other {
                             return Err(e.into());
                         }
@@ -101,7 +101,7 @@ impl Supervisor {
                 if let Some(id) = self.stop_leader_lease().await
                     && revoke
                 {
-                    let _ = self.client.lease_revoke(id).await;
+                    let _ = self.client.revoke(id).await;
                 }
             }
             Action::TakeBackLease { lease } => {
@@ -137,7 +137,7 @@ impl Supervisor {
                     return Err(SupervisorError::MayBePrimary);
                 }
                 if let Some(id) = self.stop_leader_lease().await {
-                    let _ = self.client.lease_revoke(id).await;
+                    let _ = self.client.revoke(id).await;
                 }
                 self.pg.set_fence_deadline(None)?;
             }
@@ -164,14 +164,14 @@ impl Supervisor {
                 };
                 let put = self
                     .client
-                    .put(
+                    .put_key(
                         INITIALIZE_KEY,
                         system_id.to_string().into_bytes(),
                         0,
                         Some(0),
                     )
                     .await?;
-                if put.succeeded {
+                if put {
                     self.pg.clear_bootstrap_marker()?;
                 }
                 // The bootstrapping member's settings become the cluster's, unless set already.
@@ -181,7 +181,7 @@ impl Supervisor {
                         source,
                     })?;
                 self.client
-                    .put(model::CONFIG_KEY, bytes, 0, Some(0))
+                    .put_key(model::CONFIG_KEY, bytes, 0, Some(0))
                     .await?;
             }
             Action::StartPrimary => {
@@ -284,9 +284,7 @@ impl Supervisor {
                 self.pg.set_synchronous_standby(name.as_deref()).await?;
             }
             Action::ClearSwitchover => {
-                self.client
-                    .delete(model::SWITCHOVER_KEY, false, None)
-                    .await?;
+                self.client.delete_key(model::SWITCHOVER_KEY).await?;
                 tracing::info!("switchover complete");
             }
             Action::RecordSync(name) => {
@@ -319,8 +317,11 @@ impl Supervisor {
                 key: key.to_string(),
             });
         };
-        let r = self.client.put_guarded(key, value, LEADER_KEY, id).await?;
-        if !r.succeeded {
+        if !self
+            .client
+            .put_as_holder(key, value, LEADER_KEY, id)
+            .await?
+        {
             return Err(SupervisorError::Deposed {
                 key: key.to_string(),
             });

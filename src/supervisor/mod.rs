@@ -10,8 +10,15 @@
 //! so a slow cycle cannot fence a healthy primary.
 
 mod execute;
+#[cfg(test)]
+mod fakes;
 mod observe;
+mod ports;
 mod publish;
+#[cfg(test)]
+mod tests;
+
+pub use self::ports::{Database, Fence, Store, StoredKey};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,14 +80,16 @@ pub enum SupervisorError {
     },
 }
 
-pub struct Supervisor {
+/// Generic over the store and PostgreSQL only so its unit tests can run it against
+/// fakes; production runs `Supervisor<Client, Postgres>`.
+pub struct Supervisor<S = Client, P = Postgres> {
     me: String,
     node_id: u64,
     scope: String,
     tags: Tags,
     ha: HaSettings,
-    client: Client,
-    pg: Postgres,
+    client: S,
+    pg: P,
     pg_addr: String,
     api_url: String,
     /// Renewed on its own task; see [`Supervisor::keep_leader_lease`].
@@ -113,17 +122,15 @@ pub struct Supervisor {
     rewind_failed: bool,
 }
 
-impl Supervisor {
+impl Supervisor<Client, Postgres> {
+    /// The supervisor of this node's PostgreSQL, talking to the store through this
+    /// node and the other members of `initial_cluster`.
     pub fn new(
         cfg: &NodeConfig,
         pg: Postgres,
         health: watch::Sender<Health>,
         tags_reload: watch::Receiver<Tags>,
     ) -> Result<Self, SupervisorError> {
-        let pgc = cfg
-            .postgresql
-            .as_ref()
-            .ok_or_else(|| SupervisorError::NoPostgresSection)?;
         let mut endpoints = vec![cfg.advertise_addr.clone()];
         endpoints.extend(
             cfg.initial_cluster
@@ -135,6 +142,22 @@ impl Supervisor {
         // but the loop should keep observing.
         let client =
             Client::new(endpoints)?.with_timeout(Duration::from_millis(cfg.ha.loop_wait_ms * 2));
+        Supervisor::with_parts(cfg, client, pg, health, tags_reload)
+    }
+}
+
+impl<S: Store, P: Database> Supervisor<S, P> {
+    pub fn with_parts(
+        cfg: &NodeConfig,
+        client: S,
+        pg: P,
+        health: watch::Sender<Health>,
+        tags_reload: watch::Receiver<Tags>,
+    ) -> Result<Self, SupervisorError> {
+        let pgc = cfg
+            .postgresql
+            .as_ref()
+            .ok_or_else(|| SupervisorError::NoPostgresSection)?;
         let api_url = cfg
             .rest_listen_addr
             .map(|a| format!("http://{a}"))
@@ -173,7 +196,7 @@ impl Supervisor {
     /// the lease back at once so a planned stop fails over without waiting for expiry.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let wake = Arc::new(Notify::new());
-        let watcher = tokio::spawn(watch_leader_key(self.client.clone(), wake.clone()));
+        let watcher = tokio::spawn(self.client.watch_key(LEADER_KEY, wake.clone()));
         loop {
             let wait = Duration::from_millis(self.ha.loop_wait_ms);
             let started = Instant::now();
@@ -223,7 +246,7 @@ impl Supervisor {
         }
         if let Some(id) = self.stop_leader_lease().await {
             // PostgreSQL is down: releasing now lets a replica take over within a cycle.
-            match self.client.lease_revoke(id).await {
+            match self.client.revoke(id).await {
                 Ok(_) => tracing::info!("leader lease released"),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not release the leader lease; it will expire")
@@ -233,7 +256,7 @@ impl Supervisor {
         if let Some(s) = self.status_lease.take() {
             let id = s.id();
             s.stop().await;
-            let _ = self.client.lease_revoke(id).await;
+            let _ = self.client.revoke(id).await;
         }
         let _ = self.pg.set_fence_deadline(None);
     }
@@ -249,10 +272,7 @@ impl Supervisor {
         // Read only while leading: every Raft member gets a slot, not only those
         // publishing right now (one that is down keeps the WAL it needs).
         let raft_members = if self.leader_lease.is_some() {
-            match self.client.status().await {
-                Ok(st) => st.members.into_iter().map(|m| m.name).collect(),
-                Err(_) => Vec::new(),
-            }
+            self.client.member_names().await.unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -404,19 +424,5 @@ impl Supervisor {
             }
             _ => {}
         }
-    }
-}
-
-/// Wakes the HA loop whenever `/pg/leader` changes. Re-subscribes after errors (a
-/// member restarting, a lost quorum); missing an event only delays the reaction to
-/// the next regular cycle.
-async fn watch_leader_key(client: Client, wake: Arc<Notify>) {
-    loop {
-        if let Ok(mut stream) = client.watch(LEADER_KEY, 0).await {
-            while let Ok(Some(_event)) = stream.message().await {
-                wake.notify_one();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -3,26 +3,22 @@
 
 use super::*;
 
-impl Supervisor {
+impl<S: Store, P: Database> Supervisor<S, P> {
     /// The `/pg/*` keys, the cluster's system identifier, and this member's own
     /// leader lease from before a restart: the id under which the leader key still
     /// names this member while this process holds no lease.
     pub(super) async fn read_store(
         &mut self,
     ) -> Result<(ClusterView, Option<u64>, Option<u64>), ClientError> {
-        let r = self.client.get(model::PREFIX, true, false).await?;
-        let own_old_lease = r
-            .kvs
+        let kvs = self.client.read_prefix(model::PREFIX).await?;
+        let own_old_lease = kvs
             .iter()
             .find(|kv| kv.key == LEADER_KEY)
             .filter(|kv| kv.value == self.me.as_bytes() && kv.lease != 0)
             .filter(|_| self.leader_lease.is_none())
             .map(|kv| kv.lease);
-        let (view, sysid) = ClusterView::from_kvs(
-            r.kvs
-                .iter()
-                .map(|kv| (kv.key.as_str(), kv.value.as_slice())),
-        );
+        let (view, sysid) =
+            ClusterView::from_kvs(kvs.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())));
         Ok((view, sysid, own_old_lease))
     }
 

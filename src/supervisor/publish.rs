@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Supervisor {
+impl<S: Store, P: Database> Supervisor<S, P> {
     pub(super) fn my_status(&self, p: &PgProbe, view: &ClusterView) -> MemberStatus {
         let role = match (p.running, p.in_recovery) {
             (true, Some(false)) => Role::Primary,
@@ -78,7 +78,7 @@ impl Supervisor {
         };
         if self
             .client
-            .put(&model::member_key(&self.me), bytes, lease, None)
+            .put_key(&model::member_key(&self.me), bytes, lease, None)
             .await
             .is_ok()
         {
