@@ -492,7 +492,7 @@ impl Admin for AdminService {
             let max = self.raft.config().election_timeout_max;
             serde_json::from_slice::<crate::config::HaSettings>(&req.get_ref().value)
                 .map_err(|e| e.to_string())
-                .and_then(|c| c.validate(max))
+                .and_then(|c| c.validate(max).map_err(|e| e.to_string()))
                 .map_err(|e| {
                     Status::invalid_argument(format!("rejected cluster HA settings: {e}"))
                 })?;

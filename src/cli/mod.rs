@@ -72,20 +72,20 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result: Result<(), String> = rt.block_on(async move {
+    let result: Result<(), CliError> = rt.block_on(async move {
         match cli.command {
             Command::Node { config } => {
-                let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+                let cfg = NodeConfig::load(&config)?;
                 let (tags_tx, tags_rx) = tokio::sync::watch::channel(cfg.tags.clone());
                 let reload = tokio::spawn(reload_on_sighup(config.clone(), cfg.clone(), tags_tx));
                 let r = crate::node::run(cfg, shutdown_signal(), tags_rx)
                     .await
-                    .map_err(|e| e.to_string());
+                    .map_err(CliError::from);
                 reload.abort();
                 r
             }
             Command::CheckConfig { config } => {
-                let cfg = NodeConfig::load(&config).map_err(|e| e.to_string())?;
+                let cfg = NodeConfig::load(&config)?;
                 println!(
                     "{}: ok (node {} of cluster {:?}, data dir {})",
                     config.display(),
@@ -95,7 +95,7 @@ pub fn main() -> ExitCode {
                 );
                 Ok(())
             }
-            Command::Ctl(args) => ctl::run(args).await.map_err(|e| e.to_string()),
+            Command::Ctl(args) => ctl::run(args).await.map_err(CliError::from),
             // Handled before the runtime was built.
             Command::PgGuard { .. } => Ok(()),
         }
@@ -107,6 +107,17 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What ends a command with an error: each module's own, printed once here.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    #[error(transparent)]
+    Ctl(#[from] ctl::CtlError),
 }
 
 /// SIGHUP (`systemctl reload`, `kill -HUP`) re-reads the config file: `[tags]` take

@@ -34,7 +34,78 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("config file {path}: {source}")]
+    Ha {
+        path: PathBuf,
+        #[source]
+        source: HaSettingsError,
+    },
+    #[error("config file {path}: {source}")]
+    Postgres {
+        path: PathBuf,
+        #[source]
+        source: PostgresSectionError,
+    },
+    #[error("config file {path}: {source}")]
+    Setting {
+        path: PathBuf,
+        #[source]
+        source: pg_rules::SettingError,
+    },
 }
+
+/// Cluster-wide HA settings that cannot work, with the rule they break.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HaSettingsError {
+    #[error("ha.loop_wait_ms must be at least 50")]
+    LoopWaitTooShort,
+    #[error(
+        "ha.ttl_ms ({ttl_ms}) must be at least 2 * ha.loop_wait_ms + raft.election_timeout_max_ms \
+         ({min_ms}): a primary must survive one missed renewal and one Raft election without \
+         fencing itself"
+    )]
+    TtlTooShort { ttl_ms: u64, min_ms: u64 },
+    #[error(
+        "ha.primary_hang_timeout_ms ({hang_ms}) must be 0 (off) or at least ha.ttl_ms ({ttl_ms}): \
+         a PostgreSQL that stalls for less than the time a dead host is given must not cost a \
+         failover"
+    )]
+    PrimaryHangTooShort { hang_ms: u64, ttl_ms: u64 },
+    #[error(
+        "ha.sync_standby_hang_timeout_ms ({hang_ms}) must be 0 (off) or at least 2 * \
+         ha.loop_wait_ms ({min_ms}): a standby is judged over more than one cycle"
+    )]
+    SyncStandbyHangTooShort { hang_ms: u64, min_ms: u64 },
+    #[error("ha.synchronous_mode_strict needs ha.synchronous_mode = true")]
+    StrictWithoutSynchronousMode,
+    #[error("ha: {0}")]
+    Setting(#[from] pg_rules::SettingError),
+}
+
+/// A `[postgresql]` section that cannot be used, and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PostgresSectionError {
+    #[error(
+        "postgresql.bin_dir is not set and no PostgreSQL server was found under \
+         /usr/lib/postgresql/*/bin; install PostgreSQL or set bin_dir"
+    )]
+    NoServerFound,
+    #[error(
+        "postgresql.bin_dir {0} has no `postgres` binary; point it at PostgreSQL's bin directory"
+    )]
+    NoPostgresBinary(PathBuf),
+    #[error("postgresql.port must be positive")]
+    NoPort,
+    #[error("postgresql.{0}.username must not be empty")]
+    EmptyUsername(&'static str),
+    #[error("postgresql.{0} needs a password or a password_file")]
+    NoPassword(&'static str),
+}
+
+/// An address that is not `host:port`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not HOST:PORT (an IPv6 host in brackets: [::1]:7001)")]
+pub struct HostPortError(pub String);
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -221,41 +292,35 @@ impl Default for HaSettings {
 impl HaSettings {
     /// The rule that makes self-fencing possible: a primary must be able to miss a
     /// renewal, retry, and still fence itself before the lease can expire elsewhere.
-    pub fn validate(&self, election_timeout_max_ms: u64) -> Result<(), String> {
+    pub fn validate(&self, election_timeout_max_ms: u64) -> Result<(), HaSettingsError> {
         if self.loop_wait_ms < 50 {
-            return Err("ha.loop_wait_ms must be at least 50".into());
+            return Err(HaSettingsError::LoopWaitTooShort);
         }
-        if self.ttl_ms < 2 * self.loop_wait_ms + election_timeout_max_ms {
-            return Err(format!(
-                "ha.ttl_ms ({}) must be at least 2 * ha.loop_wait_ms + raft.election_timeout_max_ms ({}): \
-                 a primary must survive one missed renewal and one Raft election without fencing itself",
-                self.ttl_ms,
-                2 * self.loop_wait_ms + election_timeout_max_ms
-            ));
+        let min_ms = 2 * self.loop_wait_ms + election_timeout_max_ms;
+        if self.ttl_ms < min_ms {
+            return Err(HaSettingsError::TtlTooShort {
+                ttl_ms: self.ttl_ms,
+                min_ms,
+            });
         }
         if self.primary_hang_timeout_ms != 0 && self.primary_hang_timeout_ms < self.ttl_ms {
-            return Err(format!(
-                "ha.primary_hang_timeout_ms ({}) must be 0 (off) or at least ha.ttl_ms ({}): a \
-                 PostgreSQL that stalls for less than the time a dead host is given must not \
-                 cost a failover",
-                self.primary_hang_timeout_ms, self.ttl_ms
-            ));
+            return Err(HaSettingsError::PrimaryHangTooShort {
+                hang_ms: self.primary_hang_timeout_ms,
+                ttl_ms: self.ttl_ms,
+            });
         }
         if self.sync_standby_hang_timeout_ms != 0
             && self.sync_standby_hang_timeout_ms < 2 * self.loop_wait_ms
         {
-            return Err(format!(
-                "ha.sync_standby_hang_timeout_ms ({}) must be 0 (off) or at least 2 * \
-                 ha.loop_wait_ms ({}): a standby is judged over more than one cycle",
-                self.sync_standby_hang_timeout_ms,
-                2 * self.loop_wait_ms
-            ));
+            return Err(HaSettingsError::SyncStandbyHangTooShort {
+                hang_ms: self.sync_standby_hang_timeout_ms,
+                min_ms: 2 * self.loop_wait_ms,
+            });
         }
         if self.synchronous_mode_strict && !self.synchronous_mode {
-            return Err("ha.synchronous_mode_strict needs ha.synchronous_mode = true".into());
+            return Err(HaSettingsError::StrictWithoutSynchronousMode);
         }
-        pg_rules::validate_cluster_settings(&self.parameters, &self.pg_hba, self.synchronous_mode)
-            .map_err(|e| format!("ha: {e}"))?;
+        pg_rules::validate_cluster_settings(&self.parameters, &self.pg_hba, self.synchronous_mode)?;
         Ok(())
     }
 }
@@ -418,15 +483,27 @@ impl NodeConfig {
         };
         raw.ha
             .validate(t.election_timeout_max_ms)
-            .map_err(invalid)?;
+            .map_err(|source| ConfigError::Ha {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let postgresql = match raw.postgresql {
             None => None,
-            Some(p) => Some(postgres_config(p, base).map_err(invalid)?),
+            Some(p) => Some(
+                postgres_config(p, base).map_err(|source| ConfigError::Postgres {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            ),
         };
         if let Some(p) = &postgresql {
-            pg_rules::check_synchronous_commit(&p.parameters, raw.ha.synchronous_mode)
-                .map_err(invalid)?;
+            pg_rules::check_synchronous_commit(&p.parameters, raw.ha.synchronous_mode).map_err(
+                |source| ConfigError::Setting {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            )?;
         }
         let rest_listen_addr = match &raw.rest_listen_addr {
             None => None,
@@ -457,31 +534,23 @@ impl NodeConfig {
     }
 }
 
-fn postgres_config(p: RawPostgres, base: &Path) -> Result<PostgresConfig, String> {
+fn postgres_config(p: RawPostgres, base: &Path) -> Result<PostgresConfig, PostgresSectionError> {
     let bin_dir = match p.bin_dir {
         Some(b) => b,
-        None => find_pg_bin_dir().ok_or(
-            "postgresql.bin_dir is not set and no PostgreSQL server was found under \
-             /usr/lib/postgresql/*/bin; install PostgreSQL or set bin_dir",
-        )?,
+        None => find_pg_bin_dir().ok_or(PostgresSectionError::NoServerFound)?,
     };
     if !bin_dir.join("postgres").exists() {
-        return Err(format!(
-            "postgresql.bin_dir {} has no `postgres` binary",
-            bin_dir.display()
-        ));
+        return Err(PostgresSectionError::NoPostgresBinary(bin_dir));
     }
     if p.port == 0 {
-        return Err("postgresql.port must be positive".into());
+        return Err(PostgresSectionError::NoPort);
     }
     for (name, c) in [("superuser", &p.superuser), ("replication", &p.replication)] {
         if c.username.is_empty() {
-            return Err(format!("postgresql.{name}.username must not be empty"));
+            return Err(PostgresSectionError::EmptyUsername(name));
         }
         if c.password.is_none() && c.password_file.is_none() {
-            return Err(format!(
-                "postgresql.{name} needs a password or a password_file"
-            ));
+            return Err(PostgresSectionError::NoPassword(name));
         }
     }
     let data_dir = if p.data_dir.is_absolute() {
@@ -518,12 +587,10 @@ pub fn find_pg_bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, b)| b)
 }
 
-fn check_host_port(s: &str) -> Result<(), String> {
+fn check_host_port(s: &str) -> Result<(), HostPortError> {
     match crate::hostport::parse(s) {
         Some(_) => Ok(()),
-        None => Err(format!(
-            "{s:?} is not HOST:PORT (an IPv6 host in brackets: [::1]:7001)"
-        )),
+        None => Err(HostPortError(s.to_string())),
     }
 }
 

@@ -4,6 +4,40 @@
 
 use std::collections::BTreeMap;
 
+/// A PostgreSQL setting pgquorum refuses; each message names the key and the fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SettingError {
+    #[error("{what} must not contain line breaks or NUL")]
+    LineBreak { what: String },
+    #[error("postgresql.parameters: {key:?} is not a PostgreSQL parameter name")]
+    NotAParameterName { key: String },
+    #[error(
+        "postgresql.parameters: {key} is managed by pgquorum and cannot be set here \
+         (port and listen address come from postgresql.port and postgresql.listen_host)"
+    )]
+    Reserved { key: String },
+    #[error(
+        "postgresql.parameters: wal_level = {value:?} cannot feed replicas; use replica or logical"
+    )]
+    WalLevel { value: String },
+    #[error(
+        "postgresql.parameters: superuser_reserved_connections = {value} is too few: \
+         pgquorum holds two superuser sessions (HA cycle, health probe) and pg_rewind \
+         needs a third, so that client load filling max_connections cannot blind \
+         it; use at least {MIN_SUPERUSER_RESERVED}"
+    )]
+    TooFewSuperuserReserved { value: String },
+    #[error(
+        "postgresql.parameters: synchronous_commit = {value:?} acknowledges commits before the \
+         synchronous standby has them, which defeats synchronous_mode (a failover would \
+         lose them); remove it, or use on, remote_write or remote_apply, or turn \
+         synchronous_mode off"
+    )]
+    WeakSynchronousCommit { value: String },
+    #[error("{what} {value:?} must be non-empty and contain no double quote or line break")]
+    RoleName { what: &'static str, value: String },
+}
+
 /// Settings pgquorum owns: an operator value for one of these would break supervision
 /// (wrong port or socket, a second replication source, sync standbys behind the HA
 /// layer's back, replicas that never accept connections, config in other places).
@@ -21,15 +55,17 @@ pub const RESERVED_PARAMETERS: &[&str] = &[
 ];
 
 /// Rejects what cannot be written safely into a one-line-per-entry file.
-pub fn check_line_value(what: &str, v: &str) -> Result<(), String> {
+pub fn check_line_value(what: &str, v: &str) -> Result<(), SettingError> {
     if v.contains(['\n', '\r', '\0']) {
-        return Err(format!("{what} must not contain line breaks or NUL"));
+        return Err(SettingError::LineBreak {
+            what: what.to_string(),
+        });
     }
     Ok(())
 }
 
 /// Checks the operator's `postgresql.parameters`.
-pub fn check_parameters(params: &BTreeMap<String, String>) -> Result<(), String> {
+pub fn check_parameters(params: &BTreeMap<String, String>) -> Result<(), SettingError> {
     for (k, v) in params {
         let key_ok = k
             .chars()
@@ -38,32 +74,20 @@ pub fn check_parameters(params: &BTreeMap<String, String>) -> Result<(), String>
             && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
         if !key_ok {
-            return Err(format!(
-                "postgresql.parameters: {k:?} is not a PostgreSQL parameter name"
-            ));
+            return Err(SettingError::NotAParameterName { key: k.clone() });
         }
         if RESERVED_PARAMETERS.contains(&k.to_ascii_lowercase().as_str()) {
-            return Err(format!(
-                "postgresql.parameters: {k} is managed by pgquorum and cannot be set here \
-                 (port and listen address come from postgresql.port and postgresql.listen_host)"
-            ));
+            return Err(SettingError::Reserved { key: k.clone() });
         }
         if k.eq_ignore_ascii_case("wal_level") && !matches!(v.as_str(), "replica" | "logical") {
-            return Err(format!(
-                "postgresql.parameters: wal_level = {v:?} cannot feed replicas; use replica or logical"
-            ));
+            return Err(SettingError::WalLevel { value: v.clone() });
         }
         if k.eq_ignore_ascii_case("superuser_reserved_connections")
             && v.trim()
                 .parse::<u32>()
                 .is_ok_and(|n| n < MIN_SUPERUSER_RESERVED)
         {
-            return Err(format!(
-                "postgresql.parameters: superuser_reserved_connections = {v} is too few: \
-                 pgquorum holds two superuser sessions (HA cycle, health probe) and pg_rewind \
-                 needs a third, so that client load filling max_connections cannot blind \
-                 it; use at least {MIN_SUPERUSER_RESERVED}"
-            ));
+            return Err(SettingError::TooFewSuperuserReserved { value: v.clone() });
         }
         check_line_value(&format!("postgresql.parameters.{k}"), v)?;
     }
@@ -88,18 +112,13 @@ fn weak_synchronous_commit(v: &str) -> bool {
 pub fn check_synchronous_commit(
     params: &BTreeMap<String, String>,
     synchronous_mode: bool,
-) -> Result<(), String> {
+) -> Result<(), SettingError> {
     if !synchronous_mode {
         return Ok(());
     }
     for (k, v) in params {
         if k.eq_ignore_ascii_case("synchronous_commit") && weak_synchronous_commit(v) {
-            return Err(format!(
-                "postgresql.parameters: synchronous_commit = {v:?} acknowledges commits before the \
-                 synchronous standby has them, which defeats synchronous_mode (a failover would \
-                 lose them); remove it, or use on, remote_write or remote_apply, or turn \
-                 synchronous_mode off"
-            ));
+            return Err(SettingError::WeakSynchronousCommit { value: v.clone() });
         }
     }
     Ok(())
@@ -120,7 +139,7 @@ pub fn validate_cluster_settings(
     parameters: &BTreeMap<String, String>,
     pg_hba: &[String],
     synchronous_mode: bool,
-) -> Result<(), String> {
+) -> Result<(), SettingError> {
     check_parameters(parameters)?;
     check_synchronous_commit(parameters, synchronous_mode)?;
     for l in pg_hba {

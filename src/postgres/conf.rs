@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use crate::config::pg_rules::{
-    check_line_value, check_parameters, check_synchronous_commit, pin_synchronous_commit,
+    SettingError, check_line_value, check_parameters, check_synchronous_commit,
+    pin_synchronous_commit,
 };
 
 /// The file holding pgquorum's settings, included at the end of `postgresql.conf`.
@@ -90,11 +91,12 @@ pub fn valid_slot_name(s: &str) -> bool {
 }
 
 /// Checks a role name for use in `pg_hba.conf` (double-quoted there).
-pub fn check_role_name(what: &str, v: &str) -> Result<(), String> {
+pub fn check_role_name(what: &'static str, v: &str) -> Result<(), SettingError> {
     if v.is_empty() || v.contains(['"', '\n', '\r', '\0']) {
-        return Err(format!(
-            "{what} {v:?} must be non-empty and contain no double quote or line break"
-        ));
+        return Err(SettingError::RoleName {
+            what,
+            value: v.to_string(),
+        });
     }
     Ok(())
 }
@@ -312,7 +314,7 @@ mod tests {
             let mut p = BTreeMap::new();
             p.insert(k.to_string(), v.to_string());
             let e = check_parameters(&p).unwrap_err();
-            assert!(e.contains(want), "{e}");
+            assert!(e.to_string().contains(want), "{e}");
         }
     }
 

@@ -16,7 +16,19 @@ pub enum PgError {
         source: io::Error,
     },
     #[error("invalid PostgreSQL settings: {0}")]
-    Config(String),
+    Setting(#[from] SettingError),
+    #[error("member name {0:?} must be non-empty and single-line; fix `name` in the node config")]
+    MemberName(String),
+    #[error(
+        "postgresql.data_dir {0} needs a parent directory (the log file and passfile live there); \
+         use a path with at least one directory above the data directory"
+    )]
+    DataDirWithoutParent(PathBuf),
+    #[error(
+        "postgresql.os_user {0:?} is root; PostgreSQL refuses to run as root: set os_user to an \
+         unprivileged user (e.g. postgres)"
+    )]
+    RootOsUser(String),
     #[error(
         "PostgreSQL runs as OS user {user:?}, which cannot enter {dir} (mode {mode:04o}, owner uid \
          {owner}); run `chmod o+x {dir}` or move postgresql.data_dir below a directory that user can reach"

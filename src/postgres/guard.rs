@@ -60,6 +60,15 @@ pub const HEARTBEAT_NS: u64 = 200_000_000;
 /// pgquorum's pings stopping for this long is logged (the deadline still applies).
 const PGQUORUM_SILENT_NS: u64 = 2_000_000_000;
 
+/// Why the control pipe cannot be read any more.
+#[derive(Debug, thiserror::Error)]
+enum ControlError {
+    #[error("read: {0}")]
+    Read(io::Error),
+    #[error(transparent)]
+    Line(#[from] WireError),
+}
+
 /// Entry point of `pgquorum pg-guard`; must run before any other thread exists.
 pub fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().skip(2).collect();
@@ -67,7 +76,7 @@ pub fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             let _ = writeln!(io::stderr(), "pgquorum pg-guard: {e}");
-            report(&Report::Error(e));
+            report(&Report::Error(e.to_string()));
             return ExitCode::from(EXIT_ERROR);
         }
     };
@@ -427,7 +436,7 @@ impl Guard {
     }
 
     /// Reads and applies control lines. `Ok(false)` on EOF.
-    fn read_control(&mut self) -> Result<bool, String> {
+    fn read_control(&mut self) -> Result<bool, ControlError> {
         let mut chunk = [0u8; 512];
         // SAFETY: reading into a local buffer of the given length.
         let n = unsafe { libc::read(0, chunk.as_mut_ptr().cast(), chunk.len()) };
@@ -438,7 +447,7 @@ impl Guard {
             let e = io::Error::last_os_error();
             return match e.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(true),
-                _ => Err(format!("read: {e}")),
+                _ => Err(ControlError::Read(e)),
             };
         }
         self.heard = mono_now_ns();
@@ -446,12 +455,12 @@ impl Guard {
         self.buf.extend_from_slice(&chunk[..n as usize]);
         while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.buf.drain(..=pos).collect();
-            let line = std::str::from_utf8(&line[..line.len() - 1])
-                .map_err(|_| "control line is not UTF-8".to_string())?;
+            let line =
+                std::str::from_utf8(&line[..line.len() - 1]).map_err(|_| WireError::NotUtf8)?;
             self.apply(parse_control(line)?);
         }
         if self.buf.len() > MAX_LINE {
-            return Err("control line too long".into());
+            return Err(WireError::TooLong(MAX_LINE).into());
         }
         Ok(true)
     }

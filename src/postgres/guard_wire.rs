@@ -7,6 +7,28 @@ use std::time::Instant;
 
 pub use crate::stop::StopKind;
 
+/// A control line or guard command line that does not parse. Both ends are
+/// pgquorum itself, so any of these means a version mismatch or a corrupted pipe.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("bad deadline {0:?}")]
+    BadDeadline(String),
+    #[error("unknown control line {0:?}")]
+    UnknownControl(String),
+    #[error("control line is not UTF-8")]
+    NotUtf8,
+    #[error("control line longer than {0} bytes")]
+    TooLong(usize),
+    #[error(
+        "usage: pgquorum pg-guard <deadline-ns|none> <log-file> <uid|-> <gid|-> <program> [args...]"
+    )]
+    Usage,
+    #[error("argument {0} is not UTF-8")]
+    ArgumentNotUtf8(usize),
+    #[error("bad {what} {value:?}")]
+    BadNumber { what: &'static str, value: String },
+}
+
 /// Safety margin subtracted from every converted deadline.
 pub const DEADLINE_MARGIN_NS: u64 = 1_000_000;
 
@@ -35,19 +57,19 @@ impl Control {
 }
 
 /// Parses one control line (without its newline).
-pub fn parse_control(line: &str) -> Result<Control, String> {
+pub fn parse_control(line: &str) -> Result<Control, WireError> {
     let mut words = line.split(' ');
     let cmd = match (words.next(), words.next(), words.next()) {
         (Some("deadline"), Some(ns), None) => ns
             .parse::<u64>()
             .map(Control::Deadline)
-            .map_err(|_| format!("bad deadline {ns:?}"))?,
+            .map_err(|_| WireError::BadDeadline(ns.to_string()))?,
         (Some("nodeadline"), None, None) => Control::NoDeadline,
         (Some("ping"), None, None) => Control::Ping,
         (Some("stop"), Some("fast"), None) => Control::Stop(StopKind::Fast),
         (Some("stop"), Some("immediate"), None) => Control::Stop(StopKind::Immediate),
         (Some("stop"), Some("kill"), None) => Control::Stop(StopKind::Kill),
-        _ => return Err(format!("unknown control line {line:?}")),
+        _ => return Err(WireError::UnknownControl(line.to_string())),
     };
     Ok(cmd)
 }
@@ -146,27 +168,26 @@ impl GuardArgs {
         v
     }
 
-    pub fn parse(argv: &[OsString]) -> Result<Self, String> {
+    pub fn parse(argv: &[OsString]) -> Result<Self, WireError> {
         if argv.len() < 5 {
-            return Err(
-                "usage: pgquorum pg-guard <deadline-ns|none> <log-file> <uid|-> <gid|-> <program> [args...]"
-                    .into(),
-            );
+            return Err(WireError::Usage);
         }
-        let text = |i: usize| {
-            argv[i]
-                .to_str()
-                .ok_or_else(|| format!("argument {} is not UTF-8", i + 1))
-        };
-        let num = |i: usize, what: &str| -> Result<Option<u32>, String> {
+        let text = |i: usize| argv[i].to_str().ok_or(WireError::ArgumentNotUtf8(i + 1));
+        let num = |i: usize, what: &'static str| -> Result<Option<u32>, WireError> {
             match text(i)? {
                 "-" => Ok(None),
-                s => s.parse().map(Some).map_err(|_| format!("bad {what} {s:?}")),
+                s => s.parse().map(Some).map_err(|_| WireError::BadNumber {
+                    what,
+                    value: s.to_string(),
+                }),
             }
         };
         let deadline = match text(0)? {
             "none" => None,
-            s => Some(s.parse().map_err(|_| format!("bad deadline {s:?}"))?),
+            s => Some(
+                s.parse()
+                    .map_err(|_| WireError::BadDeadline(s.to_string()))?,
+            ),
         };
         Ok(Self {
             deadline,

@@ -36,7 +36,9 @@ use self::fence::control_for;
 use self::guard::{Control, GuardArgs, Report};
 pub use self::health::Liveness;
 use self::os::RunAs;
-pub use crate::config::pg_rules::{check_synchronous_commit, validate_cluster_settings};
+pub use crate::config::pg_rules::{
+    SettingError, check_synchronous_commit, validate_cluster_settings,
+};
 use crate::config::{Credentials, PostgresConfig};
 use crate::lsn::parse_lsn;
 pub use crate::stop::StopKind;
@@ -221,31 +223,21 @@ impl Postgres {
     /// Validates the settings and resolves the OS user; no other IO.
     pub fn new(cfg: PostgresConfig, member_name: String) -> Result<Self, PgError> {
         if member_name.is_empty() || member_name.contains(['\n', '\r', '\0']) {
-            return Err(PgError::Config(format!(
-                "member name {member_name:?} must be non-empty and single-line"
-            )));
+            return Err(PgError::MemberName(member_name));
         }
-        conf::check_parameters(&cfg.parameters).map_err(PgError::Config)?;
-        conf::check_role_name("postgresql.superuser.username", &cfg.superuser.username)
-            .map_err(PgError::Config)?;
-        conf::check_role_name("postgresql.replication.username", &cfg.replication.username)
-            .map_err(PgError::Config)?;
-        conf::check_line_value("postgresql.listen_host", &cfg.listen_host)
-            .map_err(PgError::Config)?;
+        conf::check_parameters(&cfg.parameters)?;
+        conf::check_role_name("postgresql.superuser.username", &cfg.superuser.username)?;
+        conf::check_role_name("postgresql.replication.username", &cfg.replication.username)?;
+        conf::check_line_value("postgresql.listen_host", &cfg.listen_host)?;
         for l in &cfg.pg_hba {
-            conf::check_line_value("postgresql.pg_hba entries", l).map_err(PgError::Config)?;
+            conf::check_line_value("postgresql.pg_hba entries", l)?;
         }
         let data_dir =
             std::path::absolute(&cfg.data_dir).map_err(PgError::io("resolve", &cfg.data_dir))?;
         let parent = data_dir
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
-            .ok_or_else(|| {
-                PgError::Config(format!(
-                    "postgresql.data_dir {} needs a parent directory (the log file and passfile live there)",
-                    data_dir.display()
-                ))
-            })?
+            .ok_or_else(|| PgError::DataDirWithoutParent(data_dir.clone()))?
             .to_path_buf();
         let run_as = if os::is_root() {
             let u = os::lookup_user(&cfg.os_user)
@@ -257,10 +249,7 @@ impl Postgres {
                     user: cfg.os_user.clone(),
                 })?;
             if u.uid == 0 {
-                return Err(PgError::Config(format!(
-                    "postgresql.os_user {:?} is root; PostgreSQL refuses to run as root",
-                    cfg.os_user
-                )));
+                return Err(PgError::RootOsUser(cfg.os_user.clone()));
             }
             Some(u)
         } else {

@@ -76,7 +76,9 @@ impl Postgres {
         self.require_running()?;
         let value = name.map(conf::sql_ident).unwrap_or_default();
         if value.contains('\0') {
-            return Err(PgError::Config("standby name contains NUL".into()));
+            return Err(PgError::Setting(SettingError::LineBreak {
+                what: "the synchronous standby's name".into(),
+            }));
         }
         let stmt = format!(
             "ALTER SYSTEM SET synchronous_standby_names = {}",
@@ -127,7 +129,7 @@ impl Postgres {
         {
             return Ok(false);
         }
-        validate_cluster_settings(parameters, pg_hba, synchronous_mode).map_err(PgError::Config)?;
+        validate_cluster_settings(parameters, pg_hba, synchronous_mode)?;
         self.synchronous_mode = synchronous_mode;
         if conf::check_synchronous_commit(&self.cfg.parameters, synchronous_mode).is_err() {
             tracing::warn!(

@@ -441,20 +441,32 @@ fn print_out(text: &str) -> Result<(), CtlError> {
 }
 
 /// Parses durations like `5s`, `500ms`, `1m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 5s, 500ms or 1m"))?;
+        .map_err(|_| DurationError::Invalid(s.to_string()))?;
     match unit.trim() {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        "" => Err(format!("duration {s:?} needs a unit: ms, s or m (e.g. 5s)")),
-        other => Err(format!(
-            "unknown unit {other:?} in duration {s:?}: use ms, s or m"
-        )),
+        "" => Err(DurationError::NoUnit(s.to_string())),
+        other => Err(DurationError::UnknownUnit {
+            unit: other.to_string(),
+            text: s.to_string(),
+        }),
     }
+}
+
+/// A duration argument that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("invalid duration {0:?}: expected e.g. 5s, 500ms or 1m")]
+    Invalid(String),
+    #[error("duration {0:?} needs a unit: ms, s or m (e.g. 5s)")]
+    NoUnit(String),
+    #[error("unknown unit {unit:?} in duration {text:?}: use ms, s or m")]
+    UnknownUnit { unit: String, text: String },
 }
