@@ -21,7 +21,7 @@
 
 use super::bugs::{self, Bug};
 use super::eligibility::{cannot_take_over, last_primary_alone};
-use super::model::{MemberStatus, Role, Switchover};
+use super::model::{MemberStatus, Promotion, Role, Switchover};
 
 mod observation;
 mod reason;
@@ -338,7 +338,20 @@ fn becoming_primary(o: &Observation, store: &StoreView, start: Action) -> Vec<Ac
     if o.policy.synchronous_mode && store.sync.as_ref().is_none_or(|s| s.leader != o.me) {
         a.push(Action::RecordSync(None));
     }
+    let promoting = start == Action::Promote;
     a.push(start);
+    if promoting {
+        // After the promotion, which is what clients wait for.
+        a.push(Action::RecordPromotion {
+            timeline: o.pg.timeline,
+            lsn: o.pg.lsn,
+            reason: if store.switchover.is_some() {
+                Promotion::Switchover
+            } else {
+                Promotion::Failover
+            },
+        });
+    }
     a
 }
 

@@ -14,6 +14,8 @@
 //! - `/pg/config` — cluster-wide HA settings, written at bootstrap from the
 //!   bootstrapping node's config; every member uses them over its own file's.
 //! - `/pg/pause` — present while automatic actions are paused.
+//! - `/pg/history` — `Vec<HistoryEntry>` JSON: every promotion (failover or
+//!   switchover), oldest first, at most `HISTORY_LIMIT`; appended by the new primary.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +35,44 @@ pub const CONFIG_KEY: &str = "/pg/config";
 pub const SWITCHOVER_KEY: &str = "/pg/switchover";
 /// Present while the cluster is paused: members take no automatic action.
 pub const PAUSE_KEY: &str = "/pg/pause";
+
+/// Every promotion, oldest first (`Vec<HistoryEntry>` JSON), written by the primary.
+pub const HISTORY_KEY: &str = "/pg/history";
+/// Entries kept in `/pg/history` (the oldest go first).
+pub const HISTORY_LIMIT: usize = 200;
+
+/// Why a replica was promoted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Promotion {
+    /// No primary served (it died, was fenced or gave up its lease).
+    Failover,
+    /// An operator's switchover request handed over to it.
+    Switchover,
+}
+
+impl std::fmt::Display for Promotion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Promotion::Failover => "failover",
+            Promotion::Switchover => "switchover",
+        })
+    }
+}
+
+/// One promotion, as Patroni's `/history` rows: the timeline that ended, the WAL
+/// position it ended at, why, when, and who took over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The timeline that ended (the new primary continues on the next one).
+    pub timeline: u64,
+    /// The new primary's WAL position when it was promoted.
+    pub lsn: u64,
+    pub reason: Promotion,
+    /// Unix time (seconds) of the promotion, by the new primary's clock.
+    pub time: u64,
+    pub new_leader: String,
+}
 
 pub fn member_key(name: &str) -> String {
     format!("{MEMBERS_PREFIX}{name}")

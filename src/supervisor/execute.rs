@@ -220,6 +220,37 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                 self.following = None;
                 tracing::info!("promoted to primary");
             }
+            Action::RecordPromotion {
+                timeline,
+                lsn,
+                reason,
+            } => {
+                let mut history: Vec<HistoryEntry> = self
+                    .client
+                    .read_prefix(HISTORY_KEY)
+                    .await?
+                    .into_iter()
+                    .find(|kv| kv.key == HISTORY_KEY)
+                    .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+                    .unwrap_or_default();
+                history.push(HistoryEntry {
+                    timeline,
+                    lsn,
+                    reason,
+                    time: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    new_leader: self.me.clone(),
+                });
+                let excess = history.len().saturating_sub(model::HISTORY_LIMIT);
+                history.drain(..excess);
+                let bytes =
+                    serde_json::to_vec(&history).map_err(|source| SupervisorError::Encode {
+                        what: "the promotion history",
+                        source,
+                    })?;
+                self.put_as_leader(HISTORY_KEY, bytes).await?;
+            }
             Action::Follow { leader } => {
                 let target = Self::target(view, &leader)?;
                 self.stalled_since = None;

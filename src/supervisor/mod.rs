@@ -37,8 +37,8 @@ use crate::ha::decide::{
 };
 use crate::ha::health::{HangCounters, Health};
 use crate::ha::model::{
-    self, ClusterView, INITIALIZE_KEY, LEADER_KEY, MemberStatus, OPTIME_KEY, PgRunState, Role,
-    SYNC_KEY, SyncState, TIMELINE_KEY, Tags,
+    self, ClusterView, HISTORY_KEY, HistoryEntry, INITIALIZE_KEY, LEADER_KEY, MemberStatus,
+    OPTIME_KEY, PgRunState, Role, SYNC_KEY, SyncState, TIMELINE_KEY, Tags,
 };
 use crate::postgres::{ConnTarget, DataDirState, PgError, PgProbe, Postgres, StartMode};
 

@@ -370,3 +370,34 @@ async fn a_replica_follows_the_leader_and_keeps_the_fence_disarmed() {
     assert_eq!(me.role, Role::Replica);
     assert_eq!(me.following.as_deref(), Some("n2"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_takes_over_promotes_under_the_fence_and_records_the_failover() {
+    let store = FakeStore::new(&["n1", "n2", "n3"]);
+    let lease = n2_leads(&store, 1, 0x100_0000, Duration::from_secs(600));
+    let pg = FakePg::initialized(fakes::SYSTEM_ID, 1, 0x100_0000);
+    let mut r = rig(&store, &pg);
+    r.cycles_until(10, |r| r.pg.state().running).await;
+    // n2 dies: its lease and status go.
+    store.revoke_now(lease);
+    r.cycles_until(20, |r| r.store.value(HISTORY_KEY).is_some())
+        .await;
+    let log = r.log();
+    let tail: Vec<&str> = log.iter().rev().take(2).rev().map(String::as_str).collect();
+    assert_eq!(tail, ["fence armed", "promote"], "{log:?}");
+    let history: Vec<HistoryEntry> =
+        serde_json::from_str(&store.value(HISTORY_KEY).unwrap()).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (
+            history[0].timeline,
+            history[0].lsn,
+            history[0].reason,
+            history[0].new_leader.as_str()
+        ),
+        (1, 0x100_0000, model::Promotion::Failover, "n1")
+    );
+    // The new timeline is published as a healthy primary's next cycle.
+    r.cycles_until(3, |r| r.store.value(TIMELINE_KEY).as_deref() == Some("2"))
+        .await;
+}

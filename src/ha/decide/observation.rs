@@ -2,7 +2,7 @@
 //! lease, the policy) and what it returns (`Decision`: actions and a reason).
 
 use super::Reason;
-use crate::ha::model::{ClusterView, MemberStatus, Role, Switchover, SyncState, Tags};
+use crate::ha::model::{ClusterView, MemberStatus, Promotion, Role, Switchover, SyncState, Tags};
 pub use crate::stop::StopKind;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,6 +233,12 @@ pub enum Action {
     },
     Stop(StopKind),
     Promote,
+    /// Append this promotion to `/pg/history` (the executor stamps the time).
+    RecordPromotion {
+        timeline: u64,
+        lsn: u64,
+        reason: Promotion,
+    },
     /// Restart the replica with `leader` as its upstream.
     Follow {
         leader: String,

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::ha::model::PgRunState;
-use crate::ha::model::{Switchover, SyncState, Tags};
+use crate::ha::model::{Promotion, Switchover, SyncState, Tags};
 
 const SYS: u64 = 7_000_000_000_000_000_001;
 
@@ -466,7 +466,37 @@ fn decisions() {
                 o.lease_held = true;
                 o.store.as_mut().unwrap().leader = Some("b".into());
             }),
-            vec![RenewLease, Promote],
+            vec![
+                RenewLease,
+                Promote,
+                RecordPromotion {
+                    timeline: 1,
+                    lsn: 1000,
+                    reason: Promotion::Failover,
+                },
+            ],
+            Reason::Promoting,
+        ),
+        (
+            "lease acquired by a switchover's candidate: promote, recorded as a switchover",
+            with(obs_replica(), |o| {
+                o.lease_held = true;
+                let s = o.store.as_mut().unwrap();
+                s.leader = Some("b".into());
+                s.switchover = Some(Switchover {
+                    leader: "a".into(),
+                    candidate: Some("b".into()),
+                });
+            }),
+            vec![
+                RenewLease,
+                Promote,
+                RecordPromotion {
+                    timeline: 1,
+                    lsn: 1000,
+                    reason: Promotion::Switchover,
+                },
+            ],
             Reason::Promoting,
         ),
         (

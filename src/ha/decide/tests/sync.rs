@@ -2,6 +2,7 @@
 //! what it asks PostgreSQL to wait for.
 
 use super::*;
+use crate::ha::model::Promotion;
 
 #[test]
 fn synchronous_mode_decisions() {
@@ -55,7 +56,16 @@ fn synchronous_mode_decisions() {
                     sync_standby: Some("b".into()),
                 });
             }),
-            vec![RenewLease, RecordSync(None), Promote],
+            vec![
+                RenewLease,
+                RecordSync(None),
+                Promote,
+                RecordPromotion {
+                    timeline: 1,
+                    lsn: 1000,
+                    reason: Promotion::Failover,
+                },
+            ],
             Reason::Promoting,
         ),
         (
