@@ -13,6 +13,7 @@ pub mod ha;
 pub mod hostport;
 pub mod lsn;
 pub mod node;
+pub mod ops;
 pub mod postgres;
 pub mod raft;
 #[cfg(test)]

@@ -173,11 +173,23 @@ pub async fn run(
     let (health_tx, health_rx) = watch::channel(Health::default());
     if let Some(listener) = rest_listener {
         let mut rest_stop = stop_rx.clone();
+        // The REST routes that read or write the store (/config, /history) go
+        // through this node first, then the other members, as `ctl` would.
+        let mut endpoints = vec![cfg.advertise_addr.clone()];
+        endpoints.extend(
+            cfg.initial_cluster
+                .iter()
+                .map(|m| m.addr.clone())
+                .filter(|a| *a != cfg.advertise_addr),
+        );
+        let rest_client = crate::client::Client::new(endpoints)
+            .ok()
+            .map(|c| c.with_timeout(timeout));
         tokio::spawn(async move {
             let stop = async move {
                 let _ = rest_stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::api::rest::serve(listener, health_rx, stop).await {
+            if let Err(e) = crate::api::rest::serve(listener, health_rx, rest_client, stop).await {
                 tracing::error!(error = %e, "REST API stopped");
             }
         });

@@ -113,6 +113,7 @@ mod tests {
             tags: Tags::default(),
             sync_standby: false,
             node_id: 0,
+            paused: false,
         }
     }
 

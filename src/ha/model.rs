@@ -124,6 +124,9 @@ pub struct MemberStatus {
     pub sync_standby: bool,
     /// Raft node id of this member.
     pub node_id: u64,
+    /// This member saw the cluster paused in its last cycle (`ctl pause --wait`).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A planned change of primary, requested by an operator (`pgquorum ctl switchover`).

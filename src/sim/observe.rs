@@ -222,5 +222,6 @@ pub(super) fn my_status(w: &World, n: usize) -> MemberStatus {
             .and_then(|s| s.sync_standby.as_deref())
             == Some(node.name.as_str()),
         node_id: n as u64 + 1,
+        paused: view.is_some_and(|v| v.paused),
     }
 }

@@ -38,6 +38,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             sync_standby: view.sync.as_ref().and_then(|s| s.sync_standby.as_deref())
                 == Some(self.me.as_str()),
             node_id: self.node_id,
+            paused: view.paused,
         }
     }
 

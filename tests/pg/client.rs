@@ -68,9 +68,29 @@ pub async fn is_writable_from(conninfo: &str, from: Option<std::net::Ipv4Addr>) 
 
 /// One HTTP/1.1 request over a fresh connection; (status, body).
 pub async fn http(host: &str, port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    http_with(host, port, method, path, &[], "").await
+}
+
+/// One HTTP/1.1 request with extra headers and a body; (status, body).
+pub async fn http_with(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect((host, port)).await?;
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;

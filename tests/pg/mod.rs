@@ -560,25 +560,62 @@ impl PgCluster {
 
     /// `pgquorum ctl --endpoints <all> <args>` output (stdout), failing on a non-zero exit.
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let endpoints: Vec<String> = self
-            .nodes
-            .values()
-            .map(|n| format!("{}:{}", n.host, n.raft_port))
-            .collect();
-        let out = std::process::Command::new(BIN)
-            .arg("ctl")
-            .arg("--endpoints")
-            .arg(endpoints.join(","))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .output()
-            .context("run ctl")?;
+        let out = self.ctl_output(args)?;
         ensure!(
             out.status.success(),
             "ctl {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `pgquorum ctl` that must fail: its stderr.
+    pub fn ctl_fails(&self, args: &[&str]) -> String {
+        let out = self.ctl_output(args).expect("run ctl");
+        assert!(
+            !out.status.success(),
+            "ctl {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `pgquorum ctl` with standard input from /dev/null (never a terminal).
+    pub fn ctl_output(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let endpoints: Vec<String> = self
+            .nodes
+            .values()
+            .map(|n| format!("{}:{}", n.host, n.raft_port))
+            .collect();
+        std::process::Command::new(BIN)
+            .arg("ctl")
+            .arg("--endpoints")
+            .arg(endpoints.join(","))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("run ctl")
+    }
+
+    /// `method path` with headers and a body on node `id`'s REST API.
+    pub async fn http_with(
+        &self,
+        id: u64,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Option<(u16, String)> {
+        http_with(
+            &self.node(id).host,
+            self.node(id).rest_port,
+            method,
+            path,
+            headers,
+            body,
+        )
+        .await
     }
 
     pub async fn wait_for<T>(

@@ -17,6 +17,7 @@
 mod checks;
 mod docs;
 mod metrics;
+mod ops;
 mod size;
 
 use std::future::Future;
@@ -97,7 +98,15 @@ pub fn respond(
     }
 }
 
-async fn handle(State(rx): State<watch::Receiver<Health>>, method: Method, uri: Uri) -> Response {
+/// What every handler sees: the latest health snapshot, and a client of the store
+/// for the routes that read or write it (`/config`, `/history`).
+#[derive(Clone)]
+pub struct RestState {
+    pub health: watch::Receiver<Health>,
+    pub client: Option<crate::client::Client>,
+}
+
+async fn handle(State(st): State<RestState>, method: Method, uri: Uri) -> Response {
     // A malformed query string is treated as no parameters rather than
     // refused: health checks must answer with 200 or 503.
     let query: Vec<(String, String)> = Query::try_from_uri(&uri)
@@ -105,15 +114,27 @@ async fn handle(State(rx): State<watch::Receiver<Health>>, method: Method, uri: 
         .unwrap_or_default();
     let now = Instant::now();
     // The borrow is held only while the response is built, never across an await.
-    let h = rx.borrow();
+    let h = st.health.borrow();
     respond(&h, &method, uri.path(), &query, now)
 }
 
-/// The REST API over the latest [`Health`] snapshot in `rx`.
-pub fn router(rx: watch::Receiver<Health>) -> Router {
-    // One fallback handler for every path and method, so that OPTIONS, HEAD,
+/// The REST API over the latest [`Health`] snapshot in `rx`; `client` reaches the
+/// store for `/config` and `/history` (503 without it).
+pub fn router(rx: watch::Receiver<Health>, client: Option<crate::client::Client>) -> Router {
+    use axum::routing::get;
+    // One fallback handler for every other path and method, so that OPTIONS, HEAD,
     // 404 and 405 are all answered the same way Patroni's server does.
-    Router::new().fallback(handle).with_state(rx)
+    Router::new()
+        .route(
+            "/config",
+            get(ops::get_config)
+                .patch(ops::patch_config)
+                .put(ops::put_config),
+        )
+        .route("/history", get(ops::get_history))
+        .fallback(handle)
+        .layer(axum::extract::DefaultBodyLimit::max(ops::MAX_BODY))
+        .with_state(RestState { health: rx, client })
 }
 
 /// Serves the REST API on `listener` until `shutdown` completes, then finishes
@@ -121,9 +142,10 @@ pub fn router(rx: watch::Receiver<Health>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     rx: watch::Receiver<Health>,
+    client: Option<crate::client::Client>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(rx))
+    axum::serve(listener, router(rx, client))
         .with_graceful_shutdown(shutdown)
         .await
 }

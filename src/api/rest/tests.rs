@@ -29,6 +29,7 @@ fn status(name: &str, role: Role, state: PgRunState) -> MemberStatus {
         tags: Tags::default(),
         sync_standby: false,
         node_id: 1,
+        paused: false,
     }
 }
 
@@ -636,7 +637,7 @@ fn live_primary() -> Health {
 #[tokio::test]
 async fn get_head_and_options() {
     let (_tx, rx) = watch::channel(live_primary());
-    let app = router(rx);
+    let app = router(rx, None);
 
     let (code, ctype, body) = call(app.clone(), Method::GET, "/primary").await;
     assert_eq!(code, StatusCode::OK);
@@ -668,7 +669,7 @@ async fn get_head_and_options() {
 #[tokio::test]
 async fn unknown_paths_and_methods() {
     let (_tx, rx) = watch::channel(live_primary());
-    let app = router(rx);
+    let app = router(rx, None);
     for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
         let (code, _, _) = call(app.clone(), method, "/nope").await;
         assert_eq!(code, StatusCode::NOT_FOUND);
@@ -688,7 +689,7 @@ async fn unknown_paths_and_methods() {
 #[tokio::test]
 async fn read_endpoints_and_live_updates() {
     let (tx, rx) = watch::channel(live_primary());
-    let app = router(rx);
+    let app = router(rx, None);
 
     let (code, ctype, body) = call(app.clone(), Method::GET, "/metrics").await;
     assert_eq!(code, StatusCode::OK);
@@ -724,7 +725,7 @@ async fn serves_over_tcp_until_shutdown() {
     let addr = listener.local_addr().unwrap();
     let (_tx, rx) = watch::channel(live_primary());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, rx, async {
+    let server = tokio::spawn(serve(listener, rx, None, async {
         let _ = stop_rx.await;
     }));
 

@@ -30,6 +30,13 @@ pub enum OutputFormat {
     Json,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DsnRoleArg {
+    Primary,
+    Replica,
+    Any,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum CtlCommand {
     /// Show the answering node's view of the cluster.
@@ -48,6 +55,48 @@ pub enum CtlCommand {
         /// Seconds to wait for the new primary before cancelling the request.
         #[arg(long, default_value_t = 30)]
         wait: u64,
+    },
+    /// Pause automatic failover and PostgreSQL start/stop by pgquorum (maintenance).
+    /// The primary keeps its lease; nothing is promoted until `resume`.
+    Pause {
+        /// Wait until every member reports the cluster paused.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// End a pause: automatic failover and start/stop resume at the next cycle.
+    Resume {
+        /// Wait until every member reports the cluster resumed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print the cluster-wide configuration (`/pg/config` and `pause`) as JSON.
+    ShowConfig,
+    /// Change the cluster-wide configuration: opens $EDITOR on the document, or
+    /// applies --set/--pg/--apply; shows the diff and asks before writing. The write
+    /// is compare-and-set: if someone else changed it meanwhile, nothing is written.
+    EditConfig {
+        /// Set a key of the document, e.g. --set ttl_ms=3000 (null removes it).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Set a PostgreSQL parameter, e.g. --pg work_mem=64MB (empty value removes it).
+        #[arg(long = "pg", value_name = "NAME=VALUE")]
+        pg: Vec<String>,
+        /// Replace the whole document with the JSON in FILE (`-`: standard input).
+        #[arg(long, value_name = "FILE|-", conflicts_with_all = ["set", "pg"])]
+        apply: Option<String>,
+        /// Write without asking (for scripts).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Every failover and switchover: timeline, LSN, reason, time, new primary.
+    History,
+    /// Print a libpq multi-host connection string for the cluster.
+    Dsn {
+        /// Which member a client using it connects to.
+        #[arg(long, value_enum, default_value = "primary")]
+        role: DsnRoleArg,
+        #[arg(long)]
+        dbname: Option<String>,
     },
     /// Add or remove cluster members.
     #[command(subcommand)]
@@ -105,6 +154,9 @@ pub enum KvCommand {
         /// Only write if the key's mod_revision is REV (0: the key must not exist).
         #[arg(long, value_name = "REV")]
         expect_revision: Option<u64>,
+        /// Write a key that a pgquorum command owns (e.g. /pg/config).
+        #[arg(long)]
+        force: bool,
     },
     /// Delete a key (or all keys under a prefix).
     Del {
@@ -114,6 +166,9 @@ pub enum KvCommand {
         /// Only delete if the key's mod_revision is REV.
         #[arg(long, value_name = "REV")]
         expect_revision: Option<u64>,
+        /// Delete a key that a pgquorum command owns (e.g. /pg/leader).
+        #[arg(long)]
+        force: bool,
     },
     /// Print changes under a prefix as they happen.
     Watch {
@@ -177,6 +232,15 @@ pub enum CtlError {
 
     #[error("{0}")]
     BadInput(String),
+
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
+
+    #[error(
+        "{key} is written by {owner}; writing it by hand can break the cluster. Use that \
+         command, or pass --force if you mean it"
+    )]
+    OwnedKey { key: String, owner: &'static str },
 
     #[error("cannot wait for Ctrl-C: {0}")]
     Signal(std::io::Error),

@@ -6,6 +6,7 @@
 //! which prints them and exits 1.
 
 mod args;
+mod cluster;
 mod output;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,21 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         }
         CtlCommand::Switchover { candidate, wait } => {
             switchover(&client, json, candidate, Duration::from_secs(wait)).await
+        }
+        CtlCommand::Pause { wait } => cluster::pause(&client, json, true, wait, args.timeout).await,
+        CtlCommand::Resume { wait } => {
+            cluster::pause(&client, json, false, wait, args.timeout).await
+        }
+        CtlCommand::ShowConfig => cluster::show_config(&client, json).await,
+        CtlCommand::EditConfig {
+            set,
+            pg,
+            apply,
+            force,
+        } => cluster::edit_config(&client, json, &set, &pg, apply.as_deref(), force).await,
+        CtlCommand::History => cluster::history(&client, json).await,
+        CtlCommand::Dsn { role, dbname } => {
+            cluster::dsn(&client, json, role, dbname.as_deref()).await
         }
         CtlCommand::Member(cmd) => member(&client, json, cmd).await,
         CtlCommand::Kv(cmd) => kv(&client, json, cmd).await,
@@ -225,7 +241,9 @@ async fn kv(client: &Client, json: bool, cmd: KvCommand) -> Result<(), CtlError>
             value,
             lease,
             expect_revision,
+            force,
         } => {
+            refuse_owned(&key, false, force)?;
             let resp = client
                 .put(&key, value.into_bytes(), lease, expect_revision)
                 .await
@@ -252,7 +270,9 @@ async fn kv(client: &Client, json: bool, cmd: KvCommand) -> Result<(), CtlError>
             key,
             prefix,
             expect_revision,
+            force,
         } => {
+            refuse_owned(&key, prefix, force)?;
             let resp = client.delete(&key, prefix, expect_revision).await?;
             if json {
                 print_out(&delete_json(&resp).to_string())?;
@@ -276,6 +296,17 @@ async fn kv(client: &Client, json: bool, cmd: KvCommand) -> Result<(), CtlError>
             from_revision,
             count,
         } => watch(client, json, &prefix, from_revision, count).await,
+    }
+}
+
+/// A raw write of a key a pgquorum command owns needs `--force`.
+fn refuse_owned(key: &str, prefix: bool, force: bool) -> Result<(), CtlError> {
+    match crate::ops::owned_key(key, prefix) {
+        Some(owner) if !force => Err(CtlError::OwnedKey {
+            key: key.to_string(),
+            owner,
+        }),
+        _ => Ok(()),
     }
 }
 

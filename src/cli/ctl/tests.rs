@@ -346,6 +346,7 @@ fn kv_commands() {
             value,
             lease,
             expect_revision,
+            force: false,
         }) => {
             assert_eq!(
                 (key.as_str(), value.as_str(), lease, expect_revision),

@@ -20,6 +20,7 @@ fn member(name: &str, role: Role, lsn: u64) -> MemberStatus {
         tags: Tags::default(),
         sync_standby: false,
         node_id: 0,
+        paused: false,
     }
 }
 

@@ -1,0 +1,140 @@
+//! Patroni's configuration and history routes, through `crate::ops` (as `ctl`
+//! does): `GET`/`PATCH`/`PUT /config`, `GET /history`. They answer from the store,
+//! not from the health snapshot, so they need the node's client; without it they
+//! answer 503.
+//!
+//! `PATCH` applies an RFC 7386 merge patch to the latest document (retried when
+//! another writer got in between), as Patroni does; `"pause": true|false` in it
+//! pauses or resumes the cluster. `PUT` replaces the document; with `If-Match:
+//! <revision>` (the `ETag` of `GET /config`) it is compare-and-set and answers 409
+//! when the document changed meanwhile.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use serde_json::Value;
+
+use super::{RestState, json_response, with_body};
+use crate::client::{Client, ClientError};
+use crate::ops::config::{self as cfg, ClusterConfig};
+use crate::ops::{OpsError, history};
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 64 * 1024;
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    with_body(status, "text/plain; charset=utf-8", msg.into() + "\n")
+}
+
+/// A refused request: its status and the message for the caller.
+struct Refusal(StatusCode, String);
+
+impl From<OpsError> for Refusal {
+    fn from(e: OpsError) -> Self {
+        let status = match &e {
+            OpsError::Invalid(_) => StatusCode::BAD_REQUEST,
+            OpsError::Conflict { .. } => StatusCode::CONFLICT,
+            OpsError::NotBootstrapped | OpsError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OpsError::Client(ClientError::Rpc(s)) if s.code() == tonic::Code::InvalidArgument => {
+                StatusCode::BAD_REQUEST
+            }
+            OpsError::Client(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Refusal(status, e.to_string())
+    }
+}
+
+fn answer(r: Result<Response, Refusal>) -> Response {
+    r.unwrap_or_else(|Refusal(status, msg)| text(status, msg))
+}
+
+fn client(st: &RestState) -> Result<&Client, Refusal> {
+    st.client.as_ref().ok_or_else(|| {
+        Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node's REST API has no connection to the store".into(),
+        )
+    })
+}
+
+fn config_response(c: &ClusterConfig) -> Response {
+    let mut resp = json_response(StatusCode::OK, &c.document());
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", c.revision)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+fn body_json(body: &Bytes) -> Result<Value, Refusal> {
+    if body.len() > MAX_BODY {
+        return Err(Refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY} bytes"),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON ({e}); nothing was written"),
+        )
+    })
+}
+
+pub async fn get_config(State(st): State<RestState>) -> Response {
+    answer(async { Ok(config_response(&cfg::read(client(&st)?).await?)) }.await)
+}
+
+pub async fn patch_config(State(st): State<RestState>, body: Bytes) -> Response {
+    answer(
+        async {
+            let c = client(&st)?;
+            let patch = body_json(&body)?;
+            if !patch.is_object() {
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "a configuration patch is a JSON object; nothing was written".into(),
+                ));
+            }
+            Ok(config_response(&cfg::patch(c, &patch).await?))
+        }
+        .await,
+    )
+}
+
+pub async fn put_config(State(st): State<RestState>, headers: HeaderMap, body: Bytes) -> Response {
+    answer(
+        async {
+            let c = client(&st)?;
+            let (settings, paused) = cfg::parse_document(&body_json(&body)?)?;
+            let revision = match headers.get(header::IF_MATCH) {
+                Some(v) => v
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.trim().trim_matches('"').parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        Refusal(
+                            StatusCode::BAD_REQUEST,
+                            "If-Match must be the revision from GET /config's ETag; nothing was written"
+                                .into(),
+                        )
+                    })?,
+                None => cfg::read(c).await?.revision,
+            };
+            Ok(config_response(
+                &cfg::write(c, revision, &settings, paused).await?,
+            ))
+        }
+        .await,
+    )
+}
+
+pub async fn get_history(State(st): State<RestState>) -> Response {
+    answer(
+        async {
+            let h = history::read(client(&st)?).await?;
+            Ok(json_response(StatusCode::OK, &history::patroni_rows(&h)))
+        }
+        .await,
+    )
+}

@@ -1,0 +1,303 @@
+//! Day-2 operations against a real 3-node cluster with PostgreSQL 15: pause and
+//! resume, the cluster configuration (ctl edit-config and REST /config, their
+//! refusals), the promotion history, and the libpq connection string.
+
+mod common;
+mod pg;
+
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use pg::{PgCluster, PgOptions, SLOW_WAIT, SUPERUSER_PASSWORD, have_pg};
+use serde_json::Value;
+
+async fn healthy_cluster() -> (PgCluster, u64, Vec<u64>) {
+    let c = PgCluster::start(PgOptions::default()).await;
+    let primary = c.wait_primary(&[], SLOW_WAIT).await;
+    let replicas: Vec<u64> = c.ids().into_iter().filter(|i| *i != primary).collect();
+    c.wait_streaming(primary, &replicas, SLOW_WAIT).await;
+    (c, primary, replicas)
+}
+
+async fn show(c: &PgCluster, id: u64, setting: &str) -> anyhow::Result<String> {
+    let row = c
+        .connect(id)
+        .await?
+        .query_one(&format!("SHOW {setting}"), &[])
+        .await?;
+    Ok(row.get(0))
+}
+
+fn history(c: &PgCluster) -> Vec<Value> {
+    let out = c
+        .ctl(&["--output", "json", "history"])
+        .expect("ctl history");
+    match serde_json::from_str(&out).expect("history is JSON") {
+        Value::Array(rows) => rows,
+        other => panic!("history is not a list: {other}"),
+    }
+}
+
+/// While paused, a primary whose postmaster was killed is neither restarted nor
+/// replaced; after `resume` the cluster has one writable primary again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_pause_holds_automation_until_resume() {
+    if !have_pg() {
+        return;
+    }
+    let ttl = Duration::from_millis(PgOptions::default().ttl_ms);
+    let (c, p, replicas) = healthy_cluster().await;
+    let out = c.ctl(&["pause", "--wait"]).expect("pause");
+    assert!(out.contains("cluster paused"), "{out}");
+    for id in c.ids() {
+        c.wait_for("/patroni to show the pause", SLOW_WAIT, async || {
+            let (_, body) = c.http(id, "GET", "/patroni").await.unwrap_or_default();
+            ensure!(body.contains("\"pause\":true"), "node {id}: {body}");
+            Ok(())
+        })
+        .await;
+    }
+    let out = c.ctl(&["show-config"]).expect("show-config");
+    assert!(out.contains("\"pause\": true"), "{out}");
+
+    let killed = c.signal_instance(p, libc::SIGKILL);
+    assert!(!killed.is_empty(), "the primary's PostgreSQL was running");
+    let leader = c.node(p).name.clone();
+    // Three ttls: nobody promoted, the dead primary not restarted, its lease kept.
+    let until = Instant::now() + 3 * ttl;
+    while Instant::now() < until {
+        for id in c.ids() {
+            assert!(
+                !c.is_writable(id).await,
+                "node {id} accepts writes while the cluster is paused\n{}",
+                c.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let key = c.ctl(&["kv", "get", "/pg/leader"]).expect("leader key");
+    assert!(
+        key.contains(&leader),
+        "the leader key moved in pause: {key}"
+    );
+
+    let out = c.ctl(&["resume", "--wait"]).expect("resume");
+    assert!(out.contains("resumed"), "{out}");
+    let q = c.wait_primary(&[], SLOW_WAIT).await;
+    let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != q).collect();
+    c.wait_streaming(q, &others, SLOW_WAIT).await;
+    assert!(q == p || replicas.contains(&q));
+}
+
+/// `edit-config` and REST `/config`: bad values and unconfirmed or conflicting
+/// writes change nothing; good ones reach every PostgreSQL. `dsn` finds the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_config_edits_are_validated_compare_and_set_and_reach_postgres() {
+    if !have_pg() {
+        return;
+    }
+    let (c, p, replicas) = healthy_cluster().await;
+    let before = c.ctl(&["show-config"]).expect("show-config");
+    let refusals: &[(&[&str], &str)] = &[
+        (
+            &["edit-config", "--set", "ttl_ms=10", "--force"],
+            "ha.ttl_ms",
+        ),
+        (
+            &["edit-config", "--set", "ttl=30", "--force"],
+            "ttl: unknown field",
+        ),
+        (
+            &["edit-config", "--set", "loop_wait_ms=soon", "--force"],
+            "loop_wait_ms: invalid type",
+        ),
+        (
+            &["edit-config", "--pg", "port=1", "--force"],
+            "port is managed by pgquorum",
+        ),
+        (
+            &["edit-config", "--set", "ttl_ms", "--force"],
+            "is not KEY=VALUE",
+        ),
+        // Not confirmed (standard input is not a terminal).
+        (&["edit-config", "--pg", "work_mem=5MB"], "pass --force"),
+        (&["edit-config"], "needs a terminal"),
+        (&["edit-config", "--apply", "-"], "add --force"),
+        (&["kv", "put", "/pg/config", "{}"], "pass --force"),
+        (&["kv", "del", "/pg/", "--prefix"], "pass --force"),
+        (&["kv", "del", "/pg/leader"], "pass --force"),
+    ];
+    for (args, want) in refusals {
+        let err = c.ctl_fails(args);
+        assert!(
+            err.contains(want),
+            "ctl {args:?}: {err:?} should say {want:?}"
+        );
+        assert_eq!(
+            c.ctl(&["show-config"]).unwrap(),
+            before,
+            "ctl {args:?} changed the configuration"
+        );
+    }
+    assert!(
+        c.ctl(&["kv", "get", "/pg/leader"]).is_ok(),
+        "the leader key is still there"
+    );
+
+    let out = c
+        .ctl(&["edit-config", "--pg", "work_mem=7MB", "--force"])
+        .expect("edit-config");
+    assert!(out.contains("+     \"work_mem\": \"7MB\""), "{out}");
+    assert!(out.contains("configuration written"), "{out}");
+    for id in c.ids() {
+        c.wait_for("work_mem from edit-config", SLOW_WAIT, async || {
+            let v = show(&c, id, "work_mem").await?;
+            ensure!(v == "7MB", "node {id}: work_mem = {v}");
+            Ok(())
+        })
+        .await;
+    }
+    let again = c
+        .ctl(&["edit-config", "--pg", "work_mem=7MB", "--force"])
+        .expect("edit-config");
+    assert!(again.contains("no changes"), "{again}");
+
+    // REST: GET, a stale compare-and-set, bad values, a merge patch, pause.
+    let (st, body) = c.http(p, "GET", "/config").await.expect("GET /config");
+    assert_eq!(st, 200, "{body}");
+    let mut doc: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(doc["parameters"]["work_mem"], "7MB");
+    doc["parameters"]["work_mem"] = "9MB".into();
+    let stale = c
+        .http_with(
+            p,
+            "PUT",
+            "/config",
+            &[("If-Match", "\"1\"")],
+            &doc.to_string(),
+        )
+        .await
+        .expect("PUT /config");
+    assert_eq!(stale.0, 409, "{}", stale.1);
+    let r = replicas[0];
+    for (method, body, want) in [
+        ("PATCH", r#"{"ttl_ms": 5}"#, 400),
+        ("PATCH", r#"{"colour": "blue"}"#, 400),
+        ("PATCH", "not json", 400),
+        ("PUT", r#"{"parameters": {"listen_addresses": "*"}}"#, 400),
+    ] {
+        let (st, text) = c
+            .http_with(r, method, "/config", &[], body)
+            .await
+            .expect("REST answer");
+        assert_eq!(st, want, "{method} {body}: {text}");
+    }
+    assert!(
+        c.ctl(&["show-config"]).unwrap().contains("7MB"),
+        "a refused write changed nothing"
+    );
+    let (st, text) = c
+        .http_with(
+            r,
+            "PATCH",
+            "/config",
+            &[],
+            r#"{"parameters": {"work_mem": "8MB"}}"#,
+        )
+        .await
+        .expect("PATCH /config");
+    assert_eq!(st, 200, "{text}");
+    assert!(text.contains("\"work_mem\":\"8MB\""), "{text}");
+    for id in c.ids() {
+        c.wait_for("work_mem from PATCH /config", SLOW_WAIT, async || {
+            let v = show(&c, id, "work_mem").await?;
+            ensure!(v == "8MB", "node {id}: work_mem = {v}");
+            Ok(())
+        })
+        .await;
+    }
+    let (st, text) = c
+        .http_with(r, "PATCH", "/config", &[], r#"{"pause": true}"#)
+        .await
+        .expect("PATCH pause");
+    assert_eq!(st, 200, "{text}");
+    c.wait_for("the pause from PATCH /config", SLOW_WAIT, async || {
+        let (_, body) = c.http(p, "GET", "/cluster").await.unwrap_or_default();
+        ensure!(body.contains("\"pause\":true"), "{body}");
+        Ok(())
+    })
+    .await;
+    c.ctl(&["resume"]).expect("resume");
+
+    // The connection string finds the primary by itself.
+    let dsn = c.ctl(&["dsn"]).expect("dsn");
+    let conninfo = format!(
+        "{} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres",
+        dsn.trim()
+    );
+    let client = pg::connect(&conninfo).await.expect("connect with the dsn");
+    let row = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0), "the dsn reached a replica: {dsn}");
+}
+
+/// A switchover and then a failover each leave a row in `ctl history` and
+/// `GET /history` (Patroni's rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_history_records_a_switchover_and_a_failover() {
+    if !have_pg() {
+        return;
+    }
+    let (mut c, p, replicas) = healthy_cluster().await;
+    assert!(history(&c).is_empty());
+    let cand = replicas[0];
+    let cand_name = c.node(cand).name.clone();
+    c.ctl(&["switchover", "--candidate", &cand_name])
+        .expect("switchover");
+    let q = c.wait_primary(&[p], SLOW_WAIT).await;
+    assert_eq!(q, cand);
+    let rows = c
+        .wait_for("the switchover in the history", SLOW_WAIT, async || {
+            let h = history(&c);
+            ensure!(h.len() == 1, "{h:?}");
+            Ok(h)
+        })
+        .await;
+    assert_eq!(rows[0]["reason"], "switchover");
+    assert_eq!(rows[0]["new_leader"], cand_name.as_str());
+    assert_eq!(rows[0]["timeline"], 1);
+
+    // The old primary follows the new one before the next test of it.
+    let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != q).collect();
+    c.wait_streaming(q, &others, SLOW_WAIT).await;
+    c.kill_host(q);
+    let r = c.wait_primary(&[q], SLOW_WAIT).await;
+    let r_name = c.node(r).name.clone();
+    let rows = c
+        .wait_for("the failover in the history", SLOW_WAIT, async || {
+            let h = history(&c);
+            ensure!(h.len() == 2, "{h:?}");
+            Ok(h)
+        })
+        .await;
+    assert_eq!(rows[1]["reason"], "failover");
+    assert_eq!(rows[1]["new_leader"], r_name.as_str());
+    assert_eq!(rows[1]["timeline"], 2);
+    let table = c.ctl(&["history"]).expect("history table");
+    assert!(
+        table.contains("switchover") && table.contains("failover"),
+        "{table}"
+    );
+
+    let (st, body) = c.http(r, "GET", "/history").await.expect("GET /history");
+    assert_eq!(st, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(doc[0][0], 1);
+    assert_eq!(doc[0][2], "switchover");
+    assert_eq!(doc[0][4], cand_name.as_str());
+    assert_eq!(doc[1][0], 2);
+    assert_eq!(doc[1][2], "failover");
+    assert_eq!(doc[1][4], r_name.as_str());
+}
