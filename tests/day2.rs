@@ -28,6 +28,17 @@ async fn show(c: &PgCluster, id: u64, setting: &str) -> anyhow::Result<String> {
     Ok(row.get(0))
 }
 
+/// Whether the store answers that `key` does not exist (an unreachable store is an error).
+fn key_absent(c: &PgCluster, key: &str) -> anyhow::Result<bool> {
+    let out = c.ctl_output(&["kv", "get", key])?;
+    if out.status.success() {
+        return Ok(false);
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("not found"), "{err}");
+    Ok(true)
+}
+
 fn history(c: &PgCluster) -> Vec<Value> {
     let out = c
         .ctl(&["--output", "json", "history"])
@@ -300,4 +311,70 @@ async fn pg_history_records_a_switchover_and_a_failover() {
     assert_eq!(doc[1][0], 2);
     assert_eq!(doc[1][2], "failover");
     assert_eq!(doc[1][4], r_name.as_str());
+}
+
+/// Manual failover in synchronous mode: refused while a primary serves, refused
+/// for a candidate that is not the recorded standby (naming the risk), done when
+/// forced, in pause, with the rest of the cluster waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_manual_failover_names_the_risk_and_needs_force() {
+    if !have_pg() {
+        return;
+    }
+    let c = PgCluster::start(PgOptions::synchronous()).await;
+    let p = c.wait_primary(&[], SLOW_WAIT).await;
+    let replicas: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
+    c.wait_streaming(p, &replicas, SLOW_WAIT).await;
+    let sync = c.wait_sync_standby(&replicas).await;
+    let other = *replicas.iter().find(|r| **r != sync).unwrap();
+    let other_name = c.node(other).name.clone();
+    let sync_name = c.node(sync).name.clone();
+
+    let err = c.ctl_fails(&["failover", "--candidate", &sync_name]);
+    assert!(err.contains("is a healthy primary"), "{err}");
+    let body = format!(r#"{{"candidate": "{sync_name}"}}"#);
+    let (st, text) = c
+        .http_with(p, "POST", "/failover", &[], &body)
+        .await
+        .expect("POST /failover");
+    assert_eq!(st, 412, "{text}");
+    let err = c.ctl_fails(&["failover", "--candidate", "nobody"]);
+    assert!(err.contains("not a member"), "{err}");
+
+    c.ctl(&["pause", "--wait"]).expect("pause");
+    let mut c = c;
+    c.kill_host(p);
+    c.wait_for(
+        "the dead primary's lease to expire",
+        SLOW_WAIT,
+        async || {
+            ensure!(key_absent(&c, "/pg/leader")?, "still held");
+            Ok(())
+        },
+    )
+    .await;
+    let err = c.ctl_fails(&["failover", "--candidate", &other_name]);
+    assert!(
+        err.contains(&format!("the recorded standby {sync_name}")) && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!c.is_writable(other).await && !c.is_writable(sync).await);
+    let out = c
+        .ctl(&["failover", "--candidate", &other_name, "--force"])
+        .expect("forced failover");
+    assert!(
+        out.contains(&format!("failed over to {other_name}")),
+        "{out}"
+    );
+    assert!(c.is_writable(other).await, "the candidate serves");
+    assert!(!c.is_writable(sync).await, "and nobody else");
+    let h = history(&c);
+    assert_eq!(h.last().unwrap()["new_leader"], other_name.as_str());
+    c.wait_for("the request cleared", SLOW_WAIT, async || {
+        ensure!(key_absent(&c, "/pg/failover")?, "still there");
+        Ok(())
+    })
+    .await;
+    c.ctl(&["resume", "--wait"]).expect("resume");
+    c.wait_streaming(other, &[sync], SLOW_WAIT).await;
 }

@@ -165,12 +165,20 @@ fn decide_with_lease(o: &Observation) -> Decision {
             Reason::TakingBackLease(lease),
         );
     }
-    if o.paused {
-        let actions = if i_lead {
+    // A manual failover to this member acts also in pause (as Patroni's does): it
+    // takes the lease and promotes; nothing else automatic happens.
+    let manual_failover = store.failover.as_ref().is_some_and(|f| f.candidate == o.me)
+        && (store.leader.is_none() || (i_lead && pg.role == Some(Role::Replica)))
+        && !hung_for(pg, MEMBER_HUNG_MS);
+    if o.paused && !manual_failover {
+        let mut actions = if i_lead {
             vec![Action::RenewLease]
         } else {
             vec![]
         };
+        if i_lead && is_primary(pg) && store.failover.is_some() {
+            actions.push(Action::ClearFailover);
+        }
         if i_lead && hung_for(pg, o.policy.primary_hang_timeout_ms) {
             let why = pg.stall.describe(o.policy.primary_hang_timeout_ms);
             return decision(actions, Reason::PrimaryHungPaused(why));
@@ -315,7 +323,13 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
                     return decision(actions, why.unwrap_or(Reason::HealthyPrimary));
                 }
             }
-            healthy_primary(o, store)
+            let mut d = healthy_primary(o, store);
+            if store.failover.is_some() {
+                // This member serves: a manual failover (to it, or one that came
+                // too late) is done.
+                d.actions.push(Action::ClearFailover);
+            }
+            d
         }
         // Running but silent: hung (killed at primary_hang_timeout_ms, above), or
         // still starting. The lease is kept meanwhile.
@@ -531,6 +545,21 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
     if o.tags.nofailover {
         return decision(vec![], Reason::NotEligible("tagged nofailover"));
     }
+    // A manual failover names who takes over; forced, the operator has accepted
+    // what the rules below protect against (ctl named the risk).
+    let manual = match &store.failover {
+        Some(f) if f.candidate != o.me => {
+            return decision(vec![], Reason::FailoverInProgress(f.candidate.clone()));
+        }
+        Some(f) if f.force => {
+            return decision(
+                vec![Action::AcquireLease],
+                Reason::ManualFailover { forced: true },
+            );
+        }
+        Some(_) => true,
+        None => false,
+    };
     // A switchover that found no taker within one ttl (the candidate died) falls
     // back to the ordinary failover rules.
     if let Some(sw) = &store.switchover
@@ -587,6 +616,12 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
     // After a restart of the whole cluster the former primary (most data, published
     // optime possibly stale: it may have stopped without quorum) needs time to
     // come back and report before anyone is chosen.
+    if manual {
+        return decision(
+            vec![Action::AcquireLease],
+            Reason::ManualFailover { forced: false },
+        );
+    }
     if o.cold_start && o.no_leader_for_ms < o.policy.candidate_grace_ms {
         return decision(vec![], Reason::WaitingForMembersAfterStart);
     }

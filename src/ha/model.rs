@@ -14,6 +14,8 @@
 //! - `/pg/config` — cluster-wide HA settings, written at bootstrap from the
 //!   bootstrapping node's config; every member uses them over its own file's.
 //! - `/pg/pause` — present while automatic actions are paused.
+//! - `/pg/failover` — `FailoverRequest` JSON: an operator's manual failover, attached
+//!   to the requesting `ctl`'s lease (gone when it gives up); cleared by the new primary.
 //! - `/pg/history` — `Vec<HistoryEntry>` JSON: every promotion (failover or
 //!   switchover), oldest first, at most `HISTORY_LIMIT`; appended by the new primary.
 
@@ -35,6 +37,20 @@ pub const CONFIG_KEY: &str = "/pg/config";
 pub const SWITCHOVER_KEY: &str = "/pg/switchover";
 /// Present while the cluster is paused: members take no automatic action.
 pub const PAUSE_KEY: &str = "/pg/pause";
+
+/// A manual failover requested by an operator (`FailoverRequest` JSON).
+pub const FAILOVER_KEY: &str = "/pg/failover";
+
+/// A manual failover: `candidate` takes over while no primary serves (also in
+/// pause). `force`: the operator accepted the risk `ctl failover` named (lag beyond
+/// `maximum_lag_on_failover`, not the recorded synchronous standby, an older
+/// timeline), so those rules do not stop it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRequest {
+    pub candidate: String,
+    #[serde(default)]
+    pub force: bool,
+}
 
 /// Every promotion, oldest first (`Vec<HistoryEntry>` JSON), written by the primary.
 pub const HISTORY_KEY: &str = "/pg/history";
@@ -153,6 +169,7 @@ pub struct ClusterView {
     pub timeline: Option<u64>,
     pub sync: Option<SyncState>,
     pub switchover: Option<Switchover>,
+    pub failover: Option<FailoverRequest>,
     pub config: Option<crate::config::HaSettings>,
     pub paused: bool,
 }
@@ -184,6 +201,7 @@ impl ClusterView {
                 INITIALIZE_KEY => system_id = text.trim().parse().ok(),
                 SYNC_KEY => view.sync = serde_json::from_slice(value).ok(),
                 SWITCHOVER_KEY => view.switchover = serde_json::from_slice(value).ok(),
+                FAILOVER_KEY => view.failover = serde_json::from_slice(value).ok(),
                 CONFIG_KEY => view.config = serde_json::from_slice(value).ok(),
                 PAUSE_KEY => view.paused = true,
                 k if k.starts_with(MEMBERS_PREFIX) => {

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod dsn;
+pub mod failover;
 pub mod history;
 
 use crate::client::{Client, ClientError};

@@ -318,6 +318,10 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                 self.client.delete_key(model::SWITCHOVER_KEY).await?;
                 tracing::info!("switchover complete");
             }
+            Action::ClearFailover => {
+                self.client.delete_key(model::FAILOVER_KEY).await?;
+                tracing::info!("manual failover complete");
+            }
             Action::RecordSync(name) => {
                 let state = SyncState {
                     leader: self.me.clone(),

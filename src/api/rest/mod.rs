@@ -132,6 +132,7 @@ pub fn router(rx: watch::Receiver<Health>, client: Option<crate::client::Client>
                 .put(ops::put_config),
         )
         .route("/history", get(ops::get_history))
+        .route("/failover", axum::routing::post(ops::post_failover))
         .fallback(handle)
         .layer(axum::extract::DefaultBodyLimit::max(ops::MAX_BODY))
         .with_state(RestState { health: rx, client })

@@ -3,6 +3,8 @@
 //! not from the health snapshot, so they need the node's client; without it they
 //! answer 503.
 //!
+//! `POST /failover` requests a manual failover.
+//!
 //! `PATCH` applies an RFC 7386 merge patch to the latest document (retried when
 //! another writer got in between), as Patroni does; `"pause": true|false` in it
 //! pauses or resumes the cluster. `PUT` replaces the document; with `If-Match:
@@ -18,7 +20,7 @@ use serde_json::Value;
 use super::{RestState, json_response, with_body};
 use crate::client::{Client, ClientError};
 use crate::ops::config::{self as cfg, ClusterConfig};
-use crate::ops::{OpsError, history};
+use crate::ops::{OpsError, failover, history};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -134,6 +136,52 @@ pub async fn get_history(State(st): State<RestState>) -> Response {
         async {
             let h = history::read(client(&st)?).await?;
             Ok(json_response(StatusCode::OK, &history::patroni_rows(&h)))
+        }
+        .await,
+    )
+}
+
+/// How long `POST /failover` waits for the candidate to serve.
+const FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `POST /failover` with `{"candidate": NAME, "force": bool}` (Patroni's body; its
+/// `leader` field is ignored): 200 once the candidate serves; 412 when a primary
+/// serves (use a switchover) or the candidate breaks the failover rules without
+/// `force` (the body names the risk); 400 for bad input; 503 on timeout.
+pub async fn post_failover(State(st): State<RestState>, body: Bytes) -> Response {
+    answer(
+        async {
+            let c = client(&st)?;
+            let req = body_json(&body)?;
+            let Some(candidate) = req.get("candidate").and_then(Value::as_str) else {
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "POST /failover needs {\"candidate\": NAME}; nothing was requested".into(),
+                ));
+            };
+            let force = req.get("force").and_then(Value::as_bool).unwrap_or(false);
+            let plan = failover::plan(&crate::ops::cluster_view(c).await?, candidate)?;
+            if let Some(p) = &plan.serving_primary {
+                return Err(Refusal(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!("{p} is a healthy primary: use a switchover; nothing was requested"),
+                ));
+            }
+            if !plan.risks.is_empty() && !force {
+                return Err(Refusal(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!(
+                        "{candidate} may not take over under the failover rules ({}); send \
+                         \"force\": true to accept that risk; nothing was requested",
+                        plan.risks.join("; ")
+                    ),
+                ));
+            }
+            failover::run(c, candidate, !plan.risks.is_empty(), FAILOVER_WAIT).await?;
+            Ok(text(
+                StatusCode::OK,
+                format!("Successfully failed over to \"{candidate}\""),
+            ))
         }
         .await,
     )

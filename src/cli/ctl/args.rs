@@ -56,6 +56,21 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 30)]
         wait: u64,
     },
+    /// Promote CANDIDATE while no primary serves (also in pause). Shows its lag
+    /// against the last known primary position and asks first; a candidate the
+    /// failover rules refuse (too far behind, not the recorded synchronous standby)
+    /// needs --force, which names the commits at risk. With a healthy primary it
+    /// refuses, unless --force: then it is a switchover to CANDIDATE.
+    Failover {
+        #[arg(long)]
+        candidate: String,
+        /// Accept the named risk and skip the confirmation.
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for the candidate to serve before withdrawing the request.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
     /// Pause automatic failover and PostgreSQL start/stop by pgquorum (maintenance).
     /// The primary keeps its lease; nothing is promoted until `resume`.
     Pause {

@@ -291,3 +291,50 @@ pub(super) async fn dsn(
     };
     emit(json, json!({ "dsn": s }), || s.clone())
 }
+
+pub(super) async fn failover(
+    client: &Client,
+    json: bool,
+    candidate: &str,
+    force: bool,
+    wait: Duration,
+) -> Result<(), CtlError> {
+    let view = ops::cluster_view(client).await?;
+    let plan = ops::failover::plan(&view, candidate)?;
+    if let Some(p) = &plan.serving_primary {
+        if !force {
+            return Err(CtlError::BadInput(format!(
+                "{p} is a healthy primary: use `pgquorum ctl switchover --candidate {candidate}` \
+                 (loses nothing), or pass --force to hand over to {candidate} now as a switchover"
+            )));
+        }
+        return switchover(client, json, Some(candidate.to_string()), wait).await;
+    }
+    let lag = plan
+        .lag
+        .map_or_else(|| "unknown".to_string(), |l| format!("{l} bytes"));
+    eprintln!("failover to {candidate}: lag behind the last known primary position: {lag}");
+    for r in &plan.risks {
+        eprintln!("risk: {r}");
+    }
+    if !plan.risks.is_empty() && !force {
+        return Err(CtlError::BadInput(format!(
+            "{candidate} may not take over under the failover rules ({}); pass --force to \
+             accept that risk; nothing was requested",
+            plan.risks.join("; ")
+        )));
+    }
+    if !force && !confirm(&format!("Fail over to {candidate}?"))? {
+        return Err(CtlError::BadInput(
+            "not confirmed; nothing was requested".into(),
+        ));
+    }
+    let started = Instant::now();
+    ops::failover::run(client, candidate, !plan.risks.is_empty(), wait).await?;
+    let secs = started.elapsed().as_secs_f64();
+    emit(
+        json,
+        json!({ "to": candidate, "forced": !plan.risks.is_empty(), "risks": plan.risks, "seconds": secs }),
+        || format!("failed over to {candidate} in {secs:.1} s"),
+    )
+}

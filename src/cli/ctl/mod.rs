@@ -60,6 +60,11 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         CtlCommand::Switchover { candidate, wait } => {
             switchover(&client, json, candidate, Duration::from_secs(wait)).await
         }
+        CtlCommand::Failover {
+            candidate,
+            force,
+            wait,
+        } => cluster::failover(&client, json, &candidate, force, Duration::from_secs(wait)).await,
         CtlCommand::Pause { wait } => cluster::pause(&client, json, true, wait, args.timeout).await,
         CtlCommand::Resume { wait } => {
             cluster::pause(&client, json, false, wait, args.timeout).await
@@ -91,7 +96,7 @@ async fn pg_view(client: &Client) -> Result<ClusterView, CtlError> {
     .0)
 }
 
-async fn switchover(
+pub(super) async fn switchover(
     client: &Client,
     json: bool,
     candidate: Option<String>,

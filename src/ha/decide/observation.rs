@@ -2,7 +2,9 @@
 //! lease, the policy) and what it returns (`Decision`: actions and a reason).
 
 use super::Reason;
-use crate::ha::model::{ClusterView, MemberStatus, Promotion, Role, Switchover, SyncState, Tags};
+use crate::ha::model::{
+    ClusterView, FailoverRequest, MemberStatus, Promotion, Role, Switchover, SyncState, Tags,
+};
 pub use crate::stop::StopKind;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +136,7 @@ pub struct StoreView {
     pub timeline: Option<u64>,
     pub sync: Option<SyncState>,
     pub switchover: Option<Switchover>,
+    pub failover: Option<FailoverRequest>,
     /// Names of the Raft members (read only while this member leads): each gets a
     /// replication slot, also while it is down and publishes nothing.
     pub raft_members: Vec<String>,
@@ -161,6 +164,7 @@ impl StoreView {
             timeline: view.timeline,
             sync: view.sync.clone(),
             switchover: view.switchover.clone(),
+            failover: view.failover.clone(),
         }
     }
 }
@@ -264,6 +268,8 @@ pub enum Action {
     RecordSync(Option<String>),
     /// Delete the switchover request (done by the new primary).
     ClearSwitchover,
+    /// Delete the manual failover request (done by the new primary).
+    ClearFailover,
     /// Stop (immediate shutdown) a postmaster pgquorum did not start on our data dir.
     StopForeign {
         pid: i32,

@@ -25,6 +25,12 @@ pub enum Reason {
     /// pg_rewind failed on this data dir: moving it aside and cloning anew.
     RecloningAfterFailedRewind(String),
     SwitchoverInProgress(String),
+    /// An operator asked for a failover to this member (forced: rules waived).
+    ManualFailover {
+        forced: bool,
+    },
+    /// An operator asked for a failover to another member.
+    FailoverInProgress(String),
     /// The primary hangs: killed, then the lease released.
     PrimaryHung(String),
     PrimaryHungPaused(String),
@@ -111,6 +117,16 @@ impl fmt::Display for Reason {
                 "switchover requested but no eligible replica is streaming; staying primary"
             ),
             SwitchoverInProgress(to) => write!(f, "switchover in progress to {to}"),
+            ManualFailover { forced: false } => write!(
+                f,
+                "manual failover requested to this member: taking over (the failover rules hold)"
+            ),
+            ManualFailover { forced: true } => write!(
+                f,
+                "forced manual failover requested to this member: taking over although the \
+                 failover rules would not allow it (the operator accepted the risk)"
+            ),
+            FailoverInProgress(to) => write!(f, "manual failover in progress to {to}"),
             TakingBackLease(id) => write!(
                 f,
                 "the leader key still names this member (lease {id}, from before a restart): keeping it"

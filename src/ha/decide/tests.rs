@@ -85,6 +85,7 @@ fn store(leader: Option<&str>) -> StoreView {
         timeline: Some(1),
         sync: None,
         switchover: None,
+        failover: None,
         raft_members: vec![],
     }
 }
@@ -747,4 +748,5 @@ fn never_primary_without_the_lease() {
 mod fail_closed;
 mod hang;
 mod lease_and_rebuild;
+mod manual_failover;
 mod sync;

@@ -282,6 +282,21 @@ fn random_observation(r: &mut Rng) -> Observation {
                 candidate: None,
             }),
         ]),
+        failover: r.pick(&[
+            None,
+            Some(crate::ha::model::FailoverRequest {
+                candidate: "a".into(),
+                force: false,
+            }),
+            Some(crate::ha::model::FailoverRequest {
+                candidate: "a".into(),
+                force: true,
+            }),
+            Some(crate::ha::model::FailoverRequest {
+                candidate: "b".into(),
+                force: true,
+            }),
+        ]),
         raft_members: r.pick(&[
             vec![],
             vec!["a".to_string(), "b".to_string(), "c".to_string()],
@@ -342,9 +357,16 @@ fn random_observations_keep_the_safety_rules() {
                 "lease moved around a foreign postmaster: {o:#?} -> {d:?}"
             );
         }
+        // Safety rule 4's one exception: an operator's forced failover to this member.
+        let forced = o
+            .store
+            .as_ref()
+            .and_then(|s| s.failover.as_ref())
+            .is_some_and(|f| f.force && f.candidate == "a");
         if a.contains(&Action::AcquireLease)
             && let Some(s) = &o.store
             && s.system_id.is_some()
+            && !forced
         {
             if o.policy.synchronous_mode {
                 let recorded = s.sync.as_ref().and_then(|x| x.sync_standby.as_deref());

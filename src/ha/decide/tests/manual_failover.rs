@@ -1,0 +1,169 @@
+//! Manual failover (`ctl failover`): the named candidate takes over within the rules,
+//! or beyond them when forced; everyone else waits; pause does not stop it.
+
+use super::*;
+use crate::ha::model::{FailoverRequest, Promotion};
+
+fn request(candidate: &str, force: bool) -> Option<FailoverRequest> {
+    Some(FailoverRequest {
+        candidate: candidate.into(),
+        force,
+    })
+}
+
+#[test]
+fn manual_failover_decisions() {
+    use Action::*;
+    let cases = vec![
+        (
+            "the candidate takes over without waiting for a better one",
+            with(obs_failover(), |o| {
+                let s = o.store.as_mut().unwrap();
+                s.members = vec![member("c", Role::Replica, 5000)];
+                s.failover = request("b", false);
+            }),
+            vec![AcquireLease],
+            Reason::ManualFailover { forced: false },
+        ),
+        (
+            "another member waits for the candidate",
+            with(obs_failover(), |o| {
+                o.store.as_mut().unwrap().failover = request("c", false);
+            }),
+            vec![],
+            Reason::FailoverInProgress("c".into()),
+        ),
+        (
+            "unforced, a candidate beyond the lag limit is refused",
+            with(obs_failover(), |o| {
+                o.store.as_mut().unwrap().optime = Some(5_000);
+                o.store.as_mut().unwrap().failover = request("b", false);
+            }),
+            vec![],
+            Reason::NotEligible(
+                "lags the last known primary position by more than maximum_lag_on_failover",
+            ),
+        ),
+        (
+            "forced, a candidate beyond the lag limit takes over",
+            with(obs_failover(), |o| {
+                o.store.as_mut().unwrap().optime = Some(5_000);
+                o.store.as_mut().unwrap().failover = request("b", true);
+            }),
+            vec![AcquireLease],
+            Reason::ManualFailover { forced: true },
+        ),
+        (
+            "unforced, sync mode still needs the recorded standby",
+            with(obs_failover(), |o| {
+                o.policy.synchronous_mode = true;
+                let s = o.store.as_mut().unwrap();
+                s.sync = Some(SyncState {
+                    leader: "a".into(),
+                    sync_standby: Some("c".into()),
+                });
+                s.failover = request("b", false);
+            }),
+            vec![],
+            Reason::NotEligible("synchronous mode: not the recorded synchronous standby"),
+        ),
+        (
+            "forced in sync mode: it records itself alone before it promotes",
+            with(obs_replica(), |o| {
+                o.policy.synchronous_mode = true;
+                o.lease_held = true;
+                let s = o.store.as_mut().unwrap();
+                s.leader = Some("b".into());
+                s.sync = Some(SyncState {
+                    leader: "a".into(),
+                    sync_standby: Some("c".into()),
+                });
+                s.failover = request("b", true);
+            }),
+            vec![
+                RenewLease,
+                RecordSync(None),
+                Promote,
+                RecordPromotion {
+                    timeline: 1,
+                    lsn: 1000,
+                    reason: Promotion::Failover,
+                },
+            ],
+            Reason::Promoting,
+        ),
+        (
+            "a nofailover member is never the candidate",
+            with(obs_failover(), |o| {
+                o.tags.nofailover = true;
+                o.store.as_mut().unwrap().failover = request("b", true);
+            }),
+            vec![],
+            Reason::NotEligible("tagged nofailover"),
+        ),
+        (
+            "in pause the candidate still takes over",
+            with(obs_failover(), |o| {
+                o.paused = true;
+                o.store.as_mut().unwrap().failover = request("b", false);
+            }),
+            vec![AcquireLease],
+            Reason::ManualFailover { forced: false },
+        ),
+        (
+            "in pause the candidate holding the lease promotes",
+            with(obs_replica(), |o| {
+                o.paused = true;
+                o.lease_held = true;
+                let s = o.store.as_mut().unwrap();
+                s.leader = Some("b".into());
+                s.failover = request("b", false);
+            }),
+            vec![
+                RenewLease,
+                Promote,
+                RecordPromotion {
+                    timeline: 1,
+                    lsn: 1000,
+                    reason: Promotion::Failover,
+                },
+            ],
+            Reason::Promoting,
+        ),
+        (
+            "in pause, once primary, it clears the request and does nothing else",
+            with(obs_primary(), |o| {
+                o.paused = true;
+                o.store.as_mut().unwrap().failover = request("a", false);
+            }),
+            vec![RenewLease, ClearFailover],
+            Reason::Paused,
+        ),
+        (
+            "in pause nobody else acts on it",
+            with(obs_failover(), |o| {
+                o.paused = true;
+                o.store.as_mut().unwrap().failover = request("c", true);
+            }),
+            vec![],
+            Reason::Paused,
+        ),
+        (
+            "a serving primary clears a request that came too late",
+            with(obs_primary(), |o| {
+                o.store.as_mut().unwrap().failover = request("b", false);
+            }),
+            vec![RenewLease, PublishOptime, slots(), ClearFailover],
+            Reason::HealthyPrimary,
+        ),
+        (
+            "while a leader serves, the candidate follows it",
+            with(obs_replica(), |o| {
+                o.store.as_mut().unwrap().failover = request("b", true);
+            }),
+            decide(&obs_replica()).actions,
+            decide(&obs_replica()).reason,
+        ),
+    ];
+    check(cases);
+}
