@@ -378,3 +378,67 @@ async fn pg_manual_failover_names_the_risk_and_needs_force() {
     c.ctl(&["resume", "--wait"]).expect("resume");
     c.wait_streaming(other, &[sync], SLOW_WAIT).await;
 }
+
+/// `ctl reinit` re-clones a replica (its old data dir kept aside, or removed with
+/// --discard-old); the primary is refused, by ctl and by REST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_reinit_reclones_a_replica_and_never_the_primary() {
+    if !have_pg() {
+        return;
+    }
+    let (c, p, replicas) = healthy_cluster().await;
+    let r = replicas[0];
+    let r_name = c.node(r).name.clone();
+    c.connect(p)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 50)")
+        .await
+        .unwrap();
+    let marker = c.node(r).pg_data().join("pgquorum-test-marker");
+    std::fs::write(&marker, "old").unwrap();
+
+    let err = c.ctl_fails(&["reinit", &c.node(p).name]);
+    assert!(err.contains("is the primary"), "{err}");
+    let (st, text) = c
+        .http_with(p, "POST", "/reinitialize", &[], "")
+        .await
+        .expect("POST /reinitialize");
+    assert_eq!(st, 503, "{text}");
+    let err = c.ctl_fails(&["reinit", "nobody"]);
+    assert!(err.contains("not a member"), "{err}");
+
+    let out = c
+        .ctl(&["--output", "json", "reinit", &r_name, "--wait"])
+        .expect("reinit --wait");
+    let doc: Value = serde_json::from_str(&out).expect("JSON");
+    let moved = std::path::PathBuf::from(doc["moved_to"].as_str().expect("moved aside"));
+    assert!(doc["bytes"].as_u64().unwrap() > 1_000_000, "{doc}");
+    assert_eq!(doc["discarded"], false);
+    assert!(moved.join("pgquorum-test-marker").exists(), "the old dir is kept");
+    assert!(!marker.exists(), "the data dir is a fresh clone");
+    c.wait_streaming(p, &[r], SLOW_WAIT).await;
+    c.wait_for("the rows on the re-cloned replica", SLOW_WAIT, async || {
+        let n = c.count(r, "t").await?;
+        ensure!(n == 50, "{n} rows");
+        Ok(())
+    })
+    .await;
+
+    let (st, text) = c
+        .http_with(r, "POST", "/reinitialize", &[], r#"{"discard_old": true}"#)
+        .await
+        .expect("POST /reinitialize");
+    assert_eq!(st, 200, "{text}");
+    let key = format!("/pg/reinit/{r_name}");
+    let outcome = c
+        .wait_for("the second reinit's outcome", SLOW_WAIT, async || {
+            let v = c.ctl(&["kv", "get", &key])?;
+            ensure!(v.contains("outcome"), "{v}");
+            Ok(v)
+        })
+        .await;
+    assert!(outcome.contains("\"discarded\":true"), "{outcome}");
+    c.wait_streaming(p, &[r], SLOW_WAIT).await;
+    assert!(moved.exists(), "the first reinit's dir stays (only the latest is discarded)");
+}

@@ -21,7 +21,7 @@
 
 use super::bugs::{self, Bug};
 use super::eligibility::{cannot_take_over, last_primary_alone};
-use super::model::{MemberStatus, Promotion, Role, Switchover};
+use super::model::{MemberStatus, PgRunState, Promotion, Role, Switchover};
 
 mod observation;
 mod reason;
@@ -164,6 +164,31 @@ fn decide_with_lease(o: &Observation) -> Decision {
             vec![Action::TakeBackLease { lease }],
             Reason::TakingBackLease(lease),
         );
+    }
+    // A re-clone an operator asked for runs also in pause (as Patroni's reinit does):
+    // it is a replica's own business, and starts it again as a replica.
+    if let Some(r) = &store.reinit
+        && !i_lead
+        && let Some(l) = store.leader.as_deref().filter(|l| {
+            store
+                .members
+                .iter()
+                .any(|m| m.name == *l && m.role == Role::Primary && m.state == PgRunState::Running)
+        })
+        && !may_be_primary(pg)
+    {
+        let mut actions = Vec::new();
+        if pg.running {
+            actions.push(Action::Stop(StopKind::Fast));
+        }
+        actions.push(Action::Reinit {
+            leader: l.to_string(),
+            discard_old: r.discard_old,
+        });
+        actions.push(Action::StartReplica {
+            leader: Some(l.to_string()),
+        });
+        return decision(actions, Reason::Reinitializing(l.to_string()));
     }
     // A manual failover to this member acts also in pause (as Patroni's does): it
     // takes the lease and promotes; nothing else automatic happens.
@@ -324,6 +349,10 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
                 }
             }
             let mut d = healthy_primary(o, store);
+            if store.reinit.is_some() {
+                // The primary's data dir is the cluster's: never re-cloned.
+                d.actions.push(Action::ClearReinit);
+            }
             if store.failover.is_some() {
                 // This member serves: a manual failover (to it, or one that came
                 // too late) is done.

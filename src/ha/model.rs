@@ -16,6 +16,8 @@
 //! - `/pg/pause` — present while automatic actions are paused.
 //! - `/pg/failover` — `FailoverRequest` JSON: an operator's manual failover, attached
 //!   to the requesting `ctl`'s lease (gone when it gives up); cleared by the new primary.
+//! - `/pg/reinit/<name>` — `ReinitRequest` JSON: an operator asked member `name` to
+//!   re-clone its data dir from the primary; the member records the outcome in it.
 //! - `/pg/history` — `Vec<HistoryEntry>` JSON: every promotion (failover or
 //!   switchover), oldest first, at most `HISTORY_LIMIT`; appended by the new primary.
 
@@ -50,6 +52,40 @@ pub struct FailoverRequest {
     pub candidate: String,
     #[serde(default)]
     pub force: bool,
+}
+
+/// Per-member re-clone requests (`ReinitRequest` JSON), by member name.
+pub const REINIT_PREFIX: &str = "/pg/reinit/";
+
+pub fn reinit_key(name: &str) -> String {
+    format!("{REINIT_PREFIX}{name}")
+}
+
+/// `ctl reinit`: re-clone this member's data dir from the primary (the old one is
+/// moved aside, or removed after the clone when `discard_old`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReinitRequest {
+    #[serde(default)]
+    pub discard_old: bool,
+    /// Written by the member once the clone succeeded; the request is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<ReinitOutcome>,
+}
+
+impl ReinitRequest {
+    pub fn pending(&self) -> bool {
+        self.outcome.is_none()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReinitOutcome {
+    /// Where the old data dir went (`None`: there was none).
+    pub moved_to: Option<String>,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// It was removed after the clone (`discard_old`).
+    pub discarded: bool,
 }
 
 /// Every promotion, oldest first (`Vec<HistoryEntry>` JSON), written by the primary.
@@ -170,6 +206,7 @@ pub struct ClusterView {
     pub sync: Option<SyncState>,
     pub switchover: Option<Switchover>,
     pub failover: Option<FailoverRequest>,
+    pub reinit: BTreeMap<String, ReinitRequest>,
     pub config: Option<crate::config::HaSettings>,
     pub paused: bool,
 }
@@ -204,6 +241,11 @@ impl ClusterView {
                 FAILOVER_KEY => view.failover = serde_json::from_slice(value).ok(),
                 CONFIG_KEY => view.config = serde_json::from_slice(value).ok(),
                 PAUSE_KEY => view.paused = true,
+                k if k.starts_with(REINIT_PREFIX) => {
+                    if let Ok(r) = serde_json::from_slice::<ReinitRequest>(value) {
+                        view.reinit.insert(k[REINIT_PREFIX.len()..].to_string(), r);
+                    }
+                }
                 k if k.starts_with(MEMBERS_PREFIX) => {
                     if let Ok(m) = serde_json::from_slice::<MemberStatus>(value) {
                         view.members.insert(m.name.clone(), m);

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dsn;
 pub mod failover;
 pub mod history;
+pub mod reinit;
 
 use crate::client::{Client, ClientError};
 use crate::ha::model::{self, ClusterView};
@@ -55,6 +56,11 @@ pub fn owned_key(key: &str, prefix: bool) -> Option<&'static str> {
         (model::HISTORY_KEY, "the primary"),
         (model::INITIALIZE_KEY, "the bootstrap"),
     ];
+    if key.starts_with(model::REINIT_PREFIX)
+        || (prefix && model::REINIT_PREFIX.starts_with(key) && key.len() > 1)
+    {
+        return Some("pgquorum ctl reinit");
+    }
     if key.starts_with(model::MEMBERS_PREFIX) || (prefix && model::MEMBERS_PREFIX.starts_with(key))
     {
         return Some("each member (its own status)");

@@ -279,14 +279,52 @@ impl Postgres {
         self.set_primary_marker(false)
     }
 
-    /// For when rewind fails: moves the data directory aside to
-    /// `<data_dir>.failed-<unix-seconds>` (never deletes it), then clones `from`.
-    pub async fn reclone(&mut self, from: &ConnTarget, slot: &str) -> Result<(), PgError> {
+    /// For when rewind fails, or an operator asked (`ctl reinit`): moves the data
+    /// directory aside to `<data_dir>.failed-<unix-seconds>` (never deletes it), then
+    /// clones `from`. Returns where the old directory went.
+    pub async fn reclone(
+        &mut self,
+        from: &ConnTarget,
+        slot: &str,
+    ) -> Result<Option<PathBuf>, PgError> {
         self.ensure_stopped("reclone").await?;
-        if self.data_dir_state() != DataDirState::Missing {
-            self.move_data_dir_aside()?;
+        let moved = if self.data_dir_state() != DataDirState::Missing {
+            Some(self.move_data_dir_aside()?)
+        } else {
+            None
+        };
+        self.basebackup(from, slot).await?;
+        Ok(moved)
+    }
+
+    /// Bytes of the files under `path` (what a moved-aside data dir holds).
+    pub fn dir_bytes(path: &Path) -> u64 {
+        let mut total = 0;
+        let mut dirs = vec![path.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => dirs.push(e.path()),
+                    Ok(m) => total += m.len(),
+                    Err(_) => {}
+                }
+            }
         }
-        self.basebackup(from, slot).await
+        total
+    }
+
+    /// Removes a data directory that `move_data_dir_aside` moved (an operator's
+    /// `reinit --discard-old`, after the new clone succeeded); any other path is
+    /// refused.
+    pub fn remove_moved_aside(&self, path: &Path) -> Result<(), PgError> {
+        let prefix = format!("{}.failed-", self.data_dir.display());
+        if !path.to_string_lossy().starts_with(&prefix) || path == self.data_dir {
+            return Err(PgError::DataDirInvalid {
+                path: path.to_path_buf(),
+                reason: format!("not a data directory moved aside (those start with {prefix})"),
+            });
+        }
+        fs::remove_dir_all(path).map_err(PgError::io("remove", path))
     }
 
     /// Renames the data directory to `<data_dir>.failed-<unix-seconds>[-n]` and returns

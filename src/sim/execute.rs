@@ -335,6 +335,9 @@ pub(super) fn execute(w: &mut World, n: usize, a: Action) -> Outcome {
             Purpose::Answered,
         ),
         Action::ClearFailover => Err("no manual failovers in the simulation".into()),
+        Action::Reinit { .. } | Action::ClearReinit => {
+            Err("no reinit requests in the simulation".into())
+        }
         Action::StopForeign { .. } => Err("no foreign postmasters in the simulation".into()),
     }
 }

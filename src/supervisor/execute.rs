@@ -289,6 +289,48 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                     .await?;
                 self.rewind_failed = false;
             }
+            Action::Reinit {
+                leader,
+                discard_old,
+            } => {
+                let target = Self::target(view, &leader)?;
+                self.should_run = false;
+                let moved = self
+                    .pg
+                    .reclone(&target, &Postgres::slot_name(&self.me))
+                    .await?;
+                self.rewind_failed = false;
+                let bytes = moved.as_deref().map_or(0, |p| self.pg.dir_bytes(p));
+                let mut discarded = false;
+                if let Some(p) = moved.as_deref() {
+                    if discard_old {
+                        self.pg.remove_moved_aside(p)?;
+                        discarded = true;
+                        tracing::info!(path = %p.display(), bytes, "re-cloned; removed the old data dir as asked");
+                    } else {
+                        tracing::info!(path = %p.display(), bytes, "re-cloned; the old data dir is kept there");
+                    }
+                }
+                let done = model::ReinitRequest {
+                    discard_old,
+                    outcome: Some(model::ReinitOutcome {
+                        moved_to: moved.map(|p| p.display().to_string()),
+                        bytes,
+                        discarded,
+                    }),
+                };
+                let json = serde_json::to_vec(&done).map_err(|source| SupervisorError::Encode {
+                    what: "the reinit outcome",
+                    source,
+                })?;
+                self.client
+                    .put_key(&model::reinit_key(&self.me), json, 0, None)
+                    .await?;
+            }
+            Action::ClearReinit => {
+                tracing::warn!("refusing a reinit request for this member: it is the primary");
+                self.client.delete_key(&model::reinit_key(&self.me)).await?;
+            }
             Action::Clone { leader } => {
                 let target = Self::target(view, &leader)?;
                 self.pg

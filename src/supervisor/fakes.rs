@@ -482,11 +482,24 @@ impl Database for FakePg {
         Ok(())
     }
 
-    async fn reclone(&mut self, from: &ConnTarget, _slot: &str) -> Result<(), PgError> {
+    async fn reclone(
+        &mut self,
+        from: &ConnTarget,
+        _slot: &str,
+    ) -> Result<Option<PathBuf>, PgError> {
         let mut s = self.state();
         s.op("reclone", format!("reclone from {from}"))?;
         s.was_primary = false;
-        Ok(())
+        Ok(Some(PathBuf::from("/fake/data.failed-1")))
+    }
+
+    fn dir_bytes(&self, _path: &std::path::Path) -> u64 {
+        42
+    }
+
+    fn remove_moved_aside(&mut self, path: &std::path::Path) -> Result<(), PgError> {
+        self.state()
+            .op("remove", format!("remove {}", path.display()))
     }
 
     async fn basebackup(&mut self, from: &ConnTarget, _slot: &str) -> Result<(), PgError> {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,11 +186,14 @@ pub trait Database: Send + 'static {
     fn clear_bootstrap_marker(&self) -> Result<(), PgError>;
     fn ensure_replication_role(&mut self) -> impl Future<Output = Result<(), PgError>> + Send;
     fn rewind(&mut self, from: &ConnTarget) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Returns where the old data dir was moved.
     fn reclone(
         &mut self,
         from: &ConnTarget,
         slot: &str,
-    ) -> impl Future<Output = Result<(), PgError>> + Send;
+    ) -> impl Future<Output = Result<Option<PathBuf>, PgError>> + Send;
+    fn dir_bytes(&self, path: &Path) -> u64;
+    fn remove_moved_aside(&mut self, path: &Path) -> Result<(), PgError>;
     fn basebackup(
         &mut self,
         from: &ConnTarget,
@@ -269,8 +272,14 @@ impl Database for Postgres {
         &mut self,
         from: &ConnTarget,
         slot: &str,
-    ) -> impl Future<Output = Result<(), PgError>> + Send {
+    ) -> impl Future<Output = Result<Option<PathBuf>, PgError>> + Send {
         Postgres::reclone(self, from, slot)
+    }
+    fn dir_bytes(&self, path: &Path) -> u64 {
+        Postgres::dir_bytes(path)
+    }
+    fn remove_moved_aside(&mut self, path: &Path) -> Result<(), PgError> {
+        Postgres::remove_moved_aside(self, path)
     }
     fn basebackup(
         &mut self,

@@ -3,7 +3,8 @@
 //! not from the health snapshot, so they need the node's client; without it they
 //! answer 503.
 //!
-//! `POST /failover` requests a manual failover.
+//! `POST /failover` requests a manual failover; `POST /reinitialize` re-clones this
+//! node's replica.
 //!
 //! `PATCH` applies an RFC 7386 merge patch to the latest document (retried when
 //! another writer got in between), as Patroni does; `"pause": true|false` in it
@@ -20,7 +21,7 @@ use serde_json::Value;
 use super::{RestState, json_response, with_body};
 use crate::client::{Client, ClientError};
 use crate::ops::config::{self as cfg, ClusterConfig};
-use crate::ops::{OpsError, failover, history};
+use crate::ops::{OpsError, failover, history, reinit};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -182,6 +183,32 @@ pub async fn post_failover(State(st): State<RestState>, body: Bytes) -> Response
                 StatusCode::OK,
                 format!("Successfully failed over to \"{candidate}\""),
             ))
+        }
+        .await,
+    )
+}
+
+/// `POST /reinitialize` on a replica's own REST API (Patroni's route): it
+/// re-clones from the primary. Body (optional): `{"discard_old": bool}`. 200 once
+/// requested; 503 on the primary or without a primary to clone from, as Patroni.
+pub async fn post_reinitialize(State(st): State<RestState>, body: Bytes) -> Response {
+    answer(
+        async {
+            let c = client(&st)?;
+            let discard_old = if body.is_empty() {
+                false
+            } else {
+                body_json(&body)?
+                    .get("discard_old")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+            };
+            let me = st.health.borrow().member.clone();
+            match reinit::request(c, &me, discard_old).await {
+                Ok(()) => Ok(text(StatusCode::OK, "reinitialize started")),
+                Err(OpsError::Invalid(why)) => Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, why)),
+                Err(e) => Err(e.into()),
+            }
         }
         .await,
     )

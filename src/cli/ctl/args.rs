@@ -71,6 +71,20 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 30)]
         wait: u64,
     },
+    /// Re-clone MEMBER (a replica) from the primary: its data dir is moved aside
+    /// (kept, unless --discard-old) and a fresh copy streamed. Never the primary.
+    Reinit {
+        member: String,
+        /// Wait until the clone is done and say where the old data dir went.
+        #[arg(long)]
+        wait: bool,
+        /// Remove the old data dir once the new clone succeeded.
+        #[arg(long)]
+        discard_old: bool,
+        /// Seconds --wait waits.
+        #[arg(long, default_value_t = 3600)]
+        wait_timeout: u64,
+    },
     /// Pause automatic failover and PostgreSQL start/stop by pgquorum (maintenance).
     /// The primary keeps its lease; nothing is promoted until `resume`.
     Pause {

@@ -338,3 +338,43 @@ pub(super) async fn failover(
         || format!("failed over to {candidate} in {secs:.1} s"),
     )
 }
+
+pub(super) async fn reinit(
+    client: &Client,
+    json: bool,
+    member: &str,
+    discard_old: bool,
+    wait: Option<Duration>,
+) -> Result<(), CtlError> {
+    ops::reinit::request(client, member, discard_old).await?;
+    let Some(timeout) = wait else {
+        return emit(json, json!({ "member": member, "requested": true }), || {
+            format!("{member} will re-clone its data dir from the primary; `--wait` waits for it")
+        });
+    };
+    let started = Instant::now();
+    let done = ops::reinit::wait(client, member, timeout, |t| {
+        eprintln!("{member}: re-cloning ({} s)", t.as_secs());
+    })
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let old = match (&done.moved_to, done.discarded) {
+        (None, _) => "there was no old data dir".to_string(),
+        (Some(p), true) => format!(
+            "the old data dir ({:.1} MB) was removed from {p}",
+            done.bytes as f64 / 1e6
+        ),
+        (Some(p), false) => format!(
+            "the old data dir ({:.1} MB) is kept at {p}; delete it when no longer needed",
+            done.bytes as f64 / 1e6
+        ),
+    };
+    emit(
+        json,
+        json!({
+            "member": member, "seconds": secs, "moved_to": done.moved_to,
+            "bytes": done.bytes, "discarded": done.discarded
+        }),
+        || format!("{member} re-cloned in {secs:.1} s; {old}"),
+    )
+}

@@ -65,6 +65,21 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             force,
             wait,
         } => cluster::failover(&client, json, &candidate, force, Duration::from_secs(wait)).await,
+        CtlCommand::Reinit {
+            member,
+            wait,
+            discard_old,
+            wait_timeout,
+        } => {
+            cluster::reinit(
+                &client,
+                json,
+                &member,
+                discard_old,
+                wait.then(|| Duration::from_secs(wait_timeout)),
+            )
+            .await
+        }
         CtlCommand::Pause { wait } => cluster::pause(&client, json, true, wait, args.timeout).await,
         CtlCommand::Resume { wait } => {
             cluster::pause(&client, json, false, wait, args.timeout).await

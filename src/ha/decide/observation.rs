@@ -3,7 +3,8 @@
 
 use super::Reason;
 use crate::ha::model::{
-    ClusterView, FailoverRequest, MemberStatus, Promotion, Role, Switchover, SyncState, Tags,
+    ClusterView, FailoverRequest, MemberStatus, Promotion, ReinitRequest, Role, Switchover,
+    SyncState, Tags,
 };
 pub use crate::stop::StopKind;
 
@@ -137,6 +138,8 @@ pub struct StoreView {
     pub sync: Option<SyncState>,
     pub switchover: Option<Switchover>,
     pub failover: Option<FailoverRequest>,
+    /// A pending re-clone request for this member (`ctl reinit`).
+    pub reinit: Option<ReinitRequest>,
     /// Names of the Raft members (read only while this member leads): each gets a
     /// replication slot, also while it is down and publishes nothing.
     pub raft_members: Vec<String>,
@@ -165,6 +168,7 @@ impl StoreView {
             sync: view.sync.clone(),
             switchover: view.switchover.clone(),
             failover: view.failover.clone(),
+            reinit: view.reinit.get(me).filter(|r| r.pending()).cloned(),
         }
     }
 }
@@ -270,6 +274,15 @@ pub enum Action {
     ClearSwitchover,
     /// Delete the manual failover request (done by the new primary).
     ClearFailover,
+    /// Re-clone the (stopped) data dir from `leader`, moving the old one aside (or
+    /// removing it after the clone when `discard_old`), and record the outcome in
+    /// this member's reinit request.
+    Reinit {
+        leader: String,
+        discard_old: bool,
+    },
+    /// Delete this member's reinit request (refused: it is the primary).
+    ClearReinit,
     /// Stop (immediate shutdown) a postmaster pgquorum did not start on our data dir.
     StopForeign {
         pid: i32,

@@ -29,6 +29,8 @@ pub enum Reason {
     ManualFailover {
         forced: bool,
     },
+    /// Re-cloning from the primary, as an operator asked (`ctl reinit`).
+    Reinitializing(String),
     /// An operator asked for a failover to another member.
     FailoverInProgress(String),
     /// The primary hangs: killed, then the lease released.
@@ -127,6 +129,10 @@ impl fmt::Display for Reason {
                  failover rules would not allow it (the operator accepted the risk)"
             ),
             FailoverInProgress(to) => write!(f, "manual failover in progress to {to}"),
+            Reinitializing(l) => write!(
+                f,
+                "reinit requested: re-cloning the data dir from {l} (the old one is kept aside unless discard_old)"
+            ),
             TakingBackLease(id) => write!(
                 f,
                 "the leader key still names this member (lease {id}, from before a restart): keeping it"

@@ -86,6 +86,7 @@ fn store(leader: Option<&str>) -> StoreView {
         sync: None,
         switchover: None,
         failover: None,
+        reinit: None,
         raft_members: vec![],
     }
 }

@@ -297,6 +297,7 @@ fn random_observation(r: &mut Rng) -> Observation {
                 force: true,
             }),
         ]),
+        reinit: r.pick(&[None, Some(crate::ha::model::ReinitRequest::default())]),
         raft_members: r.pick(&[
             vec![],
             vec!["a".to_string(), "b".to_string(), "c".to_string()],

@@ -167,3 +167,68 @@ fn manual_failover_decisions() {
     ];
     check(cases);
 }
+
+#[test]
+fn reinit_decisions() {
+    use Action::*;
+    let reinit = |discard_old| {
+        Some(crate::ha::model::ReinitRequest {
+            discard_old,
+            outcome: None,
+        })
+    };
+    let cases = vec![
+        (
+            "a running replica stops, re-clones from the primary and starts again",
+            with(obs_replica(), |o| {
+                o.store.as_mut().unwrap().reinit = reinit(true)
+            }),
+            vec![
+                Stop(StopKind::Fast),
+                Reinit {
+                    leader: "a".into(),
+                    discard_old: true,
+                },
+                StartReplica {
+                    leader: Some("a".into()),
+                },
+            ],
+            Reason::Reinitializing("a".into()),
+        ),
+        (
+            "also in pause",
+            with(obs_replica(), |o| {
+                o.paused = true;
+                o.pg.running = false;
+                o.store.as_mut().unwrap().reinit = reinit(false);
+            }),
+            vec![
+                Reinit {
+                    leader: "a".into(),
+                    discard_old: false,
+                },
+                StartReplica {
+                    leader: Some("a".into()),
+                },
+            ],
+            Reason::Reinitializing("a".into()),
+        ),
+        (
+            "without a serving primary there is nothing to clone from",
+            with(obs_failover(), |o| {
+                o.store.as_mut().unwrap().reinit = reinit(false)
+            }),
+            decide(&obs_failover()).actions,
+            decide(&obs_failover()).reason,
+        ),
+        (
+            "the primary refuses and clears the request",
+            with(obs_primary(), |o| {
+                o.store.as_mut().unwrap().reinit = reinit(false)
+            }),
+            vec![RenewLease, PublishOptime, slots(), ClearReinit],
+            Reason::HealthyPrimary,
+        ),
+    ];
+    check(cases);
+}
