@@ -415,7 +415,10 @@ async fn pg_reinit_reclones_a_replica_and_never_the_primary() {
     let moved = std::path::PathBuf::from(doc["moved_to"].as_str().expect("moved aside"));
     assert!(doc["bytes"].as_u64().unwrap() > 1_000_000, "{doc}");
     assert_eq!(doc["discarded"], false);
-    assert!(moved.join("pgquorum-test-marker").exists(), "the old dir is kept");
+    assert!(
+        moved.join("pgquorum-test-marker").exists(),
+        "the old dir is kept"
+    );
     assert!(!marker.exists(), "the data dir is a fresh clone");
     c.wait_streaming(p, &[r], SLOW_WAIT).await;
     c.wait_for("the rows on the re-cloned replica", SLOW_WAIT, async || {
@@ -440,5 +443,136 @@ async fn pg_reinit_reclones_a_replica_and_never_the_primary() {
         .await;
     assert!(outcome.contains("\"discarded\":true"), "{outcome}");
     c.wait_streaming(p, &[r], SLOW_WAIT).await;
-    assert!(moved.exists(), "the first reinit's dir stays (only the latest is discarded)");
+    assert!(
+        moved.exists(),
+        "the first reinit's dir stays (only the latest is discarded)"
+    );
+}
+
+fn leader_key(c: &PgCluster) -> (String, u64) {
+    let out = c
+        .ctl(&["--output", "json", "kv", "get", "/pg/leader"])
+        .expect("leader key");
+    let doc: Value = serde_json::from_str(&out).expect("JSON");
+    let kv = &doc["kvs"][0];
+    (
+        kv["value"].as_str().unwrap_or_default().to_string(),
+        kv["lease"].as_u64().unwrap_or(0),
+    )
+}
+
+/// `ctl restart` of the primary restarts it in place: same member, same lease, no
+/// acknowledged commit lost; a rolling restart goes replicas first; `reload` and
+/// the REST routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_restart_keeps_the_primary_and_its_lease_and_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    if !have_pg() {
+        return;
+    }
+    let (c, p, replicas) = healthy_cluster().await;
+    let p_name = c.node(p).name.clone();
+    c.connect(p)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE w (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let before = leader_key(&c);
+    let pm_before = c.postmaster_pid(p);
+
+    // A writer that records every commit PostgreSQL acknowledged.
+    let acked = Arc::new(Mutex::new(Vec::<i32>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop, conninfo) = (acked.clone(), stop.clone(), c.conninfo(p));
+        tokio::spawn(async move {
+            let mut id = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(client) = pg::connect(&conninfo).await {
+                    while !stop.load(Ordering::Relaxed) {
+                        id += 1;
+                        let sql = format!("INSERT INTO w VALUES ({id})");
+                        if client.batch_execute(&sql).await.is_err() {
+                            break;
+                        }
+                        acked.lock().unwrap().push(id);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = c.ctl(&["restart", &p_name]).expect("restart");
+    assert!(out.contains(&format!("{p_name}: restarted")), "{out}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    assert_ne!(c.postmaster_pid(p), pm_before, "PostgreSQL was restarted");
+    assert_eq!(leader_key(&c), before, "same primary, same lease");
+    assert_eq!(c.wait_primary(&[], SLOW_WAIT).await, p);
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 10,
+        "the writer committed {} rows",
+        acked.len()
+    );
+    let client = c.connect(p).await.unwrap();
+    let rows = client.query("SELECT id FROM w", &[]).await.unwrap();
+    let present: std::collections::BTreeSet<i32> = rows.iter().map(|r| r.get(0)).collect();
+    let lost: Vec<&i32> = acked.iter().filter(|i| !present.contains(i)).collect();
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    assert_eq!(history(&c).len(), 0, "a restart in place is no failover");
+
+    // Rolling: replicas first, the primary last.
+    let out = c.ctl(&["restart"]).expect("rolling restart");
+    let order: Vec<&str> = out.lines().filter_map(|l| l.split(':').next()).collect();
+    assert_eq!(order.len(), 3, "{out}");
+    assert_eq!(order[2], p_name, "the primary restarts last: {out}");
+    assert_eq!(leader_key(&c), before);
+    c.wait_streaming(p, &replicas, SLOW_WAIT).await;
+
+    // Reload: every member re-reads its files.
+    let load_time = async |id: u64| -> anyhow::Result<String> {
+        let row = c
+            .connect(id)
+            .await?
+            .query_one("SELECT pg_conf_load_time()::text", &[])
+            .await?;
+        Ok(row.get(0))
+    };
+    let mut loaded = Vec::new();
+    for id in c.ids() {
+        loaded.push(load_time(id).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.ctl(&["reload"]).expect("reload");
+    for (i, id) in c.ids().into_iter().enumerate() {
+        let now = load_time(id).await.unwrap();
+        assert_ne!(now, loaded[i], "node {id} did not reload");
+    }
+
+    // REST.
+    let r = replicas[0];
+    let (st, text) = c
+        .http_with(r, "POST", "/restart", &[], r#"{"role": "primary"}"#)
+        .await
+        .expect("POST /restart");
+    assert_eq!(st, 503, "{text}");
+    let (st, _) = c.http_with(r, "DELETE", "/restart", &[], "").await.unwrap();
+    assert_eq!(st, 404);
+    let pm = c.postmaster_pid(r);
+    let (st, text) = c
+        .http_with(r, "POST", "/restart", &[], r#"{"role": "replica"}"#)
+        .await
+        .expect("POST /restart");
+    assert_eq!(st, 200, "{text}");
+    assert_ne!(c.postmaster_pid(r), pm);
+    let (st, text) = c.http_with(r, "POST", "/reload", &[], "").await.unwrap();
+    assert_eq!(st, 202, "{text}");
+    let err = c.ctl_fails(&["restart", "nobody"]);
+    assert!(err.contains("not a member"), "{err}");
 }

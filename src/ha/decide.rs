@@ -21,7 +21,7 @@
 
 use super::bugs::{self, Bug};
 use super::eligibility::{cannot_take_over, last_primary_alone};
-use super::model::{MemberStatus, PgRunState, Promotion, Role, Switchover};
+use super::model::{MemberStatus, PgRunState, Promotion, RequestKind, Role, Switchover};
 
 mod observation;
 mod reason;
@@ -95,7 +95,7 @@ pub fn decide(o: &Observation) -> Decision {
         None
     };
     let Some(drop) = drop else {
-        return decide_with_lease(o);
+        return with_reload(o, decide_with_lease(o));
     };
     let without = Observation {
         lease_held: false,
@@ -104,6 +104,18 @@ pub fn decide(o: &Observation) -> Decision {
     };
     let mut d = decide_with_lease(&without);
     d.actions.insert(0, drop);
+    with_reload(o, d)
+}
+
+/// A reload an operator asked for rides along with whatever else this cycle does
+/// (also in pause): it changes nothing but re-read configuration files.
+fn with_reload(o: &Observation, mut d: Decision) -> Decision {
+    let asked = o.store.as_ref().is_some_and(|s| s.reload);
+    let stops = d.actions.iter().any(|a| matches!(a, Action::Stop(_)));
+    if asked && o.pg.running && o.pg.accepting && !stops && !hung_for(&o.pg, MEMBER_HUNG_MS) {
+        d.actions.push(Action::Reload);
+        d.actions.push(Action::FinishRequest(RequestKind::Reload));
+    }
     d
 }
 
@@ -164,6 +176,44 @@ fn decide_with_lease(o: &Observation) -> Decision {
             vec![Action::TakeBackLease { lease }],
             Reason::TakingBackLease(lease),
         );
+    }
+    // A restart an operator asked for runs also in pause. The primary restarts in
+    // place: it keeps renewing its lease and its fence stays armed, so nobody takes
+    // over; if it does not come back, the ordinary rules (primary_start_timeout)
+    // apply in the following cycles.
+    if store.restart
+        && pg.running
+        && pg.accepting
+        && matches!(pg.data, DataState::Initialized { .. })
+        && !hung_for(pg, MEMBER_HUNG_MS)
+    {
+        if i_lead && is_primary(pg) {
+            return decision(
+                vec![
+                    Action::RenewLease,
+                    Action::PublishOptime,
+                    Action::Stop(StopKind::Fast),
+                    Action::StartPrimary,
+                    Action::FinishRequest(RequestKind::Restart),
+                ],
+                Reason::RestartingPrimary,
+            );
+        }
+        if !i_lead && pg.role == Some(Role::Replica) && !may_be_primary(pg) {
+            let upstream = store
+                .leader
+                .clone()
+                .filter(|l| *l != o.me)
+                .or_else(|| pg.following.clone());
+            return decision(
+                vec![
+                    Action::Stop(StopKind::Fast),
+                    Action::StartReplica { leader: upstream },
+                    Action::FinishRequest(RequestKind::Restart),
+                ],
+                Reason::RestartingReplica,
+            );
+        }
     }
     // A re-clone an operator asked for runs also in pause (as Patroni's reinit does):
     // it is a replica's own business, and starts it again as a replica.

@@ -18,6 +18,8 @@
 //!   to the requesting `ctl`'s lease (gone when it gives up); cleared by the new primary.
 //! - `/pg/reinit/<name>` — `ReinitRequest` JSON: an operator asked member `name` to
 //!   re-clone its data dir from the primary; the member records the outcome in it.
+//! - `/pg/restart/<name>`, `/pg/reload/<name>` — `MemberRequest` JSON: an operator
+//!   asked member `name` to restart (or reload) its PostgreSQL; it marks it done.
 //! - `/pg/history` — `Vec<HistoryEntry>` JSON: every promotion (failover or
 //!   switchover), oldest first, at most `HISTORY_LIMIT`; appended by the new primary.
 
@@ -86,6 +88,35 @@ pub struct ReinitOutcome {
     pub bytes: u64,
     /// It was removed after the clone (`discard_old`).
     pub discarded: bool,
+}
+
+/// Restart requests (`MemberRequest` JSON), by member name.
+pub const RESTART_PREFIX: &str = "/pg/restart/";
+/// Reload requests (`MemberRequest` JSON), by member name.
+pub const RELOAD_PREFIX: &str = "/pg/reload/";
+
+/// What an operator asked one member to do to its PostgreSQL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    Restart,
+    Reload,
+}
+
+impl RequestKind {
+    pub fn key(self, member: &str) -> String {
+        match self {
+            RequestKind::Restart => format!("{RESTART_PREFIX}{member}"),
+            RequestKind::Reload => format!("{RELOAD_PREFIX}{member}"),
+        }
+    }
+}
+
+/// A restart or reload request; `done` once the member carried it out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRequest {
+    #[serde(default)]
+    pub done: bool,
 }
 
 /// Every promotion, oldest first (`Vec<HistoryEntry>` JSON), written by the primary.
@@ -207,6 +238,8 @@ pub struct ClusterView {
     pub switchover: Option<Switchover>,
     pub failover: Option<FailoverRequest>,
     pub reinit: BTreeMap<String, ReinitRequest>,
+    pub restart: BTreeMap<String, MemberRequest>,
+    pub reload: BTreeMap<String, MemberRequest>,
     pub config: Option<crate::config::HaSettings>,
     pub paused: bool,
 }
@@ -241,6 +274,15 @@ impl ClusterView {
                 FAILOVER_KEY => view.failover = serde_json::from_slice(value).ok(),
                 CONFIG_KEY => view.config = serde_json::from_slice(value).ok(),
                 PAUSE_KEY => view.paused = true,
+                k if k.starts_with(RESTART_PREFIX) || k.starts_with(RELOAD_PREFIX) => {
+                    if let Ok(r) = serde_json::from_slice::<MemberRequest>(value) {
+                        let (map, name) = match k.strip_prefix(RESTART_PREFIX) {
+                            Some(n) => (&mut view.restart, n),
+                            None => (&mut view.reload, &k[RELOAD_PREFIX.len()..]),
+                        };
+                        map.insert(name.to_string(), r);
+                    }
+                }
                 k if k.starts_with(REINIT_PREFIX) => {
                     if let Ok(r) = serde_json::from_slice::<ReinitRequest>(value) {
                         view.reinit.insert(k[REINIT_PREFIX.len()..].to_string(), r);

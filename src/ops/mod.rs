@@ -8,6 +8,7 @@ pub mod dsn;
 pub mod failover;
 pub mod history;
 pub mod reinit;
+pub mod requests;
 
 use crate::client::{Client, ClientError};
 use crate::ha::model::{self, ClusterView};
@@ -56,10 +57,14 @@ pub fn owned_key(key: &str, prefix: bool) -> Option<&'static str> {
         (model::HISTORY_KEY, "the primary"),
         (model::INITIALIZE_KEY, "the bootstrap"),
     ];
-    if key.starts_with(model::REINIT_PREFIX)
-        || (prefix && model::REINIT_PREFIX.starts_with(key) && key.len() > 1)
-    {
-        return Some("pgquorum ctl reinit");
+    for (p, by) in [
+        (model::REINIT_PREFIX, "pgquorum ctl reinit"),
+        (model::RESTART_PREFIX, "pgquorum ctl restart"),
+        (model::RELOAD_PREFIX, "pgquorum ctl reload"),
+    ] {
+        if key.starts_with(p) || (prefix && p.starts_with(key) && key.len() > 1) {
+            return Some(by);
+        }
     }
     if key.starts_with(model::MEMBERS_PREFIX) || (prefix && model::MEMBERS_PREFIX.starts_with(key))
     {

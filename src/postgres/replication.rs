@@ -164,6 +164,16 @@ impl Postgres {
         l
     }
 
+    /// `pg_reload_conf()`: PostgreSQL re-reads its configuration files (an operator's
+    /// `ctl reload`).
+    pub async fn reload(&mut self) -> Result<(), PgError> {
+        self.require_running()?;
+        self.sql
+            .simple("reload", "SELECT pg_reload_conf()", SQL_TIMEOUT)
+            .await
+            .map(|_| ())
+    }
+
     /// `CHECKPOINT` (up to 5 minutes): shortens a following shutdown or pg_rewind.
     pub async fn checkpoint(&mut self) -> Result<(), PgError> {
         self.require_running()?;

@@ -335,7 +335,7 @@ pub(super) fn execute(w: &mut World, n: usize, a: Action) -> Outcome {
             Purpose::Answered,
         ),
         Action::ClearFailover => Err("no manual failovers in the simulation".into()),
-        Action::Reinit { .. } | Action::ClearReinit => {
+        Action::Reinit { .. } | Action::ClearReinit | Action::Reload | Action::FinishRequest(_) => {
             Err("no reinit requests in the simulation".into())
         }
         Action::StopForeign { .. } => Err("no foreign postmasters in the simulation".into()),

@@ -327,6 +327,22 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                     .put_key(&model::reinit_key(&self.me), json, 0, None)
                     .await?;
             }
+            Action::Reload => {
+                self.pg.reload().await?;
+                tracing::info!("reloaded the PostgreSQL configuration as requested");
+            }
+            Action::FinishRequest(kind) => {
+                let done =
+                    serde_json::to_vec(&model::MemberRequest { done: true }).map_err(|source| {
+                        SupervisorError::Encode {
+                            what: "a finished request",
+                            source,
+                        }
+                    })?;
+                self.client
+                    .put_key(&kind.key(&self.me), done, 0, None)
+                    .await?;
+            }
             Action::ClearReinit => {
                 tracing::warn!("refusing a reinit request for this member: it is the primary");
                 self.client.delete_key(&model::reinit_key(&self.me)).await?;

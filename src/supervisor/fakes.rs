@@ -497,6 +497,10 @@ impl Database for FakePg {
         42
     }
 
+    async fn reload(&mut self) -> Result<(), PgError> {
+        self.state().op("reload", "reload".into())
+    }
+
     fn remove_moved_aside(&mut self, path: &std::path::Path) -> Result<(), PgError> {
         self.state()
             .op("remove", format!("remove {}", path.display()))

@@ -193,6 +193,7 @@ pub trait Database: Send + 'static {
         slot: &str,
     ) -> impl Future<Output = Result<Option<PathBuf>, PgError>> + Send;
     fn dir_bytes(&self, path: &Path) -> u64;
+    fn reload(&mut self) -> impl Future<Output = Result<(), PgError>> + Send;
     fn remove_moved_aside(&mut self, path: &Path) -> Result<(), PgError>;
     fn basebackup(
         &mut self,
@@ -277,6 +278,9 @@ impl Database for Postgres {
     }
     fn dir_bytes(&self, path: &Path) -> u64 {
         Postgres::dir_bytes(path)
+    }
+    fn reload(&mut self) -> impl Future<Output = Result<(), PgError>> + Send {
+        Postgres::reload(self)
     }
     fn remove_moved_aside(&mut self, path: &Path) -> Result<(), PgError> {
         Postgres::remove_moved_aside(self, path)

@@ -68,10 +68,11 @@ pub async fn is_writable_from(conninfo: &str, from: Option<std::net::Ipv4Addr>) 
 
 /// One HTTP/1.1 request over a fresh connection; (status, body).
 pub async fn http(host: &str, port: u16, method: &str, path: &str) -> Option<(u16, String)> {
-    http_with(host, port, method, path, &[], "").await
+    request(host, port, method, path, &[], "", Duration::from_secs(3)).await
 }
 
-/// One HTTP/1.1 request with extra headers and a body; (status, body).
+/// One HTTP/1.1 request with extra headers and a body (30 s: a write route may
+/// wait for a restart); (status, body).
 pub async fn http_with(
     host: &str,
     port: u16,
@@ -79,6 +80,27 @@ pub async fn http_with(
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
+) -> Option<(u16, String)> {
+    request(
+        host,
+        port,
+        method,
+        path,
+        headers,
+        body,
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+async fn request(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
 ) -> Option<(u16, String)> {
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect((host, port)).await?;
@@ -106,8 +128,5 @@ pub async fn http_with(
             .unwrap_or_default();
         Ok::<_, anyhow::Error>((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(3), attempt)
-        .await
-        .ok()?
-        .ok()
+    tokio::time::timeout(timeout, attempt).await.ok()?.ok()
 }

@@ -134,6 +134,11 @@ pub fn router(rx: watch::Receiver<Health>, client: Option<crate::client::Client>
         .route("/history", get(ops::get_history))
         .route("/failover", axum::routing::post(ops::post_failover))
         .route("/reinitialize", axum::routing::post(ops::post_reinitialize))
+        .route(
+            "/restart",
+            axum::routing::post(ops::post_restart).delete(ops::delete_restart),
+        )
+        .route("/reload", axum::routing::post(ops::post_reload))
         .fallback(handle)
         .layer(axum::extract::DefaultBodyLimit::max(ops::MAX_BODY))
         .with_state(RestState { health: rx, client })

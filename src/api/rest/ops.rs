@@ -4,7 +4,8 @@
 //! answer 503.
 //!
 //! `POST /failover` requests a manual failover; `POST /reinitialize` re-clones this
-//! node's replica.
+//! node's replica; `POST`/`DELETE /restart` and `POST /reload` act on this node's
+//! PostgreSQL.
 //!
 //! `PATCH` applies an RFC 7386 merge patch to the latest document (retried when
 //! another writer got in between), as Patroni does; `"pause": true|false` in it
@@ -21,7 +22,7 @@ use serde_json::Value;
 use super::{RestState, json_response, with_body};
 use crate::client::{Client, ClientError};
 use crate::ops::config::{self as cfg, ClusterConfig};
-use crate::ops::{OpsError, failover, history, reinit};
+use crate::ops::{OpsError, failover, history, reinit, requests};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -209,6 +210,90 @@ pub async fn post_reinitialize(State(st): State<RestState>, body: Bytes) -> Resp
                 Err(OpsError::Invalid(why)) => Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, why)),
                 Err(e) => Err(e.into()),
             }
+        }
+        .await,
+    )
+}
+
+/// `POST /restart` on a member's own REST API (Patroni's route): restarts its
+/// PostgreSQL (the primary in place, under its lease) and answers once done: 200,
+/// or 503 on timeout (the request stands) or when `{"role": ...}` does not match.
+/// Body (optional): `{"role": "primary"|"replica", "timeout": seconds}`.
+pub async fn post_restart(State(st): State<RestState>, body: Bytes) -> Response {
+    use crate::ha::model::{RequestKind, Role};
+    answer(
+        async {
+            let c = client(&st)?;
+            let req = if body.is_empty() {
+                Value::Null
+            } else {
+                body_json(&body)?
+            };
+            let me = st.health.borrow().member.clone();
+            let view = crate::ops::cluster_view(c).await?;
+            let Some(status) = view.members.get(&me) else {
+                return Err(Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this member has not published its status yet".into(),
+                ));
+            };
+            let wanted = match req.get("role").and_then(Value::as_str) {
+                None => None,
+                Some("primary" | "master") => Some(Role::Primary),
+                Some("replica") => Some(Role::Replica),
+                Some(other) => {
+                    return Err(Refusal(
+                        StatusCode::BAD_REQUEST,
+                        format!("role {other:?} is not primary or replica"),
+                    ));
+                }
+            };
+            if wanted.is_some_and(|r| r != status.role) {
+                return Err(Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "restart conditions are not satisfied (role)".into(),
+                ));
+            }
+            let timeout = req.get("timeout").and_then(Value::as_u64).unwrap_or(120);
+            requests::ask(c, RequestKind::Restart, &me).await?;
+            requests::wait_done(
+                c,
+                RequestKind::Restart,
+                &me,
+                std::time::Duration::from_secs(timeout),
+            )
+            .await?;
+            Ok(text(StatusCode::OK, "restarted successfully"))
+        }
+        .await,
+    )
+}
+
+/// `DELETE /restart`: cancels this member's pending restart (200; 404 without one).
+pub async fn delete_restart(State(st): State<RestState>) -> Response {
+    answer(
+        async {
+            let c = client(&st)?;
+            let me = st.health.borrow().member.clone();
+            if requests::cancel(c, crate::ha::model::RequestKind::Restart, &me).await? {
+                Ok(text(StatusCode::OK, "pending restart cancelled"))
+            } else {
+                Ok(text(StatusCode::NOT_FOUND, "no restart is pending"))
+            }
+        }
+        .await,
+    )
+}
+
+/// `POST /reload`: this member's PostgreSQL re-reads its configuration files at its
+/// next cycle (202, as Patroni's "reload scheduled").
+pub async fn post_reload(State(st): State<RestState>) -> Response {
+    answer(
+        async {
+            let c = client(&st)?;
+            let me = st.health.borrow().member.clone();
+            requests::ask(c, crate::ha::model::RequestKind::Reload, &me).await?;
+            Ok(text(StatusCode::ACCEPTED, "reload scheduled"))
         }
         .await,
     )

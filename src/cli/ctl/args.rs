@@ -85,6 +85,19 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 3600)]
         wait_timeout: u64,
     },
+    /// Restart PostgreSQL on MEMBERs (default: all), one at a time, replicas first.
+    /// The primary restarts in place under its lease: no failover, unless it does not
+    /// come back within primary_start_timeout.
+    Restart {
+        members: Vec<String>,
+        #[arg(long, value_enum, default_value = "any")]
+        role: DsnRoleArg,
+        /// Seconds to wait for each member.
+        #[arg(long = "timeout", value_name = "S", default_value_t = 120)]
+        wait: u64,
+    },
+    /// Make PostgreSQL on MEMBERs (default: all) re-read its configuration files.
+    Reload { members: Vec<String> },
     /// Pause automatic failover and PostgreSQL start/stop by pgquorum (maintenance).
     /// The primary keeps its lease; nothing is promoted until `resume`.
     Pause {

@@ -378,3 +378,57 @@ pub(super) async fn reinit(
         || format!("{member} re-cloned in {secs:.1} s; {old}"),
     )
 }
+
+fn role_filter(role: DsnRoleArg) -> ops::requests::RoleFilter {
+    match role {
+        DsnRoleArg::Primary => ops::requests::RoleFilter::Primary,
+        DsnRoleArg::Replica => ops::requests::RoleFilter::Replica,
+        DsnRoleArg::Any => ops::requests::RoleFilter::Any,
+    }
+}
+
+pub(super) async fn restart(
+    client: &Client,
+    json: bool,
+    members: &[String],
+    role: DsnRoleArg,
+    wait: Duration,
+) -> Result<(), CtlError> {
+    use crate::ha::model::RequestKind;
+    let view = ops::cluster_view(client).await?;
+    let order = ops::requests::members_for(&view, members, role_filter(role))?;
+    let mut done = Vec::new();
+    for m in &order {
+        let started = Instant::now();
+        ops::requests::ask(client, RequestKind::Restart, m).await?;
+        ops::requests::wait_done(client, RequestKind::Restart, m, wait).await?;
+        let secs = started.elapsed().as_secs_f64();
+        if !json {
+            print_out(&format!("{m}: restarted in {secs:.1} s"))?;
+        }
+        done.push(json!({ "member": m, "seconds": secs }));
+    }
+    if json {
+        print_out(&json!({ "restarted": done }).to_string())?;
+    }
+    Ok(())
+}
+
+pub(super) async fn reload(
+    client: &Client,
+    json: bool,
+    members: &[String],
+) -> Result<(), CtlError> {
+    use crate::ha::model::RequestKind;
+    let view = ops::cluster_view(client).await?;
+    let order = ops::requests::members_for(&view, members, ops::requests::RoleFilter::Any)?;
+    for m in &order {
+        ops::requests::ask(client, RequestKind::Reload, m).await?;
+    }
+    for m in &order {
+        ops::requests::wait_done(client, RequestKind::Reload, m, Duration::from_secs(60)).await?;
+    }
+    emit(json, json!({ "reloaded": order }), || {
+        format!("reloaded: {}", order.join(", "))
+    })
+}

@@ -80,6 +80,12 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             )
             .await
         }
+        CtlCommand::Restart {
+            members,
+            role,
+            wait,
+        } => cluster::restart(&client, json, &members, role, Duration::from_secs(wait)).await,
+        CtlCommand::Reload { members } => cluster::reload(&client, json, &members).await,
         CtlCommand::Pause { wait } => cluster::pause(&client, json, true, wait, args.timeout).await,
         CtlCommand::Resume { wait } => {
             cluster::pause(&client, json, false, wait, args.timeout).await

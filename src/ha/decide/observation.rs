@@ -140,6 +140,10 @@ pub struct StoreView {
     pub failover: Option<FailoverRequest>,
     /// A pending re-clone request for this member (`ctl reinit`).
     pub reinit: Option<ReinitRequest>,
+    /// An operator asked this member to restart its PostgreSQL (`ctl restart`).
+    pub restart: bool,
+    /// ... or to reload its configuration (`ctl reload`).
+    pub reload: bool,
     /// Names of the Raft members (read only while this member leads): each gets a
     /// replication slot, also while it is down and publishes nothing.
     pub raft_members: Vec<String>,
@@ -169,6 +173,8 @@ impl StoreView {
             switchover: view.switchover.clone(),
             failover: view.failover.clone(),
             reinit: view.reinit.get(me).filter(|r| r.pending()).cloned(),
+            restart: view.restart.get(me).is_some_and(|r| !r.done),
+            reload: view.reload.get(me).is_some_and(|r| !r.done),
         }
     }
 }
@@ -283,6 +289,10 @@ pub enum Action {
     },
     /// Delete this member's reinit request (refused: it is the primary).
     ClearReinit,
+    /// `pg_reload_conf()`.
+    Reload,
+    /// Mark this member's restart or reload request done.
+    FinishRequest(crate::ha::model::RequestKind),
     /// Stop (immediate shutdown) a postmaster pgquorum did not start on our data dir.
     StopForeign {
         pid: i32,

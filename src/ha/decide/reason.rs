@@ -29,6 +29,9 @@ pub enum Reason {
     ManualFailover {
         forced: bool,
     },
+    /// Restarting PostgreSQL as an operator asked; the primary keeps its lease.
+    RestartingPrimary,
+    RestartingReplica,
     /// Re-cloning from the primary, as an operator asked (`ctl reinit`).
     Reinitializing(String),
     /// An operator asked for a failover to another member.
@@ -129,6 +132,11 @@ impl fmt::Display for Reason {
                  failover rules would not allow it (the operator accepted the risk)"
             ),
             FailoverInProgress(to) => write!(f, "manual failover in progress to {to}"),
+            RestartingPrimary => write!(
+                f,
+                "restart requested: restarting the primary in place under its lease (fence armed)"
+            ),
+            RestartingReplica => write!(f, "restart requested: restarting this replica"),
             Reinitializing(l) => write!(
                 f,
                 "reinit requested: re-cloning the data dir from {l} (the old one is kept aside unless discard_old)"

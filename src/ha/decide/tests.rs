@@ -87,6 +87,8 @@ fn store(leader: Option<&str>) -> StoreView {
         switchover: None,
         failover: None,
         reinit: None,
+        restart: false,
+        reload: false,
         raft_members: vec![],
     }
 }
@@ -749,5 +751,5 @@ fn never_primary_without_the_lease() {
 mod fail_closed;
 mod hang;
 mod lease_and_rebuild;
-mod manual_failover;
+mod requests;
 mod sync;

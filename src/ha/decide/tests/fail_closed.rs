@@ -298,6 +298,8 @@ fn random_observation(r: &mut Rng) -> Observation {
             }),
         ]),
         reinit: r.pick(&[None, Some(crate::ha::model::ReinitRequest::default())]),
+        restart: r.next().is_multiple_of(5),
+        reload: r.next().is_multiple_of(5),
         raft_members: r.pick(&[
             vec![],
             vec!["a".to_string(), "b".to_string(), "c".to_string()],

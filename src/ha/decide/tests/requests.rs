@@ -1,5 +1,6 @@
-//! Manual failover (`ctl failover`): the named candidate takes over within the rules,
-//! or beyond them when forced; everyone else waits; pause does not stop it.
+//! Operator requests. Manual failover (`ctl failover`): the named candidate takes over within the rules,
+//! or beyond them when forced; everyone else waits; pause does not stop it. Reinit,
+//! restart (the primary in place, under its lease) and reload.
 
 use super::*;
 use crate::ha::model::{FailoverRequest, Promotion};
@@ -228,6 +229,84 @@ fn reinit_decisions() {
             }),
             vec![RenewLease, PublishOptime, slots(), ClearReinit],
             Reason::HealthyPrimary,
+        ),
+    ];
+    check(cases);
+}
+
+#[test]
+fn restart_and_reload_decisions() {
+    use crate::ha::model::RequestKind;
+    use Action::*;
+    let cases = vec![
+        (
+            "the primary restarts in place, keeping its lease",
+            with(obs_primary(), |o| o.store.as_mut().unwrap().restart = true),
+            vec![
+                RenewLease,
+                PublishOptime,
+                Stop(StopKind::Fast),
+                StartPrimary,
+                FinishRequest(RequestKind::Restart),
+            ],
+            Reason::RestartingPrimary,
+        ),
+        (
+            "a replica restarts following the leader",
+            with(obs_replica(), |o| o.store.as_mut().unwrap().restart = true),
+            vec![
+                Stop(StopKind::Fast),
+                StartReplica {
+                    leader: Some("a".into()),
+                },
+                FinishRequest(RequestKind::Restart),
+            ],
+            Reason::RestartingReplica,
+        ),
+        (
+            "also in pause",
+            with(obs_primary(), |o| {
+                o.paused = true;
+                o.store.as_mut().unwrap().restart = true;
+            }),
+            vec![
+                RenewLease,
+                PublishOptime,
+                Stop(StopKind::Fast),
+                StartPrimary,
+                FinishRequest(RequestKind::Restart),
+            ],
+            Reason::RestartingPrimary,
+        ),
+        (
+            "a stopped member waits (nothing to restart)",
+            with(obs_replica(), |o| {
+                o.pg.running = false;
+                o.store.as_mut().unwrap().restart = true;
+            }),
+            decide(&with(obs_replica(), |o| o.pg.running = false)).actions,
+            decide(&with(obs_replica(), |o| o.pg.running = false)).reason,
+        ),
+        (
+            "a reload rides along with the cycle",
+            with(obs_primary(), |o| o.store.as_mut().unwrap().reload = true),
+            vec![
+                RenewLease,
+                PublishOptime,
+                slots(),
+                Reload,
+                FinishRequest(RequestKind::Reload),
+            ],
+            Reason::HealthyPrimary,
+        ),
+        (
+            "in pause too",
+            with(obs_replica(), |o| {
+                o.paused = true;
+                o.store.as_mut().unwrap().reload = true;
+            }),
+            vec![Reload, FinishRequest(RequestKind::Reload)],
+            Reason::Paused,
         ),
     ];
     check(cases);
