@@ -175,14 +175,7 @@ pub async fn run(
         let mut rest_stop = stop_rx.clone();
         // The REST routes that read or write the store (/config, /history) go
         // through this node first, then the other members, as `ctl` would.
-        let mut endpoints = vec![cfg.advertise_addr.clone()];
-        endpoints.extend(
-            cfg.initial_cluster
-                .iter()
-                .map(|m| m.addr.clone())
-                .filter(|a| *a != cfg.advertise_addr),
-        );
-        let rest_client = crate::client::Client::new(endpoints)
+        let rest_client = crate::client::Client::new(cfg.store_endpoints())
             .ok()
             .map(|c| c.with_timeout(timeout));
         tokio::spawn(async move {

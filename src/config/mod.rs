@@ -529,6 +529,19 @@ impl NodeConfig {
         })
     }
 
+    /// Where this node's own clients reach the store: this node first, then the
+    /// other members of `initial_cluster`.
+    pub fn store_endpoints(&self) -> Vec<String> {
+        let mut endpoints = vec![self.advertise_addr.clone()];
+        endpoints.extend(
+            self.initial_cluster
+                .iter()
+                .map(|m| m.addr.clone())
+                .filter(|a| *a != self.advertise_addr),
+        );
+        endpoints
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.raft.request_timeout_ms)
     }

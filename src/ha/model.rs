@@ -157,6 +157,13 @@ pub struct HistoryEntry {
     pub new_leader: String,
 }
 
+/// Appends `entry`, dropping the oldest beyond `HISTORY_LIMIT`.
+pub fn append_history(history: &mut Vec<HistoryEntry>, entry: HistoryEntry) {
+    history.push(entry);
+    let excess = history.len().saturating_sub(HISTORY_LIMIT);
+    history.drain(..excess);
+}
+
 pub fn member_key(name: &str) -> String {
     format!("{MEMBERS_PREFIX}{name}")
 }

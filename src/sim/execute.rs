@@ -312,15 +312,16 @@ pub(super) fn execute(w: &mut World, n: usize, a: Action) -> Outcome {
                 .get(HISTORY_KEY)
                 .and_then(|kv| serde_json::from_slice(&kv.value).ok())
                 .unwrap_or_default();
-            history.push(HistoryEntry {
-                timeline,
-                lsn,
-                reason,
-                time: w.now / (1_000 * MS),
-                new_leader: me,
-            });
-            let excess = history.len().saturating_sub(HISTORY_LIMIT);
-            history.drain(..excess);
+            model::append_history(
+                &mut history,
+                HistoryEntry {
+                    timeline,
+                    lsn,
+                    reason,
+                    time: w.now / (1_000 * MS),
+                    new_leader: me,
+                },
+            );
             let value = serde_json::to_vec(&history).expect("serializable");
             put_as_leader(w, n, HISTORY_KEY, value)
         }

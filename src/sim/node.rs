@@ -13,9 +13,9 @@ pub(super) use crate::ha::decide::{
     self, Action, DataState, Observation, PgView, Policy, Stall, StopKind, StoreView,
 };
 pub(super) use crate::ha::model::{
-    self, ClusterView, HISTORY_KEY, HISTORY_LIMIT, HistoryEntry, INITIALIZE_KEY, LEADER_KEY,
-    MemberStatus, OPTIME_KEY, PgRunState, Role, SWITCHOVER_KEY, SYNC_KEY, Switchover, SyncState,
-    TIMELINE_KEY, Tags,
+    self, ClusterView, HISTORY_KEY, HistoryEntry, INITIALIZE_KEY, LEADER_KEY, MemberStatus,
+    OPTIME_KEY, PgRunState, Role, SWITCHOVER_KEY, SYNC_KEY, Switchover, SyncState, TIMELINE_KEY,
+    Tags,
 };
 pub(super) use crate::store::{Command, LeaseGuard, Lessor, Response};
 

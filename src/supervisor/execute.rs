@@ -233,17 +233,18 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                     .find(|kv| kv.key == HISTORY_KEY)
                     .and_then(|kv| serde_json::from_slice(&kv.value).ok())
                     .unwrap_or_default();
-                history.push(HistoryEntry {
-                    timeline,
-                    lsn,
-                    reason,
-                    time: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                    new_leader: self.me.clone(),
-                });
-                let excess = history.len().saturating_sub(model::HISTORY_LIMIT);
-                history.drain(..excess);
+                model::append_history(
+                    &mut history,
+                    HistoryEntry {
+                        timeline,
+                        lsn,
+                        reason,
+                        time: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs()),
+                        new_leader: self.me.clone(),
+                    },
+                );
                 let bytes =
                     serde_json::to_vec(&history).map_err(|source| SupervisorError::Encode {
                         what: "the promotion history",

@@ -131,13 +131,7 @@ impl Supervisor<Client, Postgres> {
         health: watch::Sender<Health>,
         tags_reload: watch::Receiver<Tags>,
     ) -> Result<Self, SupervisorError> {
-        let mut endpoints = vec![cfg.advertise_addr.clone()];
-        endpoints.extend(
-            cfg.initial_cluster
-                .iter()
-                .map(|m| m.addr.clone())
-                .filter(|a| *a != cfg.advertise_addr),
-        );
+        let endpoints = cfg.store_endpoints();
         // A cycle must not hang on a partitioned store: fencing is the guard's job,
         // but the loop should keep observing.
         let client =

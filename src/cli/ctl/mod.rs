@@ -107,23 +107,13 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
     }
 }
 
-async fn pg_view(client: &Client) -> Result<ClusterView, CtlError> {
-    let resp = client.get(model::PREFIX, true, false).await?;
-    Ok(ClusterView::from_kvs(
-        resp.kvs
-            .iter()
-            .map(|kv| (kv.key.as_str(), kv.value.as_slice())),
-    )
-    .0)
-}
-
 pub(super) async fn switchover(
     client: &Client,
     json: bool,
     candidate: Option<String>,
     wait: Duration,
 ) -> Result<(), CtlError> {
-    let view = pg_view(client).await?;
+    let view = crate::ops::cluster_view(client).await?;
     let Some(leader) = view.leader.clone() else {
         return Err(CtlError::BadInput(
             "no member holds the leader lease: there is no primary to switch over from".into(),
@@ -178,7 +168,7 @@ pub(super) async fn switchover(
     let started = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Ok(v) = pg_view(client).await
+        if let Ok(v) = crate::ops::cluster_view(client).await
             && let Some(new) = v.leader
             && new != leader
         {
