@@ -575,4 +575,46 @@ async fn pg_restart_keeps_the_primary_and_its_lease_and_loses_nothing() {
     assert_eq!(st, 202, "{text}");
     let err = c.ctl_fails(&["restart", "nobody"]);
     assert!(err.contains("not a member"), "{err}");
+
+    // A parameter that needs a restart: reported per member, then `restart --pending`.
+    let err = c.ctl_fails(&["restart", "--pending"]);
+    assert!(err.contains("no member matches"), "{err}");
+    c.ctl(&[
+        "edit-config",
+        "--pg",
+        "max_locks_per_transaction=96",
+        "--force",
+    ])
+    .expect("edit-config");
+    for id in c.ids() {
+        c.wait_for("pending_restart in /patroni", SLOW_WAIT, async || {
+            let (_, body) = c.http(id, "GET", "/patroni").await.unwrap_or_default();
+            ensure!(
+                body.contains("\"pending_restart\":true"),
+                "node {id}: {body}"
+            );
+            let (_, metrics) = c.http(id, "GET", "/metrics").await.unwrap_or_default();
+            ensure!(metrics.contains("patroni_pending_restart{"), "{metrics}");
+            Ok(())
+        })
+        .await;
+    }
+    let list = c.ctl(&["list"]).expect("list");
+    assert!(list.contains("Pending restart"), "{list}");
+    let out = c.ctl(&["restart", "--pending"]).expect("restart --pending");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.lines().last().unwrap().starts_with(&p_name), "{out}");
+    for id in c.ids() {
+        assert_eq!(
+            show(&c, id, "max_locks_per_transaction").await.unwrap(),
+            "96"
+        );
+    }
+    c.wait_for("pending_restart cleared", SLOW_WAIT, async || {
+        let list = c.ctl(&["list"])?;
+        ensure!(!list.contains("Pending restart"), "{list}");
+        Ok(())
+    })
+    .await;
+    assert_eq!(leader_key(&c), before, "still the same primary and lease");
 }

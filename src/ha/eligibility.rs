@@ -114,6 +114,7 @@ mod tests {
             sync_standby: false,
             node_id: 0,
             paused: false,
+            pending_restart: false,
         }
     }
 

@@ -217,6 +217,9 @@ pub struct MemberStatus {
     /// This member saw the cluster paused in its last cycle (`ctl pause --wait`).
     #[serde(default)]
     pub paused: bool,
+    /// PostgreSQL has changed parameters that need a restart to take effect.
+    #[serde(default)]
+    pub pending_restart: bool,
 }
 
 /// A planned change of primary, requested by an operator (`pgquorum ctl switchover`).

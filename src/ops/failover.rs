@@ -151,6 +151,7 @@ mod tests {
             sync_standby: false,
             node_id: 1,
             paused: false,
+            pending_restart: false,
         }
     }
 

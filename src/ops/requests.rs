@@ -18,13 +18,15 @@ pub enum RoleFilter {
     Any,
 }
 
-/// `names` (all members when empty) whose role matches, replicas first and the
-/// primary last, so a rolling restart never has the primary down before its
-/// replicas are back.
+/// `names` (all members when empty) whose role matches (and, with `pending_only`,
+/// that need a restart for changed parameters), replicas first and the primary
+/// last, so a rolling restart never has the primary down before its replicas are
+/// back.
 pub fn members_for(
     view: &ClusterView,
     names: &[String],
     role: RoleFilter,
+    pending_only: bool,
 ) -> Result<Vec<String>, OpsError> {
     for n in names {
         if !view.members.contains_key(n) {
@@ -42,6 +44,7 @@ pub fn members_for(
             RoleFilter::Replica => m.role == Role::Replica,
             RoleFilter::Any => true,
         })
+        .filter(|m| !pending_only || m.pending_restart)
         .map(|m| {
             (
                 view.leader.as_deref() == Some(m.name.as_str()),
@@ -141,19 +144,26 @@ mod tests {
                     sync_standby: false,
                     node_id: 1,
                     paused: false,
+                    pending_restart: false,
                 },
             );
         }
         assert_eq!(
-            members_for(&v, &[], RoleFilter::Any).unwrap(),
+            members_for(&v, &[], RoleFilter::Any, false).unwrap(),
             ["b", "c", "a"]
         );
-        assert_eq!(members_for(&v, &[], RoleFilter::Primary).unwrap(), ["a"]);
         assert_eq!(
-            members_for(&v, &["a".into(), "c".into()], RoleFilter::Any).unwrap(),
+            members_for(&v, &[], RoleFilter::Primary, false).unwrap(),
+            ["a"]
+        );
+        assert_eq!(
+            members_for(&v, &["a".into(), "c".into()], RoleFilter::Any, false).unwrap(),
             ["c", "a"]
         );
-        assert!(members_for(&v, &["zz".into()], RoleFilter::Any).is_err());
-        assert!(members_for(&v, &["a".into()], RoleFilter::Replica).is_err());
+        assert!(members_for(&v, &["zz".into()], RoleFilter::Any, false).is_err());
+        assert!(members_for(&v, &["a".into()], RoleFilter::Replica, false).is_err());
+        assert!(members_for(&v, &[], RoleFilter::Any, true).is_err());
+        v.members.get_mut("c").unwrap().pending_restart = true;
+        assert_eq!(members_for(&v, &[], RoleFilter::Any, true).unwrap(), ["c"]);
     }
 }

@@ -167,6 +167,9 @@ pub struct PgProbe {
     pub foreign_postmaster: Option<i32>,
     /// The health monitor's view of the running instance (see [`health`]).
     pub liveness: Liveness,
+    /// Parameters changed in the files that take effect only at a restart
+    /// (`pg_settings.pending_restart`).
+    pub pending_restart: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -109,6 +109,17 @@ impl Postgres {
             Some(true) => self.probe_replica(&mut p).await,
             None => {}
         }
+        if let Ok(rows) = self
+            .sql
+            .simple(
+                "probe pending restart",
+                "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name",
+                SQL_TIMEOUT,
+            )
+            .await
+        {
+            p.pending_restart = rows.iter().map(|r| text(r, 0)).collect();
+        }
         p
     }
 

@@ -223,5 +223,6 @@ pub(super) fn my_status(w: &World, n: usize) -> MemberStatus {
             == Some(node.name.as_str()),
         node_id: n as u64 + 1,
         paused: view.is_some_and(|v| v.paused),
+        pending_restart: false,
     }
 }

@@ -39,6 +39,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                 == Some(self.me.as_str()),
             node_id: self.node_id,
             paused: view.paused,
+            pending_restart: !p.pending_restart.is_empty(),
         }
     }
 

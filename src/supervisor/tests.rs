@@ -140,6 +140,7 @@ fn n2_leads(store: &FakeStore, timeline: u64, lsn: u64, ttl: Duration) -> u64 {
         sync_standby: false,
         node_id: 2,
         paused: false,
+        pending_restart: false,
     };
     let json = serde_json::to_string(&status).expect("status");
     store.put(&model::member_key("n2"), &json, lease);

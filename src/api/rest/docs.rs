@@ -69,6 +69,10 @@ pub fn status_json(h: &Health) -> Value {
             if let Some(tags) = tags_json(&s.tags) {
                 m.insert("tags".into(), tags);
             }
+            // Patroni sets it only when true.
+            if s.pending_restart {
+                m.insert("pending_restart".into(), json!(true));
+            }
         }
     }
     // Patroni sets these two only when true.

@@ -48,7 +48,7 @@ pub fn metrics_text(h: &Health) -> String {
         .filter(|s| s.role == Role::Replica)
         .map_or((0, 0), |s| (s.receive_lsn, s.replay_lsn));
     let role = h.role();
-    let rows: [(&str, &str, &str, i128); 14] = [
+    let rows: [(&str, &str, &str, i128); 15] = [
         (
             "patroni_version",
             "gauge",
@@ -126,6 +126,12 @@ pub fn metrics_text(h: &Health) -> String {
             "gauge",
             "Epoch timestamp when DCS was last contacted successfully by Patroni.",
             i128::from(h.dcs_last_seen),
+        ),
+        (
+            "patroni_pending_restart",
+            "gauge",
+            "Value is 1 if the node needs a restart, 0 otherwise.",
+            i128::from(live.is_some_and(|s| s.pending_restart)),
         ),
         (
             "patroni_is_paused",

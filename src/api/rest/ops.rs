@@ -218,7 +218,8 @@ pub async fn post_reinitialize(State(st): State<RestState>, body: Bytes) -> Resp
 /// `POST /restart` on a member's own REST API (Patroni's route): restarts its
 /// PostgreSQL (the primary in place, under its lease) and answers once done: 200,
 /// or 503 on timeout (the request stands) or when `{"role": ...}` does not match.
-/// Body (optional): `{"role": "primary"|"replica", "timeout": seconds}`.
+/// Body (optional): `{"role": "primary"|"replica", "restart_pending": bool,
+/// "timeout": seconds}`.
 pub async fn post_restart(State(st): State<RestState>, body: Bytes) -> Response {
     use crate::ha::model::{RequestKind, Role};
     answer(
@@ -248,10 +249,15 @@ pub async fn post_restart(State(st): State<RestState>, body: Bytes) -> Response 
                     ));
                 }
             };
-            if wanted.is_some_and(|r| r != status.role) {
+            let pending_only = req
+                .get("restart_pending")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if wanted.is_some_and(|r| r != status.role) || (pending_only && !status.pending_restart)
+            {
                 return Err(Refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "restart conditions are not satisfied (role)".into(),
+                    "restart conditions are not satisfied (role or pending restart)".into(),
                 ));
             }
             let timeout = req.get("timeout").and_then(Value::as_u64).unwrap_or(120);

@@ -30,6 +30,7 @@ fn status(name: &str, role: Role, state: PgRunState) -> MemberStatus {
         sync_standby: false,
         node_id: 1,
         paused: false,
+        pending_restart: false,
     }
 }
 

@@ -92,6 +92,9 @@ pub enum CtlCommand {
         members: Vec<String>,
         #[arg(long, value_enum, default_value = "any")]
         role: DsnRoleArg,
+        /// Only members whose PostgreSQL needs a restart for changed parameters.
+        #[arg(long)]
+        pending: bool,
         /// Seconds to wait for each member.
         #[arg(long = "timeout", value_name = "S", default_value_t = 120)]
         wait: u64,

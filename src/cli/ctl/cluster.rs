@@ -392,11 +392,12 @@ pub(super) async fn restart(
     json: bool,
     members: &[String],
     role: DsnRoleArg,
+    pending: bool,
     wait: Duration,
 ) -> Result<(), CtlError> {
     use crate::ha::model::RequestKind;
     let view = ops::cluster_view(client).await?;
-    let order = ops::requests::members_for(&view, members, role_filter(role))?;
+    let order = ops::requests::members_for(&view, members, role_filter(role), pending)?;
     let mut done = Vec::new();
     for m in &order {
         let started = Instant::now();
@@ -421,7 +422,7 @@ pub(super) async fn reload(
 ) -> Result<(), CtlError> {
     use crate::ha::model::RequestKind;
     let view = ops::cluster_view(client).await?;
-    let order = ops::requests::members_for(&view, members, ops::requests::RoleFilter::Any)?;
+    let order = ops::requests::members_for(&view, members, ops::requests::RoleFilter::Any, false)?;
     for m in &order {
         ops::requests::ask(client, RequestKind::Reload, m).await?;
     }

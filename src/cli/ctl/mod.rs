@@ -83,8 +83,19 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         CtlCommand::Restart {
             members,
             role,
+            pending,
             wait,
-        } => cluster::restart(&client, json, &members, role, Duration::from_secs(wait)).await,
+        } => {
+            cluster::restart(
+                &client,
+                json,
+                &members,
+                role,
+                pending,
+                Duration::from_secs(wait),
+            )
+            .await
+        }
         CtlCommand::Reload { members } => cluster::reload(&client, json, &members).await,
         CtlCommand::Pause { wait } => cluster::pause(&client, json, true, wait, args.timeout).await,
         CtlCommand::Resume { wait } => {

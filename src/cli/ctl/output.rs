@@ -264,6 +264,8 @@ pub struct ListRow {
     pub receive_lag_mb: Option<u64>,
     pub replay_lsn: String,
     pub replay_lag_mb: Option<u64>,
+    /// PostgreSQL needs a restart for changed parameters.
+    pub pending_restart: bool,
 }
 
 /// Bytes to whole MiB, rounding half to even like Python's `round`.
@@ -323,6 +325,7 @@ pub fn list_rows(listing: &PgListing) -> Vec<ListRow> {
                 receive_lag_mb,
                 replay_lsn,
                 replay_lag_mb,
+                pending_restart: s.pending_restart,
             }
         })
         .collect();
@@ -336,6 +339,7 @@ pub fn list_rows(listing: &PgListing) -> Vec<ListRow> {
         receive_lag_mb: None,
         replay_lsn: String::new(),
         replay_lag_mb: None,
+        pending_restart: false,
     }));
     rows.sort_by(|a, b| a.member.cmp(&b.member));
     rows
@@ -364,11 +368,21 @@ pub fn format_list(cluster: &str, listing: &PgListing) -> String {
         "Lag",
     ];
     // TL, the LSNs and the lags are right-aligned, as in patronictl.
-    let right = [false, false, false, false, true, true, true, true, true];
-    let rows: Vec<Vec<String>> = list_rows(listing)
+    let right = [
+        false, false, false, false, true, true, true, true, true, false,
+    ];
+    let listed = list_rows(listing);
+    // As patronictl: the column appears only when some member needs a restart.
+    let pending = listed.iter().any(|r| r.pending_restart);
+    let mut headers = headers.to_vec();
+    if pending {
+        headers.push("Pending restart");
+    }
+    let rows: Vec<Vec<String>> = listed
         .into_iter()
         .map(|r| {
-            vec![
+            let mark = if r.pending_restart { "*" } else { "" }.to_owned();
+            let mut row = vec![
                 r.member,
                 r.host,
                 r.role.title().to_owned(),
@@ -378,7 +392,11 @@ pub fn format_list(cluster: &str, listing: &PgListing) -> String {
                 opt_cell(r.receive_lag_mb),
                 r.replay_lsn,
                 opt_cell(r.replay_lag_mb),
-            ]
+            ];
+            if pending {
+                row.push(mark);
+            }
+            row
         })
         .collect();
     let sysid = listing
@@ -458,6 +476,9 @@ pub fn list_json(cluster: &str, listing: &PgListing) -> Value {
             put("Receive Lag", json!(r.receive_lag_mb));
             put("Replay LSN", json!(r.replay_lsn));
             put("Replay Lag", json!(r.replay_lag_mb));
+            if r.pending_restart {
+                put("Pending restart", json!("*"));
+            }
             Value::Object(m)
         })
         .collect()

@@ -21,6 +21,7 @@ fn member(name: &str, role: Role, lsn: u64) -> MemberStatus {
         sync_standby: false,
         node_id: 0,
         paused: false,
+        pending_restart: false,
     }
 }
 
