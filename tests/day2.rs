@@ -618,3 +618,84 @@ async fn pg_restart_keeps_the_primary_and_its_lease_and_loses_nothing() {
     .await;
     assert_eq!(leader_key(&c), before, "still the same primary and lease");
 }
+
+/// `switchover --scheduled` waits for its time; REST `POST`/`DELETE /switchover`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_scheduled_switchover_fires_at_its_time_and_can_be_cancelled() {
+    if !have_pg() {
+        return;
+    }
+    let (c, p, replicas) = healthy_cluster().await;
+    let p_name = c.node(p).name.clone();
+    let cand = replicas[0];
+    let cand_name = c.node(cand).name.clone();
+    let err = c.ctl_fails(&["switchover", "--scheduled", "soon"]);
+    assert!(err.contains("is not a time"), "{err}");
+    assert!(key_absent(&c, "/pg/switchover").unwrap());
+
+    let out = c
+        .ctl(&[
+            "--output",
+            "json",
+            "switchover",
+            "--candidate",
+            &cand_name,
+            "--scheduled",
+            "+4s",
+        ])
+        .expect("scheduled switchover");
+    let doc: Value = serde_json::from_str(&out).expect("JSON");
+    let at = doc["scheduled_at"]
+        .as_str()
+        .expect("scheduled_at")
+        .to_string();
+    assert_eq!(leader_key(&c).0, p_name, "nothing happens before its time");
+    let q = c.wait_primary(&[p], SLOW_WAIT).await;
+    assert_eq!(q, cand);
+    let h = c
+        .wait_for("the switchover in the history", SLOW_WAIT, async || {
+            let h = history(&c);
+            ensure!(h.len() == 1, "{h:?}");
+            Ok(h)
+        })
+        .await;
+    let done = h[0]["time"].as_str().unwrap();
+    assert!(done >= at.as_str(), "promoted at {done}, scheduled at {at}");
+    let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != q).collect();
+    c.wait_streaming(q, &others, SLOW_WAIT).await;
+
+    // REST: a wrong leader, a scheduled request cancelled, then one done at once.
+    let (st, text) = c
+        .http_with(q, "POST", "/switchover", &[], r#"{"leader": "nobody"}"#)
+        .await
+        .unwrap();
+    assert_eq!(st, 412, "{text}");
+    let body = format!(r#"{{"candidate": "{p_name}", "scheduled_at": "+600s"}}"#);
+    let (st, text) = c
+        .http_with(q, "POST", "/switchover", &[], &body)
+        .await
+        .unwrap();
+    assert_eq!(st, 202, "{text}");
+    assert!(!key_absent(&c, "/pg/switchover").unwrap());
+    let (st, _) = c
+        .http_with(q, "DELETE", "/switchover", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
+    let (st, _) = c
+        .http_with(q, "DELETE", "/switchover", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(st, 404);
+    let out = c.ctl(&["switchover", "--cancel"]).unwrap();
+    assert!(out.contains("no switchover was requested"), "{out}");
+    assert_eq!(leader_key(&c).0, cand_name);
+    let body = format!(r#"{{"leader": "{cand_name}", "candidate": "{p_name}"}}"#);
+    let (st, text) = c
+        .http_with(q, "POST", "/switchover", &[], &body)
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{text}");
+    assert!(text.contains(&p_name), "{text}");
+    assert_eq!(c.wait_primary(&[q], SLOW_WAIT).await, p);
+}

@@ -377,6 +377,15 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
         ),
         Some(Role::Primary) => {
             if let Some(sw) = &store.switchover {
+                if sw.leader == o.me
+                    && let Some(at) = sw.scheduled_at.filter(|at| *at > o.wall_clock_s)
+                {
+                    let mut d = healthy_primary(o, store);
+                    if d.reason == Reason::HealthyPrimary {
+                        d.reason = Reason::SwitchoverScheduled(at);
+                    }
+                    return d;
+                }
                 if sw.leader == o.me {
                     if let Some(to) = switchover_target(o, store, sw) {
                         // A fast shutdown sends all WAL to connected standbys before it

@@ -229,6 +229,9 @@ pub struct Switchover {
     pub leader: String,
     /// The member to promote; `None`: the best eligible replica.
     pub candidate: Option<String>,
+    /// Unix seconds before which the primary does not step down (`--scheduled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

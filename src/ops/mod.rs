@@ -9,6 +9,7 @@ pub mod failover;
 pub mod history;
 pub mod reinit;
 pub mod requests;
+pub mod switchover;
 
 use crate::client::{Client, ClientError};
 use crate::ha::model::{self, ClusterView};

@@ -180,6 +180,7 @@ pub(super) fn request_switchover(w: &mut World) {
     let sw = Switchover {
         leader: leader.clone(),
         candidate: candidate.clone(),
+        scheduled_at: None,
     };
     w.note(format!("FAULT switchover from {leader} to {candidate:?}"));
     let value = serde_json::to_vec(&sw).expect("serializable");

@@ -63,6 +63,7 @@ pub(super) fn observe(w: &mut World, n: usize, kvs: Option<Vec<(String, Vec<u8>,
         own_old_lease: read.as_ref().and_then(|(_, _, l)| *l),
         no_leader_for_ms: p.leaderless_since.map_or(0, |t| (now_l - t) / MS),
         cold_start: !p.seen_leader,
+        wall_clock_s: w.now / (1_000 * MS),
         pg,
     };
     let d = decide::decide(&obs);

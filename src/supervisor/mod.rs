@@ -346,6 +346,9 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             lease_lapsed: self.leader_lease.is_some() && !lease_valid,
             own_old_lease,
             cold_start: !self.seen_leader,
+            wall_clock_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             no_leader_for_ms: self
                 .leaderless_since
                 .map_or(0, |t| now.duration_since(t).as_millis() as u64),

@@ -139,6 +139,10 @@ pub fn router(rx: watch::Receiver<Health>, client: Option<crate::client::Client>
             axum::routing::post(ops::post_restart).delete(ops::delete_restart),
         )
         .route("/reload", axum::routing::post(ops::post_reload))
+        .route(
+            "/switchover",
+            axum::routing::post(ops::post_switchover).delete(ops::delete_switchover),
+        )
         .fallback(handle)
         .layer(axum::extract::DefaultBodyLimit::max(ops::MAX_BODY))
         .with_state(RestState { health: rx, client })

@@ -3,6 +3,7 @@
 //! not from the health snapshot, so they need the node's client; without it they
 //! answer 503.
 //!
+//! `POST`/`DELETE /switchover` request or cancel a (scheduled) switchover;
 //! `POST /failover` requests a manual failover; `POST /reinitialize` re-clones this
 //! node's replica; `POST`/`DELETE /restart` and `POST /reload` act on this node's
 //! PostgreSQL.
@@ -22,7 +23,7 @@ use serde_json::Value;
 use super::{RestState, json_response, with_body};
 use crate::client::{Client, ClientError};
 use crate::ops::config::{self as cfg, ClusterConfig};
-use crate::ops::{OpsError, failover, history, reinit, requests};
+use crate::ops::{OpsError, failover, history, reinit, requests, switchover};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -300,6 +301,72 @@ pub async fn post_reload(State(st): State<RestState>) -> Response {
             let me = st.health.borrow().member.clone();
             requests::ask(c, crate::ha::model::RequestKind::Reload, &me).await?;
             Ok(text(StatusCode::ACCEPTED, "reload scheduled"))
+        }
+        .await,
+    )
+}
+
+/// `POST /switchover` (Patroni's body: `{"leader": L, "candidate": C,
+/// "scheduled_at": AT}`): 200 once C (or the best replica) serves; 202 when
+/// scheduled; 412 when L is not the primary or C cannot take over.
+pub async fn post_switchover(State(st): State<RestState>, body: Bytes) -> Response {
+    answer(
+        async {
+            let c = client(&st)?;
+            let req = body_json(&body)?;
+            let view = crate::ops::cluster_view(c).await?;
+            if let Some(l) = req.get("leader").and_then(Value::as_str)
+                && view.leader.as_deref() != Some(l)
+            {
+                return Err(Refusal(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!("leader name does not match: {l} is not the primary"),
+                ));
+            }
+            let candidate = req.get("candidate").and_then(Value::as_str);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let at = match req.get("scheduled_at") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(switchover::parse_time(s, now)?),
+                Some(Value::Number(n)) => n.as_u64(),
+                Some(other) => {
+                    return Err(Refusal(
+                        StatusCode::BAD_REQUEST,
+                        format!("scheduled_at {other} is not a time"),
+                    ));
+                }
+            };
+            let precondition = |e: OpsError| match e {
+                OpsError::Invalid(m) => Refusal(StatusCode::PRECONDITION_FAILED, m),
+                e => e.into(),
+            };
+            let from = switchover::request(c, candidate, at.filter(|t| *t > now))
+                .await
+                .map_err(precondition)?;
+            if at.is_some_and(|t| t > now) {
+                return Ok(text(StatusCode::ACCEPTED, "Switchover scheduled"));
+            }
+            let to = switchover::wait(c, &from, FAILOVER_WAIT).await?;
+            Ok(text(
+                StatusCode::OK,
+                format!("Successfully switched over to \"{to}\""),
+            ))
+        }
+        .await,
+    )
+}
+
+/// `DELETE /switchover`: cancels a requested or scheduled switchover (404: none).
+pub async fn delete_switchover(State(st): State<RestState>) -> Response {
+    answer(
+        async {
+            if switchover::cancel(client(&st)?).await? {
+                Ok(text(StatusCode::OK, "scheduled switchover deleted"))
+            } else {
+                Ok(text(StatusCode::NOT_FOUND, "no switchover is scheduled"))
+            }
         }
         .await,
     )

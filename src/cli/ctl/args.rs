@@ -55,6 +55,13 @@ pub enum CtlCommand {
         /// Seconds to wait for the new primary before cancelling the request.
         #[arg(long, default_value_t = 30)]
         wait: u64,
+        /// Store the request; the primary steps down at AT (Unix seconds, +5m, or
+        /// UTC 2026-12-02T18:30:00Z).
+        #[arg(long, value_name = "AT", conflicts_with = "cancel")]
+        scheduled: Option<String>,
+        /// Cancel a requested or scheduled switchover.
+        #[arg(long)]
+        cancel: bool,
     },
     /// Promote CANDIDATE while no primary serves (also in pause). Shows its lag
     /// against the last known primary position and asks first; a candidate the

@@ -20,7 +20,6 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::client::{Client, ClientError, LeaseKeeper};
-use crate::ha::eligibility::cannot_take_over;
 use crate::ha::model::{self, ClusterView, MemberStatus, format_lsn};
 use crate::ha::view::{ClusterRole, cluster_role, lag_bytes, member_state, split_host_port};
 use crate::wire::pb;
@@ -57,9 +56,25 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 format_list(&st.cluster, &listing)
             })
         }
-        CtlCommand::Switchover { candidate, wait } => {
-            switchover(&client, json, candidate, Duration::from_secs(wait)).await
-        }
+        CtlCommand::Switchover {
+            candidate,
+            wait,
+            scheduled,
+            cancel,
+        } => match (cancel, scheduled) {
+            (true, _) => {
+                let had = crate::ops::switchover::cancel(&client).await?;
+                emit(json, json!({ "cancelled": had }), || {
+                    if had {
+                        "switchover request cancelled".into()
+                    } else {
+                        "no switchover was requested".into()
+                    }
+                })
+            }
+            (false, Some(at)) => schedule_switchover(&client, json, candidate, &at).await,
+            (false, None) => switchover(&client, json, candidate, Duration::from_secs(wait)).await,
+        },
         CtlCommand::Failover {
             candidate,
             force,
@@ -124,92 +139,40 @@ pub(super) async fn switchover(
     candidate: Option<String>,
     wait: Duration,
 ) -> Result<(), CtlError> {
-    let view = crate::ops::cluster_view(client).await?;
-    let Some(leader) = view.leader.clone() else {
-        return Err(CtlError::BadInput(
-            "no member holds the leader lease: there is no primary to switch over from".into(),
-        ));
-    };
-    let runnable = |m: &MemberStatus| {
-        m.name != leader
-            && m.role == model::Role::Replica
-            && m.state == model::PgRunState::Running
-            && !m.tags.nofailover
-    };
-    match &candidate {
-        Some(c) => match view.members.get(c) {
-            None => {
-                return Err(CtlError::BadInput(format!(
-                    "{c} is not a member (see `pgquorum ctl list`)"
-                )));
-            }
-            Some(m) if !runnable(m) => {
-                return Err(CtlError::BadInput(format!(
-                    "{c} cannot take over: it must be a running replica not tagged nofailover, other than the primary {leader}"
-                )));
-            }
-            Some(m) => {
-                if let Some(why) = switchover_ineligible(&view, m) {
-                    return Err(CtlError::BadInput(format!(
-                        "{c} cannot take over: {why}; the request was not made"
-                    )));
-                }
-            }
-        },
-        None if !view.members.values().any(runnable) => {
-            return Err(CtlError::BadInput(
-                "no running replica can take over (see `pgquorum ctl list`)".into(),
-            ));
-        }
-        None => {}
-    }
-    let req = model::Switchover {
-        leader: leader.clone(),
-        candidate: candidate.clone(),
-    };
-    let body = serde_json::to_vec(&req).expect("switchover serializes");
-    let put = client.put(model::SWITCHOVER_KEY, body, 0, Some(0)).await?;
-    if !put.succeeded {
-        return Err(CtlError::CompareFailed(format!(
-            "a switchover is already requested ({}); cancel it with `pgquorum ctl kv del {}`",
-            model::SWITCHOVER_KEY,
-            model::SWITCHOVER_KEY
-        )));
-    }
     let started = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Ok(v) = crate::ops::cluster_view(client).await
-            && let Some(new) = v.leader
-            && new != leader
-        {
-            let secs = started.elapsed().as_secs_f64();
-            return emit(
-                json,
-                json!({ "from": leader, "to": new, "seconds": secs }),
-                || format!("switched over from {leader} to {new} in {secs:.1} s\n"),
-            );
-        }
-        if started.elapsed() >= wait {
-            let _ = client.delete(model::SWITCHOVER_KEY, false, None).await;
-            return Err(CtlError::BadInput(format!(
-                "no new primary within {} s; the request was cancelled and {leader} stays primary \
-                 unless it already stepped down (see `pgquorum ctl list` and its log)",
-                wait.as_secs()
-            )));
-        }
-    }
+    let leader = crate::ops::switchover::request(client, candidate.as_deref(), None).await?;
+    let new = crate::ops::switchover::wait(client, &leader, wait).await?;
+    let secs = started.elapsed().as_secs_f64();
+    emit(
+        json,
+        json!({ "from": leader, "to": new, "seconds": secs }),
+        || format!("switched over from {leader} to {new} in {secs:.1} s\n"),
+    )
 }
 
-/// Why `m` could not legally take over now (the rule a failover obeys, which the
-/// new primary's `decide` applies again): `None` when it could.
-fn switchover_ineligible(view: &model::ClusterView, m: &MemberStatus) -> Option<String> {
-    let cfg = view.config.clone().unwrap_or_default();
-    // Lag is not judged here: under load a streaming replica's published position
-    // trails the primary's by a cycle's worth of WAL. The candidate checks it when it
-    // takes over, after the primary's clean stop sent it everything.
-    cannot_take_over(m, cfg.synchronous_mode, view.sync.as_ref(), view.timeline)
-        .map(|why| why.to_string())
+/// `switchover --scheduled AT`: the request is stored; the primary acts at AT.
+async fn schedule_switchover(
+    client: &Client,
+    json: bool,
+    candidate: Option<String>,
+    at: &str,
+) -> Result<(), CtlError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let at = crate::ops::switchover::parse_time(at, now)?;
+    if at <= now {
+        return Err(CtlError::BadInput(
+            "the scheduled time has passed; leave out --scheduled to switch over now".into(),
+        ));
+    }
+    let leader = crate::ops::switchover::request(client, candidate.as_deref(), Some(at)).await?;
+    let when = crate::ops::history::utc_timestamp(at);
+    emit(
+        json,
+        json!({ "from": leader, "candidate": candidate, "scheduled_at": when }),
+        || format!("switchover from {leader} scheduled at {when}; `--cancel` cancels it"),
+    )
 }
 
 async fn member(client: &Client, json: bool, cmd: MemberCommand) -> Result<(), CtlError> {

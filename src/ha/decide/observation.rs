@@ -217,6 +217,9 @@ pub struct Observation {
     /// This member has not seen any leader since it started (e.g. the whole cluster
     /// is coming back): the old primary, with the most data, may still be starting.
     pub cold_start: bool,
+    /// Unix seconds by this member's wall clock: only for requests an operator
+    /// scheduled (a switchover at a set time); nothing safety-related reads it.
+    pub wall_clock_s: u64,
     pub pg: PgView,
 }
 

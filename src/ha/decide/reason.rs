@@ -25,6 +25,8 @@ pub enum Reason {
     /// pg_rewind failed on this data dir: moving it aside and cloning anew.
     RecloningAfterFailedRewind(String),
     SwitchoverInProgress(String),
+    /// A switchover from this primary is scheduled for these Unix seconds.
+    SwitchoverScheduled(u64),
     /// An operator asked for a failover to this member (forced: rules waived).
     ManualFailover {
         forced: bool,
@@ -122,6 +124,10 @@ impl fmt::Display for Reason {
                 "switchover requested but no eligible replica is streaming; staying primary"
             ),
             SwitchoverInProgress(to) => write!(f, "switchover in progress to {to}"),
+            SwitchoverScheduled(at) => write!(
+                f,
+                "healthy primary; a switchover is scheduled at {at} (Unix seconds)"
+            ),
             ManualFailover { forced: false } => write!(
                 f,
                 "manual failover requested to this member: taking over (the failover rules hold)"

@@ -121,6 +121,7 @@ fn obs_primary() -> Observation {
         own_old_lease: None,
         no_leader_for_ms: 0,
         cold_start: false,
+        wall_clock_s: 1_000_000,
         pg: pg_primary(),
     }
 }
@@ -492,6 +493,7 @@ fn decisions() {
                 s.switchover = Some(Switchover {
                     leader: "a".into(),
                     candidate: Some("b".into()),
+                    scheduled_at: None,
                 });
             }),
             vec![
@@ -544,6 +546,7 @@ fn decisions() {
                 s.switchover = Some(Switchover {
                     leader: "a".into(),
                     candidate: Some("c".into()),
+                    scheduled_at: None,
                 });
             }),
             vec![PublishOptime, Stop(StopKind::Fast), ReleaseLease],
@@ -560,6 +563,7 @@ fn decisions() {
                 s.switchover = Some(Switchover {
                     leader: "a".into(),
                     candidate: Some("x".into()),
+                    scheduled_at: None,
                 });
             }),
             vec![
@@ -577,6 +581,7 @@ fn decisions() {
                 o.store.as_mut().unwrap().switchover = Some(Switchover {
                     leader: "z".into(),
                     candidate: None,
+                    scheduled_at: None,
                 });
             }),
             vec![RenewLease, ClearSwitchover],
@@ -588,6 +593,7 @@ fn decisions() {
                 o.store.as_mut().unwrap().switchover = Some(Switchover {
                     leader: "a".into(),
                     candidate: Some("c".into()),
+                    scheduled_at: None,
                 });
             }),
             vec![],
@@ -601,6 +607,7 @@ fn decisions() {
                 s.switchover = Some(Switchover {
                     leader: "a".into(),
                     candidate: Some("b".into()),
+                    scheduled_at: None,
                 });
             }),
             vec![AcquireLease],
@@ -612,6 +619,7 @@ fn decisions() {
                 o.store.as_mut().unwrap().switchover = Some(Switchover {
                     leader: "a".into(),
                     candidate: Some("c".into()),
+                    scheduled_at: None,
                 });
                 o.no_leader_for_ms = 3_000;
             }),

@@ -130,6 +130,7 @@ fn switchover_to(candidate: &str) -> Switchover {
     Switchover {
         leader: "a".into(),
         candidate: Some(candidate.into()),
+        scheduled_at: None,
     }
 }
 
@@ -280,6 +281,7 @@ fn random_observation(r: &mut Rng) -> Observation {
             Some(Switchover {
                 leader: "c".into(),
                 candidate: None,
+                scheduled_at: None,
             }),
         ]),
         failover: r.pick(&[
@@ -327,6 +329,7 @@ fn random_observation(r: &mut Rng) -> Observation {
         own_old_lease: r.pick(&[None, None, Some(99)]),
         no_leader_for_ms: r.pick(&[0, 1_000, 10_000]),
         cold_start: r.coin(),
+        wall_clock_s: r.pick(&[0, 2_000_000_000]),
         pg,
     }
 }

@@ -135,6 +135,7 @@ fn a_hung_member_is_no_candidate() {
         o.store.as_mut().unwrap().switchover = Some(Switchover {
             leader: "a".into(),
             candidate: Some("b".into()),
+            scheduled_at: None,
         });
     }));
     assert_eq!(d, decision(vec![], Reason::MemberHung(why.into())));

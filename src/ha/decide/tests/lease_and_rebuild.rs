@@ -139,6 +139,7 @@ fn rebuild_and_slot_cases() {
                 o.store.as_mut().unwrap().switchover = Some(Switchover {
                     leader: "a".into(),
                     candidate: None,
+                    scheduled_at: None,
                 });
             }),
             vec![RenewLease, PublishOptime, slots()],

@@ -3,7 +3,7 @@
 //! restart (the primary in place, under its lease) and reload.
 
 use super::*;
-use crate::ha::model::{FailoverRequest, Promotion};
+use crate::ha::model::{FailoverRequest, Promotion, Switchover};
 
 fn request(candidate: &str, force: bool) -> Option<FailoverRequest> {
     Some(FailoverRequest {
@@ -307,6 +307,40 @@ fn restart_and_reload_decisions() {
             }),
             vec![Reload, FinishRequest(RequestKind::Reload)],
             Reason::Paused,
+        ),
+    ];
+    check(cases);
+}
+
+#[test]
+fn scheduled_switchover_decisions() {
+    use Action::*;
+    let scheduled = |at: u64| {
+        with(obs_primary(), move |o| {
+            let s = o.store.as_mut().unwrap();
+            s.members = vec![
+                member("b", Role::Replica, 1000),
+                member("c", Role::Replica, 990),
+            ];
+            s.switchover = Some(Switchover {
+                leader: "a".into(),
+                candidate: Some("c".into()),
+                scheduled_at: Some(at),
+            });
+        })
+    };
+    let cases = vec![
+        (
+            "before its time the primary stays and says when",
+            scheduled(1_000_100),
+            vec![RenewLease, PublishOptime, slots()],
+            Reason::SwitchoverScheduled(1_000_100),
+        ),
+        (
+            "at its time it steps down as any switchover",
+            scheduled(1_000_000),
+            vec![PublishOptime, Stop(StopKind::Fast), ReleaseLease],
+            Reason::SwitchingOver("c".into()),
         ),
     ];
     check(cases);
