@@ -675,8 +675,23 @@ async fn unknown_paths_and_methods() {
         let (code, _, _) = call(app.clone(), method, "/nope").await;
         assert_eq!(code, StatusCode::NOT_FOUND);
     }
-    let (code, _, _) = call(app.clone(), Method::POST, "/switchover").await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
+    // The operator routes exist; without a store client they cannot answer.
+    for (method, path) in [
+        (Method::POST, "/switchover"),
+        (Method::DELETE, "/switchover"),
+        (Method::POST, "/failover"),
+        (Method::POST, "/restart"),
+        (Method::DELETE, "/restart"),
+        (Method::POST, "/reload"),
+        (Method::POST, "/reinitialize"),
+        (Method::GET, "/config"),
+        (Method::GET, "/history"),
+    ] {
+        let (code, _, _) = call(app.clone(), method.clone(), path).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{method} {path}");
+    }
+    let (code, _, _) = call(app.clone(), Method::DELETE, "/config").await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
     let req = Request::builder()
         .method(Method::POST)
         .uri("/primary")
