@@ -70,6 +70,32 @@ async fn pg_pause_holds_automation_until_resume() {
     }
     let out = c.ctl(&["show-config"]).expect("show-config");
     assert!(out.contains("\"pause\": true"), "{out}");
+    let list = c.ctl(&["list", "-e"]).expect("list -e");
+    assert!(list.contains(" Maintenance mode: on"), "{list}");
+    assert!(list.contains("| Pending restart | Tags |"), "{list}");
+    // `list --watch` prints the table again and again (read until the second).
+    let mut watch = c.ctl_spawn(&["list", "--watch", "1"]);
+    let stdout = watch.stdout.take().unwrap();
+    let tables = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.starts_with("+ Cluster:"))
+            .take(2)
+            .count()
+    });
+    let deadline = Instant::now() + SLOW_WAIT;
+    while !tables.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(
+        tables.join().unwrap(),
+        2,
+        "list --watch printed the table twice"
+    );
 
     let killed = c.signal_instance(p, libc::SIGKILL);
     assert!(!killed.is_empty(), "the primary's PostgreSQL was running");
@@ -650,6 +676,8 @@ async fn pg_scheduled_switchover_fires_at_its_time_and_can_be_cancelled() {
         .expect("scheduled_at")
         .to_string();
     assert_eq!(leader_key(&c).0, p_name, "nothing happens before its time");
+    let list = c.ctl(&["list"]).expect("list");
+    assert!(list.contains(" Switchover scheduled at: "), "{list}");
     let q = c.wait_primary(&[p], SLOW_WAIT).await;
     assert_eq!(q, cand);
     let h = c

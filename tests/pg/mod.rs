@@ -582,20 +582,31 @@ impl PgCluster {
 
     /// `pgquorum ctl` with standard input from /dev/null (never a terminal).
     pub fn ctl_output(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        self.ctl_command(args).output().context("run ctl")
+    }
+
+    /// `pgquorum ctl` running on, its stdout piped (the caller kills it).
+    pub fn ctl_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.ctl_command(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ctl")
+    }
+
+    fn ctl_command(&self, args: &[&str]) -> std::process::Command {
         let endpoints: Vec<String> = self
             .nodes
             .values()
             .map(|n| format!("{}:{}", n.host, n.raft_port))
             .collect();
-        std::process::Command::new(BIN)
-            .arg("ctl")
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("ctl")
             .arg("--endpoints")
             .arg(endpoints.join(","))
             .args(args)
             .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .context("run ctl")
+            .stdin(std::process::Stdio::null());
+        cmd
     }
 
     /// `method path` with headers and a body on node `id`'s REST API.

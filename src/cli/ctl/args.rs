@@ -44,7 +44,14 @@ pub enum CtlCommand {
     /// List the cluster members.
     Members,
     /// List the PostgreSQL members and their replication state, like `patronictl list`.
-    List,
+    List {
+        /// Also the Pending restart and Tags columns.
+        #[arg(short = 'e', long)]
+        extended: bool,
+        /// Print the list again every S seconds until Ctrl-C.
+        #[arg(long, value_name = "S")]
+        watch: Option<u64>,
+    },
     /// Planned change of primary: the primary stops cleanly (every commit reaches the
     /// candidate), releases its lease, and the candidate is promoted. Waits for it.
     Switchover {

@@ -47,15 +47,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 format_members(&st)
             })
         }
-        CtlCommand::List => {
-            // The status call only supplies the cluster name for the title.
-            let st = client.status().await?;
-            let resp = client.get(model::PREFIX, true, false).await?;
-            let listing = PgListing::from_kvs(&resp.kvs);
-            emit(json, list_json(&st.cluster, &listing), || {
-                format_list(&st.cluster, &listing)
-            })
-        }
+        CtlCommand::List { extended, watch } => list(&client, json, extended, watch).await,
         CtlCommand::Switchover {
             candidate,
             wait,
@@ -130,6 +122,35 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         CtlCommand::Member(cmd) => member(&client, json, cmd).await,
         CtlCommand::Kv(cmd) => kv(&client, json, cmd).await,
         CtlCommand::Lease(cmd) => lease(&client, json, cmd).await,
+    }
+}
+
+async fn list(
+    client: &Client,
+    json: bool,
+    extended: bool,
+    watch: Option<u64>,
+) -> Result<(), CtlError> {
+    if watch == Some(0) {
+        return Err(CtlError::BadInput("--watch needs at least 1 second".into()));
+    }
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        // The status call only supplies the cluster name for the title.
+        let st = client.status().await?;
+        let resp = client.get(model::PREFIX, true, false).await?;
+        let listing = PgListing::from_kvs(&resp.kvs);
+        emit(json, list_json(&st.cluster, &listing), || {
+            format_list_with(&st.cluster, &listing, extended)
+        })?;
+        let Some(every) = watch else {
+            return Ok(());
+        };
+        tokio::select! {
+            res = &mut ctrl_c => return res.map_err(CtlError::Signal),
+            _ = tokio::time::sleep(Duration::from_secs(every)) => {}
+        }
     }
 }
 

@@ -266,6 +266,23 @@ pub struct ListRow {
     pub replay_lag_mb: Option<u64>,
     /// PostgreSQL needs a restart for changed parameters.
     pub pending_restart: bool,
+    /// The member's tags, `key=value` joined by commas (empty: defaults).
+    pub tags: String,
+}
+
+/// Tags that differ from the defaults, as `key=value` (true flags by name alone).
+pub fn tags_cell(t: &crate::ha::model::Tags) -> String {
+    let mut parts = Vec::new();
+    if t.nofailover {
+        parts.push("nofailover".to_string());
+    }
+    if t.noloadbalance {
+        parts.push("noloadbalance".to_string());
+    }
+    if t.failover_priority != 0 {
+        parts.push(format!("failover_priority={}", t.failover_priority));
+    }
+    parts.join(", ")
 }
 
 /// Bytes to whole MiB, rounding half to even like Python's `round`.
@@ -326,6 +343,7 @@ pub fn list_rows(listing: &PgListing) -> Vec<ListRow> {
                 replay_lsn,
                 replay_lag_mb,
                 pending_restart: s.pending_restart,
+                tags: tags_cell(&s.tags),
             }
         })
         .collect();
@@ -340,6 +358,7 @@ pub fn list_rows(listing: &PgListing) -> Vec<ListRow> {
         replay_lsn: String::new(),
         replay_lag_mb: None,
         pending_restart: false,
+        tags: String::new(),
     }));
     rows.sort_by(|a, b| a.member.cmp(&b.member));
     rows
@@ -356,6 +375,13 @@ pub(super) fn opt_cell(v: Option<u64>) -> String {
 /// | Member | Host           | Role    | State     | TL | Receive LSN | Lag | Replay LSN | Lag |
 /// ```
 pub fn format_list(cluster: &str, listing: &PgListing) -> String {
+    format_list_with(cluster, listing, false)
+}
+
+/// `ctl list [-e]`: the table (with `-e`, the Pending restart and Tags columns
+/// always), then what patronictl prints under it: maintenance mode, a scheduled
+/// switchover, pending restart requests.
+pub fn format_list_with(cluster: &str, listing: &PgListing, extended: bool) -> String {
     let headers = [
         "Member",
         "Host",
@@ -373,10 +399,13 @@ pub fn format_list(cluster: &str, listing: &PgListing) -> String {
     ];
     let listed = list_rows(listing);
     // As patronictl: the column appears only when some member needs a restart.
-    let pending = listed.iter().any(|r| r.pending_restart);
+    let pending = extended || listed.iter().any(|r| r.pending_restart);
     let mut headers = headers.to_vec();
     if pending {
         headers.push("Pending restart");
+    }
+    if extended {
+        headers.push("Tags");
     }
     let rows: Vec<Vec<String>> = listed
         .into_iter()
@@ -396,6 +425,9 @@ pub fn format_list(cluster: &str, listing: &PgListing) -> String {
             if pending {
                 row.push(mark);
             }
+            if extended {
+                row.push(r.tags);
+            }
             row
         })
         .collect();
@@ -403,7 +435,35 @@ pub fn format_list(cluster: &str, listing: &PgListing) -> String {
         .system_identifier
         .map_or_else(|| "uninitialized".to_owned(), |id| id.to_string());
     let title = format!(" Cluster: {cluster} ({sysid}) ");
-    format_framed_table(&title, &headers, &right, &rows)
+    let mut out = format_framed_table(&title, &headers, &right, &rows);
+    let view = &listing.view;
+    if view.paused {
+        out.push_str(" Maintenance mode: on\n");
+    }
+    if let Some(sw) = &view.switchover {
+        let to = sw.candidate.as_deref().unwrap_or("the best replica");
+        match sw.scheduled_at {
+            Some(at) => out.push_str(&format!(
+                " Switchover scheduled at: {} from: {} to: {to}\n",
+                crate::ops::history::utc_timestamp(at),
+                sw.leader
+            )),
+            None => out.push_str(&format!(
+                " Switchover in progress from: {} to: {to}\n",
+                sw.leader
+            )),
+        }
+    }
+    let restarts: Vec<&str> = view
+        .restart
+        .iter()
+        .filter(|(_, r)| !r.done)
+        .map(|(m, _)| m.as_str())
+        .collect();
+    if !restarts.is_empty() {
+        out.push_str(&format!(" Restart requested: {}\n", restarts.join(", ")));
+    }
+    out
 }
 
 /// A table framed like Python's PrettyTable, with `title` written over the
@@ -479,6 +539,7 @@ pub fn list_json(cluster: &str, listing: &PgListing) -> Value {
             if r.pending_restart {
                 put("Pending restart", json!("*"));
             }
+            put("Tags", json!(r.tags));
             Value::Object(m)
         })
         .collect()

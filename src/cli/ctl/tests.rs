@@ -127,7 +127,13 @@ fn pg_kvs() -> Vec<pb::KeyValue> {
 
 #[test]
 fn list_command_parses() {
-    assert!(matches!(parse(&["list"]).command, CtlCommand::List));
+    assert!(matches!(
+        parse(&["list"]).command,
+        CtlCommand::List {
+            extended: false,
+            watch: None
+        }
+    ));
 }
 
 #[test]
@@ -562,5 +568,31 @@ fn not_found_messages() {
     assert_eq!(
         CtlError::KeyNotFound("/a".into()).to_string(),
         "key \"/a\" not found"
+    );
+}
+
+#[test]
+fn extended_list_shows_tags_pending_and_what_is_scheduled() {
+    let mut kvs = pg_kvs();
+    kvs.push(kv("/pg/pause", b"x", 1));
+    kvs.push(kv(
+        "/pg/switchover",
+        br#"{"leader":"pg1","candidate":"pg2","scheduled_at":1796224245}"#,
+        1,
+    ));
+    kvs.push(kv("/pg/restart/pg3", br#"{"done":false}"#, 1));
+    let listing = PgListing::from_kvs(&kvs);
+    let text = format_list_with("prod", &listing, true);
+    assert!(text.contains("| Pending restart | Tags |"), "{text}");
+    assert!(text.contains(" Maintenance mode: on\n"), "{text}");
+    assert!(
+        text.contains(" Switchover scheduled at: 2026-12-02T15:10:45+00:00 from: pg1 to: pg2\n"),
+        "{text}"
+    );
+    assert!(text.contains(" Restart requested: pg3\n"), "{text}");
+    let plain = format_list("prod", &PgListing::from_kvs(&pg_kvs()));
+    assert!(
+        !plain.contains("Tags") && !plain.contains("Maintenance"),
+        "{plain}"
     );
 }
