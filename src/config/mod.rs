@@ -10,16 +10,47 @@ use serde::Deserialize;
 
 pub mod pg_rules;
 
-/// A member's `[tags]`: what it may be used for. Published in its status.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+/// A member's `[tags]`: what it may be used for, with Patroni's meanings.
+/// Published in its status.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct Tags {
     #[serde(default)]
     pub nofailover: bool,
     #[serde(default)]
     pub noloadbalance: bool,
-    /// Higher wins ties between equally advanced candidates; 0 never wins a tie it could lose.
-    #[serde(default)]
+    /// As Patroni: 0 (or less) = never promoted; higher wins ties between equally
+    /// advanced candidates. Default 1, so an untagged member is a candidate.
+    #[serde(default = "default_failover_priority")]
     pub failover_priority: i64,
+    /// Never chosen as the synchronous standby.
+    #[serde(default)]
+    pub nosync: bool,
+    /// Any other tag, kept as written (`GET /replica?tag_key=value` matches it).
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+fn default_failover_priority() -> i64 {
+    1
+}
+
+impl Default for Tags {
+    fn default() -> Self {
+        Tags {
+            nofailover: false,
+            noloadbalance: false,
+            failover_priority: default_failover_priority(),
+            nosync: false,
+            other: Default::default(),
+        }
+    }
+}
+
+impl Tags {
+    /// `nofailover`, or `failover_priority` 0 (or less): never promoted.
+    pub fn never_promoted(&self) -> bool {
+        self.nofailover || self.failover_priority <= 0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -674,6 +705,24 @@ addr = "127.0.0.1:7002"
                 "{err} should mention {want}"
             );
         }
+    }
+
+    #[test]
+    fn tags_have_patronis_meaning_and_keep_unknown_keys() {
+        let c = parse(&format!("{GOOD}[tags]\ndc = \"east\"\nnosync = true\n")).unwrap();
+        assert_eq!(
+            c.tags.failover_priority, 1,
+            "untagged: a candidate, as in Patroni"
+        );
+        assert!(c.tags.nosync && !c.tags.never_promoted());
+        assert_eq!(c.tags.other["dc"], "east");
+        let json = serde_json::to_string(&c.tags).unwrap();
+        let back: Tags = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c.tags, "published and read back unchanged: {json}");
+        let c = parse(&format!("{GOOD}[tags]\nfailover_priority = 0\n")).unwrap();
+        assert!(c.tags.never_promoted());
+        let old: Tags = serde_json::from_str(r#"{"nofailover":false}"#).unwrap();
+        assert_eq!(old, Tags::default(), "a status published before the field");
     }
 
     #[test]

@@ -333,7 +333,9 @@ fn bootstrap(o: &Observation, store: &StoreView, i_lead: bool) -> Decision {
     }
     match &store.leader {
         Some(l) => decision(vec![], Reason::WaitingForBootstrap(l.clone())),
-        None if o.tags.nofailover => decision(vec![], Reason::NotEligible("tagged nofailover")),
+        None if o.tags.never_promoted() => {
+            decision(vec![], Reason::NotEligible("tagged nofailover"))
+        }
         None => decision(vec![Action::AcquireLease], Reason::BootstrapTakeLease),
     }
 }
@@ -630,7 +632,7 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
     if pg.role != Some(Role::Replica) {
         return decision(vec![], Reason::NotEligible("PostgreSQL is still starting"));
     }
-    if o.tags.nofailover {
+    if o.tags.never_promoted() {
         return decision(vec![], Reason::NotEligible("tagged nofailover"));
     }
     // A manual failover names who takes over; forced, the operator has accepted

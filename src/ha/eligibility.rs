@@ -59,7 +59,7 @@ pub fn cannot_take_over(
     if m.role != Role::Replica || m.state != PgRunState::Running {
         return Some(Ineligible::NotARunningReplica);
     }
-    if m.tags.nofailover {
+    if m.tags.never_promoted() {
         return Some(Ineligible::NoFailoverTag);
     }
     if synchronous_mode {

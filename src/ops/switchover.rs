@@ -23,7 +23,7 @@ pub fn check(view: &ClusterView, candidate: Option<&str>) -> Result<String, OpsE
         m.name != leader
             && m.role == Role::Replica
             && m.state == PgRunState::Running
-            && !m.tags.nofailover
+            && !m.tags.never_promoted()
     };
     match candidate {
         Some(c) => match view.members.get(c) {

@@ -181,12 +181,24 @@ fn tags_match(h: &Health, query: &[(String, String)]) -> bool {
 
 /// All tags this member has, as strings for `?tag_` matching. Every tag has a
 /// value in the published status, so all count as set.
-fn tag_values(tags: &Tags) -> [(&'static str, String); 3] {
-    [
-        ("nofailover", tags.nofailover.to_string()),
-        ("noloadbalance", tags.noloadbalance.to_string()),
-        ("failover_priority", tags.failover_priority.to_string()),
-    ]
+fn tag_values(tags: &Tags) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("nofailover".to_string(), tags.nofailover.to_string()),
+        ("noloadbalance".to_string(), tags.noloadbalance.to_string()),
+        (
+            "failover_priority".to_string(),
+            tags.failover_priority.to_string(),
+        ),
+        ("nosync".to_string(), tags.nosync.to_string()),
+    ];
+    v.extend(tags.other.iter().map(|(k, val)| {
+        let text = match val {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string().to_lowercase(),
+        };
+        (k.clone(), text)
+    }));
+    v
 }
 
 /// The HA loop completed a cycle within `ttl` (primary) or `2 * ttl`

@@ -20,8 +20,14 @@ fn tags_json(tags: &Tags) -> Option<Value> {
     if tags.noloadbalance {
         m.insert("noloadbalance".into(), json!(true));
     }
-    if tags.failover_priority != 0 {
+    if tags.failover_priority != 1 {
         m.insert("failover_priority".into(), json!(tags.failover_priority));
+    }
+    if tags.nosync {
+        m.insert("nosync".into(), json!(true));
+    }
+    for (k, v) in &tags.other {
+        m.insert(k.clone(), v.clone());
     }
     (!m.is_empty()).then_some(Value::Object(m))
 }

@@ -235,8 +235,9 @@ fn streaming_replica_codes() {
             ("/replica", "replication_state=streaming", OK),
             ("/replica", "replication_state=in%20archive%20recovery", NO),
             ("/replica", "tag_noloadbalance=false", OK),
-            ("/replica", "tag_failover_priority=0", OK),
-            ("/replica", "tag_failover_priority=1", NO),
+            ("/replica", "tag_failover_priority=1", OK),
+            ("/replica", "tag_failover_priority=0", NO),
+            ("/replica", "tag_nosync=false", OK),
             ("/replica", "tag_dc=east", NO),
             ("/read-only", "", OK),
             ("/sync", "", NO),
@@ -759,4 +760,32 @@ async fn serves_over_tcp_until_shutdown() {
         .expect("server stops after shutdown")
         .unwrap()
         .unwrap();
+}
+
+#[test]
+fn custom_tags_are_kept_and_matched() {
+    let now = now();
+    let mut h = replica("pg3", 1000, now);
+    let status = h.status.as_mut().unwrap();
+    status
+        .tags
+        .other
+        .insert("dc".into(), serde_json::json!("east"));
+    status
+        .tags
+        .other
+        .insert("rack".into(), serde_json::json!(7));
+    check(
+        "tagged replica",
+        &h,
+        now,
+        &[
+            ("/replica", "tag_dc=east", OK),
+            ("/replica", "tag_dc=west", NO),
+            ("/replica", "tag_rack=7", OK),
+            ("/replica", "tag_dc=east&tag_nosync=false", OK),
+        ],
+    );
+    let doc = status_json(&h);
+    assert_eq!(doc["tags"]["dc"], "east");
 }

@@ -279,8 +279,17 @@ pub fn tags_cell(t: &crate::ha::model::Tags) -> String {
     if t.noloadbalance {
         parts.push("noloadbalance".to_string());
     }
-    if t.failover_priority != 0 {
+    if t.failover_priority != 1 {
         parts.push(format!("failover_priority={}", t.failover_priority));
+    }
+    if t.nosync {
+        parts.push("nosync".to_string());
+    }
+    for (k, v) in &t.other {
+        match v {
+            serde_json::Value::String(s) => parts.push(format!("{k}={s}")),
+            v => parts.push(format!("{k}={v}")),
+        }
     }
     parts.join(", ")
 }

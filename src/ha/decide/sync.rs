@@ -41,7 +41,8 @@ pub(super) fn sync_actions(o: &Observation, store: &StoreView) -> (Vec<Action>, 
     let eligible = |name: &str| {
         store.members.iter().any(|m| {
             m.name == name
-                && !m.tags.nofailover
+                && !m.tags.never_promoted()
+                && !m.tags.nosync
                 && m.role == Role::Replica
                 && m.state == PgRunState::Running
         })

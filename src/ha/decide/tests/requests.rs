@@ -345,3 +345,54 @@ fn scheduled_switchover_decisions() {
     ];
     check(cases);
 }
+
+#[test]
+fn tag_decisions() {
+    use Action::*;
+    let cases = vec![
+        (
+            "failover_priority 0: never takes over (Patroni's meaning)",
+            with(obs_failover(), |o| o.tags.failover_priority = 0),
+            vec![],
+            Reason::NotEligible("tagged nofailover"),
+        ),
+        (
+            "a higher failover_priority wins a tie",
+            with(obs_failover(), |o| {
+                let mut c = member("c", Role::Replica, 1000);
+                c.tags.failover_priority = 2;
+                o.store.as_mut().unwrap().members = vec![c];
+            }),
+            vec![],
+            Reason::WaitingForBetterCandidate("c".into()),
+        ),
+        (
+            "a nosync standby is never made synchronous",
+            with(obs_primary(), |o| {
+                o.policy.synchronous_mode = true;
+                o.pg.sync_standby_names = Some("b".into());
+                o.pg.streaming_replicas = vec![("c".into(), false)];
+                let s = o.store.as_mut().unwrap();
+                for m in &mut s.members {
+                    m.tags.nosync = m.name == "c";
+                }
+                s.sync = Some(SyncState {
+                    leader: "a".into(),
+                    sync_standby: Some("b".into()),
+                });
+            }),
+            vec![
+                RenewLease,
+                PublishOptime,
+                slots(),
+                RecordSync(None),
+                SetSyncStandby(None),
+            ],
+            Reason::SyncStandbyDropped {
+                standby: "b".into(),
+                why: "stopped streaming",
+            },
+        ),
+    ];
+    check(cases);
+}
