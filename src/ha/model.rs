@@ -222,6 +222,29 @@ pub struct MemberStatus {
     pub pending_restart: bool,
 }
 
+#[cfg(test)]
+impl MemberStatus {
+    /// A running member at `lsn` on timeline 1, for unit tests of what reads the view.
+    pub fn running(name: &str, role: Role, lsn: u64) -> Self {
+        MemberStatus {
+            name: name.into(),
+            role,
+            state: PgRunState::Running,
+            pg_addr: String::new(),
+            api_url: String::new(),
+            timeline: 1,
+            receive_lsn: lsn,
+            replay_lsn: lsn,
+            following: None,
+            tags: Tags::default(),
+            sync_standby: false,
+            node_id: 1,
+            paused: false,
+            pending_restart: false,
+        }
+    }
+}
+
 /// A planned change of primary, requested by an operator (`pgquorum ctl switchover`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Switchover {

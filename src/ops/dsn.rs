@@ -56,24 +56,12 @@ pub fn dsn(view: &ClusterView, role: DsnRole, dbname: Option<&str>) -> Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ha::model::{MemberStatus, PgRunState, Tags};
+    use crate::ha::model::MemberStatus;
 
     fn member(name: &str, addr: &str, role: Role) -> MemberStatus {
         MemberStatus {
-            name: name.into(),
-            role,
-            state: PgRunState::Running,
             pg_addr: addr.into(),
-            api_url: String::new(),
-            timeline: 1,
-            receive_lsn: 0,
-            replay_lsn: 0,
-            following: None,
-            tags: Tags::default(),
-            sync_standby: false,
-            node_id: 1,
-            paused: false,
-            pending_restart: false,
+            ..MemberStatus::running(name, role, 0)
         }
     }
 

@@ -134,25 +134,10 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::config::HaSettings;
-    use crate::ha::model::{MemberStatus, PgRunState, Role, SyncState, Tags};
+    use crate::ha::model::{MemberStatus, PgRunState, Role, SyncState};
 
     fn member(name: &str, role: Role, lsn: u64) -> MemberStatus {
-        MemberStatus {
-            name: name.into(),
-            role,
-            state: PgRunState::Running,
-            pg_addr: "h:1".into(),
-            api_url: String::new(),
-            timeline: 1,
-            receive_lsn: lsn,
-            replay_lsn: lsn,
-            following: None,
-            tags: Tags::default(),
-            sync_standby: false,
-            node_id: 1,
-            paused: false,
-            pending_restart: false,
-        }
+        MemberStatus::running(name, role, lsn)
     }
 
     fn view() -> ClusterView {

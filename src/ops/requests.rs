@@ -115,7 +115,7 @@ pub async fn wait_done(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ha::model::{MemberStatus, PgRunState, Tags};
+    use crate::ha::model::MemberStatus;
 
     #[test]
     fn replicas_come_first_and_the_filter_applies() {
@@ -128,25 +128,8 @@ mod tests {
             ("b", Role::Replica),
             ("c", Role::Replica),
         ] {
-            v.members.insert(
-                n.into(),
-                MemberStatus {
-                    name: n.into(),
-                    role,
-                    state: PgRunState::Running,
-                    pg_addr: String::new(),
-                    api_url: String::new(),
-                    timeline: 1,
-                    receive_lsn: 0,
-                    replay_lsn: 0,
-                    following: None,
-                    tags: Tags::default(),
-                    sync_standby: false,
-                    node_id: 1,
-                    paused: false,
-                    pending_restart: false,
-                },
-            );
+            v.members
+                .insert(n.into(), MemberStatus::running(n, role, 0));
         }
         assert_eq!(
             members_for(&v, &[], RoleFilter::Any, false).unwrap(),
