@@ -31,6 +31,8 @@ use crate::store::Lessor;
 use crate::supervisor::Supervisor;
 use crate::wire::pb;
 
+mod leadership;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(
@@ -166,6 +168,17 @@ pub async fn run(
         lessor,
         Duration::from_millis(cfg.raft.lease_check_interval_ms),
         timeout,
+        stop_rx.clone(),
+    ));
+    // Every member, with PostgreSQL or without (a witness can lead Raft too). The hold
+    // is a ttl: a primary stopping for shutdown hands Raft leadership away, then
+    // releases its lease within about that long, and must not be handed it back.
+    tokio::spawn(leadership::follow_primary(
+        raft.clone(),
+        sm.clone(),
+        cfg.node_id,
+        Duration::from_millis(cfg.raft.heartbeat_ms.max(100)),
+        Duration::from_millis(cfg.ha.ttl_ms),
         stop_rx.clone(),
     ));
     tracing::info!(node = cfg.node_id, addr = %cfg.listen_addr, data_dir = %cfg.data_dir.display(), "pgquorum node started");

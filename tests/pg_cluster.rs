@@ -529,3 +529,47 @@ async fn pg_switchover_refuses_a_candidate_that_could_not_take_over() {
     assert!(!pending.contains(&name), "a request was left: {pending}");
     assert_eq!(c.wait_primary(&[], SLOW_WAIT).await, primary);
 }
+
+/// Raft leadership follows the primary: after a switchover to a replica that does not
+/// lead Raft, leadership moves to the new primary's node. With the leader elsewhere,
+/// freezing that node stopped the primary's lease renewals for a whole election and a
+/// healthy primary fenced itself (a CI failure of the sync-standby fault scenario).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_raft_leadership_follows_the_primary() {
+    if !have_pg() {
+        return;
+    }
+    let (c, primary, replicas) = healthy_cluster(PgOptions::default()).await;
+    let raft_leader = async |c: &PgCluster| -> anyhow::Result<u64> {
+        let n = c.node(primary);
+        let client = pgquorum::client::Client::new(vec![format!("{}:{}", n.host, n.raft_port)])?;
+        Ok(client.status().await?.leader_id)
+    };
+    c.wait_for(
+        "the Raft leader on the primary's node",
+        SLOW_WAIT,
+        async || {
+            let l = raft_leader(&c).await?;
+            ensure!(l == primary, "Raft leader {l}, primary {primary}");
+            Ok(())
+        },
+    )
+    .await;
+
+    let cand = replicas[0];
+    let name = c.node(cand).name.clone();
+    c.ctl(&["switchover", "--candidate", &name])
+        .expect("switchover");
+    assert_eq!(c.wait_primary(&[primary], SLOW_WAIT).await, cand);
+    c.wait_for(
+        "the Raft leader on the new primary's node",
+        SLOW_WAIT,
+        async || {
+            let l = raft_leader(&c).await?;
+            ensure!(l == cand, "Raft leader {l}, primary {cand}");
+            Ok(())
+        },
+    )
+    .await;
+    assert!(c.is_writable(cand).await);
+}
