@@ -104,7 +104,11 @@ pub async fn run(
         None => None,
     };
     let pg = match &cfg.postgresql {
-        Some(pgc) => Some(Postgres::new(pgc.clone(), cfg.name.clone())?),
+        Some(pgc) => Some(Postgres::new(
+            pgc.clone(),
+            cfg.name.clone(),
+            cfg.cluster_name.clone(),
+        )?),
         None => None,
     };
     let raft_cfg = crate::raft::raft_config(&cfg.cluster_name, &cfg.raft)

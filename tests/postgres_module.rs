@@ -75,6 +75,7 @@ fn config(data_dir: PathBuf, port: u16) -> PostgresConfig {
         },
         parameters,
         pg_hba: vec![],
+        callbacks: Default::default(),
     }
 }
 
@@ -96,7 +97,7 @@ impl Member {
         let mut cfg = config(dir.path().join("pgdata"), port);
         edit(&mut cfg);
         let data_dir = cfg.data_dir.clone();
-        let pg = Postgres::new(cfg, name.into())
+        let pg = Postgres::new(cfg, name.into(), "test".into())
             .expect("valid settings")
             .with_guard_exe(BIN);
         Self {

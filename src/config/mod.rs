@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod callbacks;
 pub mod pg_rules;
+
+pub use callbacks::{CallbackError, Callbacks, CommandLine};
 
 /// A member's `[tags]`: what it may be used for, with Patroni's meanings.
 /// Published in its status.
@@ -131,6 +134,8 @@ pub enum PostgresSectionError {
     EmptyUsername(&'static str),
     #[error("postgresql.{0} needs a password or a password_file")]
     NoPassword(&'static str),
+    #[error(transparent)]
+    Callback(#[from] CallbackError),
 }
 
 /// An address that is not `host:port`.
@@ -236,6 +241,15 @@ struct RawPostgres {
     parameters: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pg_hba: Vec<String>,
+    #[serde(default)]
+    callbacks: callbacks::RawCallbacks,
+    pre_promote: Option<String>,
+    #[serde(default = "default_callback_timeout_ms")]
+    callback_timeout_ms: u64,
+}
+
+fn default_callback_timeout_ms() -> u64 {
+    callbacks::DEFAULT_CALLBACK_TIMEOUT_MS
 }
 
 fn default_host() -> String {
@@ -260,6 +274,7 @@ pub struct PostgresConfig {
     pub replication: Credentials,
     pub parameters: std::collections::BTreeMap<String, String>,
     pub pg_hba: Vec<String>,
+    pub callbacks: Callbacks,
 }
 
 /// HA timing and policy. Written to the store at bootstrap as the cluster-wide
@@ -613,6 +628,7 @@ fn postgres_config(p: RawPostgres, base: &Path) -> Result<PostgresConfig, Postgr
         replication: p.replication,
         parameters: p.parameters,
         pg_hba: p.pg_hba,
+        callbacks: callbacks::callbacks(p.callbacks, p.pre_promote, p.callback_timeout_ms)?,
     })
 }
 

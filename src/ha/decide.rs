@@ -373,6 +373,10 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
         );
     }
     match pg.role {
+        // A confirmed replica: the lease may go (another member may try).
+        Some(Role::Replica) if pg.pre_promote_vetoed && !pg.may_be_primary => {
+            decision(vec![Action::ReleaseLease], Reason::PrePromoteVetoed)
+        }
         Some(Role::Replica) => decision(
             becoming_primary(o, store, Action::Promote),
             Reason::Promoting,
@@ -634,6 +638,12 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
     }
     if o.tags.never_promoted() {
         return decision(vec![], Reason::NotEligible("tagged nofailover"));
+    }
+    if pg.pre_promote_vetoed {
+        return decision(
+            vec![],
+            Reason::NotEligible("pre_promote vetoed a promotion within the last ttl"),
+        );
     }
     // A manual failover names who takes over; forced, the operator has accepted
     // what the rules below protect against (ctl named the risk).

@@ -22,6 +22,8 @@ pub enum Ineligible {
         member: u64,
         primary: u64,
     },
+    /// Its `pre_promote` callback vetoed a promotion within the last ttl.
+    PrePromoteVetoed,
 }
 
 impl fmt::Display for Ineligible {
@@ -29,6 +31,12 @@ impl fmt::Display for Ineligible {
         match self {
             Ineligible::NotARunningReplica => write!(f, "it is not a running replica"),
             Ineligible::NoFailoverTag => write!(f, "it is tagged nofailover"),
+            Ineligible::PrePromoteVetoed => {
+                write!(
+                    f,
+                    "its pre_promote callback vetoed a promotion within the last ttl"
+                )
+            }
             Ineligible::NotTheSyncStandby { recorded: Some(r) } => write!(
                 f,
                 "synchronous mode: only the recorded synchronous standby ({r}) holds every \
@@ -61,6 +69,9 @@ pub fn cannot_take_over(
     }
     if m.tags.never_promoted() {
         return Some(Ineligible::NoFailoverTag);
+    }
+    if m.pre_promote_vetoed {
+        return Some(Ineligible::PrePromoteVetoed);
     }
     if synchronous_mode {
         let recorded = sync.and_then(|s| s.sync_standby.as_deref());
@@ -115,6 +126,7 @@ mod tests {
             node_id: 0,
             paused: false,
             pending_restart: false,
+            pre_promote_vetoed: false,
         }
     }
 

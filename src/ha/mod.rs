@@ -2,6 +2,7 @@
 //! `decide` is the pure HA function; the supervisor (IO) lives in `crate::supervisor`.
 
 pub mod bugs;
+pub mod callbacks;
 pub mod decide;
 pub mod eligibility;
 pub mod health;

@@ -220,6 +220,10 @@ pub struct MemberStatus {
     /// PostgreSQL has changed parameters that need a restart to take effect.
     #[serde(default)]
     pub pending_restart: bool,
+    /// Its `pre_promote` vetoed a promotion within the last ttl: not a candidate
+    /// meanwhile, so the others do not wait for it.
+    #[serde(default)]
+    pub pre_promote_vetoed: bool,
 }
 
 #[cfg(test)]
@@ -241,6 +245,7 @@ impl MemberStatus {
             node_id: 1,
             paused: false,
             pending_restart: false,
+            pre_promote_vetoed: false,
         }
     }
 }

@@ -48,6 +48,12 @@ pub fn plan(view: &ClusterView, candidate: &str) -> Result<Plan, OpsError> {
                 "{candidate} is tagged nofailover and is never promoted"
             )));
         }
+        Some(Ineligible::PrePromoteVetoed) => {
+            return Err(OpsError::Invalid(format!(
+                "{candidate}: its pre_promote callback vetoed a promotion within the last ttl; \
+                 see its log, or wait one ttl and try again"
+            )));
+        }
         Some(Ineligible::NotTheSyncStandby { recorded }) => risks.push(format!(
             "synchronous mode: {} holds every acknowledged commit, {candidate} is not \
              recorded as synchronous and may lack commits acknowledged after its position{}",

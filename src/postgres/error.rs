@@ -122,6 +122,11 @@ pub enum PgError {
     #[error("promotion did not finish within 60 s; PostgreSQL is still in recovery")]
     PromoteTimeout,
     #[error(
+        "pre_promote vetoed the promotion: `{command}` {how}; this member gives up the \
+         leader lease and stays a replica (it may try again after one ttl)"
+    )]
+    PrePromoteVetoed { command: String, how: String },
+    #[error(
         "{0:?} is not a valid replication slot name (lowercase letters, digits and _; at most 63); \
          use Postgres::slot_name"
     )]

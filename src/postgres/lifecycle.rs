@@ -149,6 +149,12 @@ impl Postgres {
     }
 
     /// Promotes a replica (`pg_promote(true, 60)`); `Ok` if already a primary.
+    /// Queues the operator's callback for `action` (see `callbacks`); never waits.
+    pub fn callback(&mut self, action: &'static str, role: &'static str) {
+        self.callbacks.notify(action, role);
+    }
+
+    /// Runs `pre_promote` first (a veto is [`PgError::PrePromoteVetoed`]).
     pub async fn promote(&mut self) -> Result<(), PgError> {
         self.require_running()?;
         let rows = self
@@ -158,6 +164,8 @@ impl Postgres {
         if cell(&rows, 0, 0) == Some("f") {
             return Ok(());
         }
+        // Before anything that could make it writable: a veto leaves a replica.
+        self.callbacks.pre_promote().await?;
         self.set_primary_marker(true)?;
         // From the request on: a promotion that times out may still complete.
         self.writable_possible = true;

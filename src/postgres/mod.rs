@@ -5,6 +5,7 @@
 //! `pgquorum pg-guard` ([`guard`]), which kills it when the fence deadline passes or
 //! when pgquorum goes away. See `DESIGN.md` beside this file.
 
+mod callbacks;
 mod conf;
 mod error;
 mod fence;
@@ -220,11 +221,13 @@ pub struct Postgres {
     synchronous_mode: bool,
     /// Started with the first postmaster (it needs the runtime); watches whichever runs.
     monitor: Option<health::Monitor>,
+    callbacks: callbacks::CallbackRunner,
 }
 
 impl Postgres {
     /// Validates the settings and resolves the OS user; no other IO.
-    pub fn new(cfg: PostgresConfig, member_name: String) -> Result<Self, PgError> {
+    /// `cluster`: the cluster's name, the callbacks' last argument.
+    pub fn new(cfg: PostgresConfig, member_name: String, cluster: String) -> Result<Self, PgError> {
         if member_name.is_empty() || member_name.contains(['\n', '\r', '\0']) {
             return Err(PgError::MemberName(member_name));
         }
@@ -271,6 +274,7 @@ impl Postgres {
             guard: None,
             last_exit: None,
             sql,
+            callbacks: callbacks::CallbackRunner::new(cfg.callbacks.clone(), cluster),
             cfg,
             cluster_parameters: BTreeMap::new(),
             cluster_pg_hba: Vec::new(),

@@ -185,6 +185,7 @@ pub(super) fn pg_view(w: &mut World, n: usize, now_l: u64, leader_serving: bool)
                     .map(|(_, _, moved)| (s.clone(), (now - moved) / MS))
             }),
         rewind_failed: p.rewind_failed,
+        pre_promote_vetoed: false,
     }
 }
 
@@ -225,5 +226,6 @@ pub(super) fn my_status(w: &World, n: usize) -> MemberStatus {
         node_id: n as u64 + 1,
         paused: view.is_some_and(|v| v.paused),
         pending_restart: false,
+        pre_promote_vetoed: false,
     }
 }

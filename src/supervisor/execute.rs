@@ -216,7 +216,12 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             }
             Action::Promote => {
                 self.fence_deadline()?;
-                self.pg.promote().await?;
+                if let Err(e) = self.pg.promote().await {
+                    if matches!(e, PgError::PrePromoteVetoed { .. }) {
+                        self.pre_promote_vetoed_at = Some(Instant::now());
+                    }
+                    return Err(e.into());
+                }
                 self.following = None;
                 tracing::info!("promoted to primary");
             }

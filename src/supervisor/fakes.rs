@@ -264,6 +264,8 @@ pub struct PgState {
     /// under a writable primary.
     pub violations: Vec<String>,
     pub settings: BTreeMap<String, String>,
+    /// Callbacks queued, as `ACTION ROLE`.
+    pub callbacks: Vec<String>,
 }
 
 impl PgState {
@@ -428,8 +430,19 @@ impl Database for FakePg {
         Ok(())
     }
 
+    fn callback(&mut self, action: &'static str, role: &'static str) {
+        self.state().callbacks.push(format!("{action} {role}"));
+    }
+
     async fn promote(&mut self) -> Result<(), PgError> {
         let mut s = self.state();
+        if s.failing.contains("pre_promote") {
+            s.log.push("pre_promote vetoed".into());
+            return Err(PgError::PrePromoteVetoed {
+                command: "fake".into(),
+                how: "exited with 1".into(),
+            });
+        }
         s.op("promote", "promote".into())?;
         if s.fence.is_none() {
             s.violations

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use crate::client::{Client, ClientError, LeaseKeeper, LeaseRenewer};
 use crate::config::{HaSettings, NodeConfig};
+use crate::ha::callbacks;
 use crate::ha::decide::{
     self, Action, DataState, Decision, Observation, PgView, Policy, Reason, Stall, StopKind,
     StoreView,
@@ -120,6 +121,10 @@ pub struct Supervisor<S = Client, P = Postgres> {
     sync_catchup: Option<(String, u64)>,
     /// The last pg_rewind of this data dir failed (see `PgView::rewind_failed`).
     rewind_failed: bool,
+    /// When `pre_promote` last vetoed a promotion (see `PgView::pre_promote_vetoed`).
+    pre_promote_vetoed_at: Option<Instant>,
+    /// The role PostgreSQL last ran with, for the callbacks (`ha::callbacks::owed`).
+    last_role: Option<Role>,
 }
 
 impl Supervisor<Client, Postgres> {
@@ -183,6 +188,8 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             tags_reload,
             sync_catchup: None,
             rewind_failed: false,
+            pre_promote_vetoed_at: None,
+            last_role: None,
         })
     }
 
@@ -366,10 +373,14 @@ impl<S: Store, P: Database> Supervisor<S, P> {
         let mut acquired = false;
         let acted = !actions.is_empty();
         let mut all_done = true;
+        let mut done = Vec::with_capacity(actions.len());
         for a in actions {
             let was_acquire = matches!(a, Action::AcquireLease | Action::TakeBackLease { .. });
             match self.execute(a.clone(), view.as_ref(), &probe).await {
-                Ok(()) => acquired |= was_acquire && self.leader_lease.is_some(),
+                Ok(()) => {
+                    acquired |= was_acquire && self.leader_lease.is_some();
+                    done.push(a);
+                }
                 Err(e) => {
                     tracing::warn!(action = ?a, error = %e, "HA action failed");
                     all_done = false;
@@ -380,6 +391,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
         if all_done {
             self.count_outcome(&reason);
         }
+        self.run_callbacks(&obs.pg, &done);
         // After actions PostgreSQL may have changed; otherwise this cycle's probe is
         // current (and probing a hung instance again would only cost time).
         let probe = if acted { self.pg.probe().await } else { probe };
@@ -410,6 +422,27 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             tracing::info!("PostgreSQL answers again");
         }
         self.hang_seen = hung;
+    }
+
+    /// Queues the operator callbacks this cycle's completed actions owe.
+    fn run_callbacks(&mut self, pg: &PgView, done: &[Action]) {
+        if pg.running
+            && let Some(r @ (Role::Primary | Role::Replica)) = pg.role
+        {
+            self.last_role = Some(r);
+        }
+        let (owed, role) = callbacks::owed(done, self.last_role);
+        self.last_role = role;
+        for c in owed {
+            self.pg
+                .callback(c.event.name(), callbacks::role_name(c.role));
+        }
+    }
+
+    /// A `pre_promote` veto stands for one ttl, then the member may try again.
+    pub(super) fn pre_promote_vetoed(&self, now: Instant) -> bool {
+        self.pre_promote_vetoed_at
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(self.ha.ttl_ms))
     }
 
     /// Counts the hang handling a completed decision carried out.

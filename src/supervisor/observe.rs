@@ -98,6 +98,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             sync_catchup: self.sync_catchup.clone(),
             stall: stall_of(&p.liveness, p.running),
             rewind_failed: self.rewind_failed,
+            pre_promote_vetoed: self.pre_promote_vetoed(now),
             sync_stalled: p
                 .liveness
                 .sync_wait_stuck

@@ -180,6 +180,8 @@ pub trait Database: Send + 'static {
     fn start(&mut self, mode: StartMode) -> impl Future<Output = Result<(), PgError>> + Send;
     fn stop(&mut self, kind: StopKind) -> impl Future<Output = Result<(), PgError>> + Send;
     fn promote(&mut self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Queues the operator's callback for `action`; never waits.
+    fn callback(&mut self, action: &'static str, role: &'static str);
     fn stop_foreign(&mut self, pid: i32) -> impl Future<Output = Result<(), PgError>> + Send;
     fn initdb(&mut self) -> impl Future<Output = Result<(), PgError>> + Send;
     fn move_data_dir_aside(&mut self) -> Result<PathBuf, PgError>;
@@ -250,6 +252,9 @@ impl Database for Postgres {
     }
     fn promote(&mut self) -> impl Future<Output = Result<(), PgError>> + Send {
         Postgres::promote(self)
+    }
+    fn callback(&mut self, action: &'static str, role: &'static str) {
+        Postgres::callback(self, action, role)
     }
     fn stop_foreign(&mut self, pid: i32) -> impl Future<Output = Result<(), PgError>> + Send {
         Postgres::stop_foreign(self, pid)

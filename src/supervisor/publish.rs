@@ -40,6 +40,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             node_id: self.node_id,
             paused: view.paused,
             pending_restart: !p.pending_restart.is_empty(),
+            pre_promote_vetoed: self.pre_promote_vetoed(Instant::now()),
         }
     }
 

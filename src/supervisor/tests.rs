@@ -141,6 +141,7 @@ fn n2_leads(store: &FakeStore, timeline: u64, lsn: u64, ttl: Duration) -> u64 {
         node_id: 2,
         paused: false,
         pending_restart: false,
+        pre_promote_vetoed: false,
     };
     let json = serde_json::to_string(&status).expect("status");
     store.put(&model::member_key("n2"), &json, lease);

@@ -31,6 +31,7 @@ fn status(name: &str, role: Role, state: PgRunState) -> MemberStatus {
         node_id: 1,
         paused: false,
         pending_restart: false,
+        pre_promote_vetoed: false,
     }
 }
 

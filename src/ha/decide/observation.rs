@@ -64,6 +64,8 @@ pub struct PgView {
     /// pg_rewind (or the crash recovery before it) ran on this data dir and failed:
     /// it cannot be rewound, only re-cloned.
     pub rewind_failed: bool,
+    /// This member's `pre_promote` vetoed a promotion within the last ttl.
+    pub pre_promote_vetoed: bool,
 }
 
 /// Signs that a running PostgreSQL hangs, from the health monitor: how long each

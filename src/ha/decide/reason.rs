@@ -67,6 +67,8 @@ pub enum Reason {
     PrimaryStartTimedOut,
     PrimaryDataMissing,
     Promoting,
+    /// `pre_promote` vetoed the promotion: the lease goes back, the member stays a replica.
+    PrePromoteVetoed,
     PrimaryWithoutLease,
     Demoting(String),
     Cloning(String),
@@ -208,6 +210,10 @@ impl fmt::Display for Reason {
                 "holding the lease but the data dir is empty: releasing the lease"
             ),
             Promoting => write!(f, "acquired the leader lease: promoting"),
+            PrePromoteVetoed => write!(
+                f,
+                "pre_promote vetoed the promotion: releasing the leader lease and staying a replica for one ttl"
+            ),
             PrimaryWithoutLease => write!(f, "running as primary without a valid lease: fencing"),
             Demoting(l) => write!(f, "{l} holds the leader lease: demoting"),
             Cloning(l) => write!(f, "no data: cloning from {l}"),

@@ -22,6 +22,7 @@ fn member(name: &str, role: Role, lsn: u64) -> MemberStatus {
         node_id: 0,
         paused: false,
         pending_restart: false,
+        pre_promote_vetoed: false,
     }
 }
 
@@ -47,6 +48,7 @@ fn pg_primary() -> PgView {
         stall: Stall::default(),
         sync_stalled: None,
         rewind_failed: false,
+        pre_promote_vetoed: false,
     }
 }
 

@@ -242,6 +242,7 @@ fn random_observation(r: &mut Rng) -> Observation {
         ]),
         sync_stalled: r.pick(&[None, Some(("b".to_string(), 9_000))]),
         rewind_failed: r.next().is_multiple_of(4),
+        pre_promote_vetoed: r.next().is_multiple_of(5),
     };
     let mut members = Vec::new();
     for n in names {
