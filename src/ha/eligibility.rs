@@ -179,5 +179,11 @@ mod tests {
             cannot_take_over(&tagged, false, None, None),
             Some(Ineligible::NoFailoverTag)
         );
+        let mut vetoed = replica("g", 2);
+        vetoed.pre_promote_vetoed = true;
+        assert_eq!(
+            cannot_take_over(&vetoed, false, None, None),
+            Some(Ineligible::PrePromoteVetoed)
+        );
     }
 }

@@ -404,3 +404,33 @@ async fn a_replica_that_takes_over_promotes_under_the_fence_and_records_the_fail
     r.cycles_until(3, |r| r.store.value(TIMELINE_KEY).as_deref() == Some("2"))
         .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_vetoed_promotion_gives_the_lease_back_as_a_replica_and_callbacks_follow_the_role() {
+    let store = FakeStore::new(&["n1", "n2", "n3"]);
+    let lease = n2_leads(&store, 1, 0x100_0000, Duration::from_secs(600));
+    let pg = FakePg::initialized(fakes::SYSTEM_ID, 1, 0x100_0000);
+    pg.state().failing.insert("pre_promote");
+    let mut r = rig(&store, &pg);
+    r.cycles_until(10, |r| r.pg.state().running).await;
+    store.revoke_now(lease);
+    r.cycles_until(20, |r| r.log().iter().any(|l| l == "pre_promote vetoed"))
+        .await;
+    r.cycles_until(3, |r| r.store.value(LEADER_KEY).is_none())
+        .await;
+    assert!(!r.pg.writable() && r.pg.state().running, "{:?}", r.log());
+    assert!(r.store.value(HISTORY_KEY).is_none());
+    let status: MemberStatus =
+        serde_json::from_str(&store.value(&model::member_key("n1")).unwrap()).unwrap();
+    assert!(status.pre_promote_vetoed, "{status:?}");
+    // Once the script agrees (and the veto's ttl is over), the member takes over.
+    pg.state().failing.remove("pre_promote");
+    r.cycles_until(20, |r| r.store.value(HISTORY_KEY).is_some())
+        .await;
+    assert_eq!(
+        r.pg.state().callbacks,
+        ["on_start replica", "on_role_change primary"],
+        "{:?}",
+        r.log()
+    );
+}

@@ -60,6 +60,9 @@ pub struct PgOptions {
     pub ha_extra: String,
     /// PostgreSQL's `fsync` (off by default: the tests do not test the disk).
     pub fsync: bool,
+    /// More `[postgresql]` lines (TOML, may open sub-tables); `{dir}` becomes the
+    /// node's directory.
+    pub pg_extra: String,
 }
 
 impl Default for PgOptions {
@@ -70,6 +73,7 @@ impl Default for PgOptions {
             loop_wait_ms: 500,
             ha_extra: String::new(),
             fsync: false,
+            pg_extra: String::new(),
         }
     }
 }
@@ -223,6 +227,8 @@ impl PgCluster {
             if self.opts.fsync { "on" } else { "off" }
         )
         .unwrap();
+        let dir = n.dir.display().to_string();
+        writeln!(t, "{}", self.opts.pg_extra.replace("{dir}", &dir)).unwrap();
         t
     }
 

@@ -148,3 +148,48 @@ fn rebuild_and_slot_cases() {
     ];
     check(cases);
 }
+
+#[test]
+fn pre_promote_veto_cases() {
+    use Action::*;
+    let holding = |o: &mut Observation| {
+        o.lease_held = true;
+        o.store.as_mut().unwrap().leader = Some("b".into());
+    };
+    let cases: Vec<(&str, Observation, Vec<Action>, Reason)> = vec![
+        (
+            "pre_promote vetoed the promotion of a confirmed replica: give the lease back",
+            with(obs_replica(), |o| {
+                holding(o);
+                o.pg.pre_promote_vetoed = true;
+            }),
+            vec![ReleaseLease],
+            Reason::PrePromoteVetoed,
+        ),
+        (
+            "vetoed, but cannot tell it is no primary: keep the lease and go on as primary",
+            with(obs_replica(), |o| {
+                holding(o);
+                o.pg.pre_promote_vetoed = true;
+                o.pg.may_be_primary = true;
+            }),
+            vec![
+                RenewLease,
+                Promote,
+                RecordPromotion {
+                    timeline: 1,
+                    lsn: 1000,
+                    reason: Promotion::Failover,
+                },
+            ],
+            Reason::Promoting,
+        ),
+        (
+            "no leader, and pre_promote vetoed this member within a ttl: leave it to others",
+            with(obs_failover(), |o| o.pg.pre_promote_vetoed = true),
+            vec![],
+            Reason::NotEligible("pre_promote vetoed a promotion within the last ttl"),
+        ),
+    ];
+    check(cases);
+}
