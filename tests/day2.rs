@@ -1,6 +1,7 @@
 //! Day-2 operations against a real 3-node cluster with PostgreSQL 15: pause and
 //! resume, the cluster configuration (ctl edit-config and REST /config, their
-//! refusals), the promotion history, and the libpq connection string.
+//! refusals), the promotion history, manual failover, reinit, restart (also
+//! scheduled), scheduled switchover, and the libpq connection string.
 
 mod common;
 mod pg;
@@ -645,13 +646,77 @@ async fn pg_restart_keeps_the_primary_and_its_lease_and_loses_nothing() {
     assert_eq!(leader_key(&c), before, "still the same primary and lease");
 }
 
-/// `switchover --scheduled` waits for its time; REST `POST`/`DELETE /switchover`.
+async fn postmaster_started(c: &PgCluster, id: u64) -> anyhow::Result<f64> {
+    let row = c
+        .connect(id)
+        .await?
+        .query_one(
+            "SELECT extract(epoch FROM pg_postmaster_start_time())::float8",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `restart --scheduled` and `switchover --scheduled` wait for their time;
+/// REST `POST /restart {"schedule"}`, `POST`/`DELETE /switchover`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_scheduled_switchover_fires_at_its_time_and_can_be_cancelled() {
+async fn pg_scheduled_restart_and_switchover_fire_at_their_time_and_can_be_cancelled() {
     if !have_pg() {
         return;
     }
     let (c, p, replicas) = healthy_cluster().await;
+    let r = replicas[1];
+    let r_name = c.node(r).name.clone();
+    let err = c.ctl_fails(&["restart", &r_name, "--scheduled", "soon"]);
+    assert!(err.contains("is not a time"), "{err}");
+    assert!(key_absent(&c, &format!("/pg/restart/{r_name}")).unwrap());
+    let started = postmaster_started(&c, r).await.unwrap();
+    let earliest = unix_now() + 4;
+    let out = c
+        .ctl(&["restart", &r_name, "--scheduled", "+4s"])
+        .expect("scheduled restart");
+    assert!(out.contains("scheduled at"), "{out}");
+    let list = c.ctl(&["list"]).expect("list");
+    assert!(
+        list.contains(&format!(" Restart requested: {r_name} at ")),
+        "{list}"
+    );
+    if unix_now() < earliest {
+        assert_eq!(postmaster_started(&c, r).await.unwrap(), started);
+    }
+    let restarted = c
+        .wait_for("the scheduled restart", SLOW_WAIT, async || {
+            let t = postmaster_started(&c, r).await?;
+            ensure!(t > started, "not restarted yet");
+            Ok(t)
+        })
+        .await;
+    assert!(
+        restarted >= earliest as f64,
+        "restarted at {restarted}, scheduled at {earliest}"
+    );
+    let (st, text) = c
+        .http_with(r, "POST", "/restart", &[], r#"{"schedule": "yesterday"}"#)
+        .await
+        .unwrap();
+    assert_eq!(st, 400, "{text}");
+    let (st, text) = c
+        .http_with(r, "POST", "/restart", &[], r#"{"schedule": "+600s"}"#)
+        .await
+        .unwrap();
+    assert_eq!(st, 202, "{text}");
+    let (st, _) = c.http_with(r, "DELETE", "/restart", &[], "").await.unwrap();
+    assert_eq!(st, 200);
+    assert!(key_absent(&c, &format!("/pg/restart/{r_name}")).unwrap());
+    c.wait_streaming(p, &replicas, SLOW_WAIT).await;
     let p_name = c.node(p).name.clone();
     let cand = replicas[0];
     let cand_name = c.node(cand).name.clone();

@@ -177,11 +177,13 @@ fn decide_with_lease(o: &Observation) -> Decision {
             Reason::TakingBackLease(lease),
         );
     }
-    // A restart an operator asked for runs also in pause. The primary restarts in
-    // place: it keeps renewing its lease and its fence stays armed, so nobody takes
-    // over; if it does not come back, the ordinary rules (primary_start_timeout)
-    // apply in the following cycles.
+    // A restart an operator asked for runs also in pause (a scheduled one once this
+    // member's clock reaches its time). The primary restarts in place: it keeps
+    // renewing its lease and its fence stays armed, so nobody takes over; if it does
+    // not come back, the ordinary rules (primary_start_timeout) apply in the
+    // following cycles.
     if store.restart
+        && store.restart_at.is_none_or(|at| at <= o.wall_clock_s)
         && pg.running
         && pg.accepting
         && matches!(pg.data, DataState::Initialized { .. })

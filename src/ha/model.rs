@@ -117,6 +117,10 @@ impl RequestKind {
 pub struct MemberRequest {
     #[serde(default)]
     pub done: bool,
+    /// Not before this time (Unix seconds, by the member's clock): `restart
+    /// --scheduled`. None: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<u64>,
 }
 
 /// Every promotion, oldest first (`Vec<HistoryEntry>` JSON), written by the primary.

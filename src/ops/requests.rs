@@ -61,9 +61,19 @@ pub fn members_for(
     Ok(chosen.into_iter().map(|(_, n)| n).collect())
 }
 
-pub async fn ask(client: &Client, kind: RequestKind, member: &str) -> Result<(), OpsError> {
-    let body = serde_json::to_vec(&MemberRequest { done: false })
-        .map_err(|e| OpsError::Invalid(e.to_string()))?;
+/// Asks `member` to restart or reload, at once or (`scheduled_at`, Unix seconds) not
+/// before then by its clock.
+pub async fn ask(
+    client: &Client,
+    kind: RequestKind,
+    member: &str,
+    scheduled_at: Option<u64>,
+) -> Result<(), OpsError> {
+    let body = serde_json::to_vec(&MemberRequest {
+        done: false,
+        scheduled_at,
+    })
+    .map_err(|e| OpsError::Invalid(e.to_string()))?;
     client.put(&kind.key(member), body, 0, None).await?;
     Ok(())
 }

@@ -338,13 +338,14 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                 tracing::info!("reloaded the PostgreSQL configuration as requested");
             }
             Action::FinishRequest(kind) => {
-                let done =
-                    serde_json::to_vec(&model::MemberRequest { done: true }).map_err(|source| {
-                        SupervisorError::Encode {
-                            what: "a finished request",
-                            source,
-                        }
-                    })?;
+                let done = serde_json::to_vec(&model::MemberRequest {
+                    done: true,
+                    scheduled_at: None,
+                })
+                .map_err(|source| SupervisorError::Encode {
+                    what: "a finished request",
+                    source,
+                })?;
                 self.client
                     .put_key(&kind.key(&self.me), done, 0, None)
                     .await?;

@@ -220,7 +220,8 @@ pub async fn post_reinitialize(State(st): State<RestState>, body: Bytes) -> Resp
 /// PostgreSQL (the primary in place, under its lease) and answers once done: 200,
 /// or 503 on timeout (the request stands) or when `{"role": ...}` does not match.
 /// Body (optional): `{"role": "primary"|"replica", "restart_pending": bool,
-/// "timeout": seconds}`.
+/// "timeout": seconds, "schedule": AT}`; with `schedule` (Unix seconds, +5m or UTC
+/// ISO 8601, in the future) the request is stored and 202 answers at once.
 pub async fn post_restart(State(st): State<RestState>, body: Bytes) -> Response {
     use crate::ha::model::{RequestKind, Role};
     answer(
@@ -261,8 +262,39 @@ pub async fn post_restart(State(st): State<RestState>, body: Bytes) -> Response 
                     "restart conditions are not satisfied (role or pending restart)".into(),
                 ));
             }
+            if let Some(at) = req.get("schedule") {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let at = match at {
+                    Value::String(s) => crate::ops::switchover::parse_time(s, now)
+                        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))?,
+                    Value::Number(n) if n.as_u64().is_some() => n.as_u64().unwrap_or(0),
+                    other => {
+                        return Err(Refusal(
+                            StatusCode::BAD_REQUEST,
+                            format!("schedule {other} is not a time"),
+                        ));
+                    }
+                };
+                if at <= now {
+                    return Err(Refusal(
+                        StatusCode::BAD_REQUEST,
+                        "the scheduled time has passed; leave out \"schedule\" to restart now"
+                            .into(),
+                    ));
+                }
+                requests::ask(c, RequestKind::Restart, &me, Some(at)).await?;
+                return Ok(text(
+                    StatusCode::ACCEPTED,
+                    format!(
+                        "restart scheduled at {}",
+                        crate::ops::history::utc_timestamp(at)
+                    ),
+                ));
+            }
             let timeout = req.get("timeout").and_then(Value::as_u64).unwrap_or(120);
-            requests::ask(c, RequestKind::Restart, &me).await?;
+            requests::ask(c, RequestKind::Restart, &me, None).await?;
             requests::wait_done(
                 c,
                 RequestKind::Restart,
@@ -299,7 +331,7 @@ pub async fn post_reload(State(st): State<RestState>) -> Response {
         async {
             let c = client(&st)?;
             let me = st.health.borrow().member.clone();
-            requests::ask(c, crate::ha::model::RequestKind::Reload, &me).await?;
+            requests::ask(c, crate::ha::model::RequestKind::Reload, &me, None).await?;
             Ok(text(StatusCode::ACCEPTED, "reload scheduled"))
         }
         .await,

@@ -109,6 +109,10 @@ pub enum CtlCommand {
         /// Only members whose PostgreSQL needs a restart for changed parameters.
         #[arg(long)]
         pending: bool,
+        /// Store the request; each member restarts at AT by its clock (Unix seconds,
+        /// +5m, or UTC 2026-12-02T18:30:00Z). Returns at once.
+        #[arg(long, value_name = "AT")]
+        scheduled: Option<String>,
         /// Seconds to wait for each member.
         #[arg(long = "timeout", value_name = "S", default_value_t = 120)]
         wait: u64,

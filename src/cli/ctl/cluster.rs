@@ -393,15 +393,48 @@ pub(super) async fn restart(
     members: &[String],
     role: DsnRoleArg,
     pending: bool,
+    scheduled: Option<&str>,
     wait: Duration,
 ) -> Result<(), CtlError> {
     use crate::ha::model::RequestKind;
+    let at = match scheduled {
+        Some(s) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let at = ops::switchover::parse_time(s, now)?;
+            if at <= now {
+                return Err(CtlError::BadInput(
+                    "the scheduled time has passed; leave out --scheduled to restart now".into(),
+                ));
+            }
+            Some(at)
+        }
+        None => None,
+    };
     let view = ops::cluster_view(client).await?;
     let order = ops::requests::members_for(&view, members, role_filter(role), pending)?;
+    if let Some(at) = at {
+        // Each member restarts at AT by its own clock (not one after another).
+        for m in &order {
+            ops::requests::ask(client, RequestKind::Restart, m, Some(at)).await?;
+        }
+        let when = crate::ops::history::utc_timestamp(at);
+        if json {
+            print_out(&json!({ "scheduled": order, "scheduled_at": when }).to_string())?;
+        } else {
+            print_out(&format!(
+                "restart of {} scheduled at {when}; `pgquorum ctl kv del /pg/restart/MEMBER --force` \
+                 (or DELETE /restart on the member) cancels it",
+                order.join(", ")
+            ))?;
+        }
+        return Ok(());
+    }
     let mut done = Vec::new();
     for m in &order {
         let started = Instant::now();
-        ops::requests::ask(client, RequestKind::Restart, m).await?;
+        ops::requests::ask(client, RequestKind::Restart, m, None).await?;
         ops::requests::wait_done(client, RequestKind::Restart, m, wait).await?;
         let secs = started.elapsed().as_secs_f64();
         if !json {
@@ -424,7 +457,7 @@ pub(super) async fn reload(
     let view = ops::cluster_view(client).await?;
     let order = ops::requests::members_for(&view, members, ops::requests::RoleFilter::Any, false)?;
     for m in &order {
-        ops::requests::ask(client, RequestKind::Reload, m).await?;
+        ops::requests::ask(client, RequestKind::Reload, m, None).await?;
     }
     for m in &order {
         ops::requests::wait_done(client, RequestKind::Reload, m, Duration::from_secs(60)).await?;

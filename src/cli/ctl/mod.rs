@@ -91,6 +91,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             members,
             role,
             pending,
+            scheduled,
             wait,
         } => {
             cluster::restart(
@@ -99,6 +100,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 &members,
                 role,
                 pending,
+                scheduled.as_deref(),
                 Duration::from_secs(wait),
             )
             .await

@@ -463,11 +463,14 @@ pub fn format_list_with(cluster: &str, listing: &PgListing, extended: bool) -> S
             )),
         }
     }
-    let restarts: Vec<&str> = view
+    let restarts: Vec<String> = view
         .restart
         .iter()
         .filter(|(_, r)| !r.done)
-        .map(|(m, _)| m.as_str())
+        .map(|(m, r)| match r.scheduled_at {
+            Some(at) => format!("{m} at {}", crate::ops::history::utc_timestamp(at)),
+            None => m.clone(),
+        })
         .collect();
     if !restarts.is_empty() {
         out.push_str(&format!(" Restart requested: {}\n", restarts.join(", ")));

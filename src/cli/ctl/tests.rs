@@ -581,6 +581,11 @@ fn extended_list_shows_tags_pending_and_what_is_scheduled() {
         1,
     ));
     kvs.push(kv("/pg/restart/pg3", br#"{"done":false}"#, 1));
+    kvs.push(kv(
+        "/pg/restart/pg2",
+        br#"{"done":false,"scheduled_at":1796224245}"#,
+        1,
+    ));
     let listing = PgListing::from_kvs(&kvs);
     let text = format_list_with("prod", &listing, true);
     assert!(text.contains("| Pending restart | Tags |"), "{text}");
@@ -589,7 +594,10 @@ fn extended_list_shows_tags_pending_and_what_is_scheduled() {
         text.contains(" Switchover scheduled at: 2026-12-02T15:10:45+00:00 from: pg1 to: pg2\n"),
         "{text}"
     );
-    assert!(text.contains(" Restart requested: pg3\n"), "{text}");
+    assert!(
+        text.contains(" Restart requested: pg2 at 2026-12-02T15:10:45+00:00, pg3\n"),
+        "{text}"
+    );
     let plain = format_list("prod", &PgListing::from_kvs(&pg_kvs()));
     assert!(
         !plain.contains("Tags") && !plain.contains("Maintenance"),

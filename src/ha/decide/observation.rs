@@ -144,6 +144,8 @@ pub struct StoreView {
     pub reinit: Option<ReinitRequest>,
     /// An operator asked this member to restart its PostgreSQL (`ctl restart`).
     pub restart: bool,
+    /// ... not before this time (Unix seconds; `restart --scheduled`).
+    pub restart_at: Option<u64>,
     /// ... or to reload its configuration (`ctl reload`).
     pub reload: bool,
     /// Names of the Raft members (read only while this member leads): each gets a
@@ -176,6 +178,7 @@ impl StoreView {
             failover: view.failover.clone(),
             reinit: view.reinit.get(me).filter(|r| r.pending()).cloned(),
             restart: view.restart.get(me).is_some_and(|r| !r.done),
+            restart_at: view.restart.get(me).and_then(|r| r.scheduled_at),
             reload: view.reload.get(me).is_some_and(|r| !r.done),
         }
     }

@@ -91,6 +91,7 @@ fn store(leader: Option<&str>) -> StoreView {
         failover: None,
         reinit: None,
         restart: false,
+        restart_at: None,
         reload: false,
         raft_members: vec![],
     }

@@ -302,6 +302,7 @@ fn random_observation(r: &mut Rng) -> Observation {
         ]),
         reinit: r.pick(&[None, Some(crate::ha::model::ReinitRequest::default())]),
         restart: r.next().is_multiple_of(5),
+        restart_at: r.next().is_multiple_of(3).then_some(r.next() % 2_000_000),
         reload: r.next().is_multiple_of(5),
         raft_members: r.pick(&[
             vec![],

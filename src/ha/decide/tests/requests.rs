@@ -279,6 +279,32 @@ fn restart_and_reload_decisions() {
             Reason::RestartingPrimary,
         ),
         (
+            "a scheduled restart waits for its time",
+            with(obs_replica(), |o| {
+                let s = o.store.as_mut().unwrap();
+                s.restart = true;
+                s.restart_at = Some(o.wall_clock_s + 1);
+            }),
+            decide(&obs_replica()).actions,
+            decide(&obs_replica()).reason,
+        ),
+        (
+            "and runs once this member's clock reaches it",
+            with(obs_replica(), |o| {
+                let s = o.store.as_mut().unwrap();
+                s.restart = true;
+                s.restart_at = Some(o.wall_clock_s);
+            }),
+            vec![
+                Stop(StopKind::Fast),
+                StartReplica {
+                    leader: Some("a".into()),
+                },
+                FinishRequest(RequestKind::Restart),
+            ],
+            Reason::RestartingReplica,
+        ),
+        (
             "a stopped member waits (nothing to restart)",
             with(obs_replica(), |o| {
                 o.pg.running = false;
