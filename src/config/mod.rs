@@ -28,6 +28,10 @@ pub struct Tags {
     /// Never chosen as the synchronous standby.
     #[serde(default)]
     pub nosync: bool,
+    /// New replicas prefer to clone from this member (while it streams from the
+    /// primary) over the primary.
+    #[serde(default)]
+    pub clonefrom: bool,
     /// Any other tag, kept as written (`GET /replica?tag_key=value` matches it).
     #[serde(flatten)]
     pub other: std::collections::BTreeMap<String, serde_json::Value>,
@@ -44,6 +48,7 @@ impl Default for Tags {
             noloadbalance: false,
             failover_priority: default_failover_priority(),
             nosync: false,
+            clonefrom: false,
             other: Default::default(),
         }
     }

@@ -509,6 +509,29 @@ fn switchover_target(o: &Observation, store: &StoreView, sw: &Switchover) -> Opt
     candidates.first().map(|m| m.name.clone())
 }
 
+/// Where a new replica clones from: as Patroni, a member tagged `clonefrom` is
+/// preferred (it takes the copy's load off the primary), here only one that runs as
+/// a replica streaming from `leader` on the cluster's timeline; the most advanced of
+/// them (Patroni picks at random; a pure decide does not), else the leader.
+fn clone_source(o: &Observation, leader: &str) -> String {
+    let Some(store) = &o.store else {
+        return leader.to_string();
+    };
+    store
+        .members
+        .iter()
+        .filter(|m| {
+            m.tags.clonefrom
+                && m.name != o.me
+                && m.role == Role::Replica
+                && m.state == PgRunState::Running
+                && m.following.as_deref() == Some(leader)
+                && store.timeline.is_none_or(|t| m.timeline == t)
+        })
+        .max_by_key(|m| (m.receive_lsn, std::cmp::Reverse(m.name.clone())))
+        .map_or_else(|| leader.to_string(), |m| m.name.clone())
+}
+
 fn follow(o: &Observation, leader: &str) -> Decision {
     let pg = &o.pg;
     let l = leader.to_string();
@@ -521,9 +544,12 @@ fn follow(o: &Observation, leader: &str) -> Decision {
         );
     }
     if pg.data == DataState::Missing {
+        let source = clone_source(o, leader);
         return decision(
-            vec![Action::Clone { leader: l.clone() }],
-            Reason::Cloning(l),
+            vec![Action::Clone {
+                source: source.clone(),
+            }],
+            Reason::Cloning(source),
         );
     }
     if !pg.running {

@@ -354,8 +354,8 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                 tracing::warn!("refusing a reinit request for this member: it is the primary");
                 self.client.delete_key(&model::reinit_key(&self.me)).await?;
             }
-            Action::Clone { leader } => {
-                let target = Self::target(view, &leader)?;
+            Action::Clone { source } => {
+                let target = Self::target(view, &source)?;
                 self.pg
                     .basebackup(&target, &Postgres::slot_name(&self.me))
                     .await?;

@@ -190,6 +190,7 @@ fn tag_values(tags: &Tags) -> Vec<(String, String)> {
             tags.failover_priority.to_string(),
         ),
         ("nosync".to_string(), tags.nosync.to_string()),
+        ("clonefrom".to_string(), tags.clonefrom.to_string()),
     ];
     v.extend(tags.other.iter().map(|(k, val)| {
         let text = match val {

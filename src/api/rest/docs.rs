@@ -26,6 +26,9 @@ fn tags_json(tags: &Tags) -> Option<Value> {
     if tags.nosync {
         m.insert("nosync".into(), json!(true));
     }
+    if tags.clonefrom {
+        m.insert("clonefrom".into(), json!(true));
+    }
     for (k, v) in &tags.other {
         m.insert(k.clone(), v.clone());
     }

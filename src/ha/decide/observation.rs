@@ -272,8 +272,10 @@ pub enum Action {
     Reclone {
         leader: String,
     },
+    /// pg_basebackup into the missing data dir from `source`: the leader, or a
+    /// replica tagged `clonefrom` that streams from it.
     Clone {
-        leader: String,
+        source: String,
     },
     PublishOptime,
     /// Physical slots on the primary, one per other member.

@@ -402,7 +402,7 @@ fn decisions() {
                     ..pg_stopped(false)
                 }
             }),
-            vec![Clone { leader: "a".into() }],
+            vec![Clone { source: "a".into() }],
             Reason::Cloning("a".into()),
         ),
         (

@@ -422,3 +422,68 @@ fn tag_decisions() {
     ];
     check(cases);
 }
+
+#[test]
+fn clonefrom_decisions() {
+    use Action::*;
+    let missing = |o: &mut Observation| {
+        o.pg = PgView {
+            data: DataState::Missing,
+            ..pg_stopped(false)
+        }
+    };
+    let tagged = |name: &str, lsn: u64, following: Option<&str>| {
+        let mut m = member(name, Role::Replica, lsn);
+        m.tags.clonefrom = true;
+        m.following = following.map(str::to_string);
+        m
+    };
+    let with_members = |ms: Vec<MemberStatus>| {
+        with(obs_replica(), |o| {
+            missing(o);
+            o.store.as_mut().unwrap().members.extend(ms);
+        })
+    };
+    let cases = vec![
+        (
+            "a clonefrom replica streaming from the leader is the clone source",
+            with_members(vec![tagged("c2", 900, Some("a"))]),
+            vec![Clone {
+                source: "c2".into(),
+            }],
+            Reason::Cloning("c2".into()),
+        ),
+        (
+            "of several, the most advanced",
+            with_members(vec![
+                tagged("c2", 900, Some("a")),
+                tagged("c3", 950, Some("a")),
+            ]),
+            vec![Clone {
+                source: "c3".into(),
+            }],
+            Reason::Cloning("c3".into()),
+        ),
+        (
+            "one that streams from no one, or is not running, is passed over: the leader",
+            with_members(vec![tagged("c2", 900, None), {
+                let mut m = tagged("c3", 950, Some("a"));
+                m.state = PgRunState::Stopped;
+                m
+            }]),
+            vec![Clone { source: "a".into() }],
+            Reason::Cloning("a".into()),
+        ),
+        (
+            "one on an older timeline is passed over",
+            with_members(vec![{
+                let mut m = tagged("c2", 900, Some("a"));
+                m.timeline = 0;
+                m
+            }]),
+            vec![Clone { source: "a".into() }],
+            Reason::Cloning("a".into()),
+        ),
+    ];
+    check(cases);
+}
