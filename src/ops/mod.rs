@@ -11,6 +11,13 @@ pub mod reinit;
 pub mod requests;
 pub mod switchover;
 
+/// The wall clock in Unix seconds, for the times an operator schedules (`AT`).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 use crate::client::{Client, ClientError};
 use crate::ha::model::{self, ClusterView};
 

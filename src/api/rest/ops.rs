@@ -263,9 +263,7 @@ pub async fn post_restart(State(st): State<RestState>, body: Bytes) -> Response 
                 ));
             }
             if let Some(at) = req.get("schedule") {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let now = crate::ops::unix_now();
                 let at = match at {
                     Value::String(s) => crate::ops::switchover::parse_time(s, now)
                         .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))?,
@@ -356,9 +354,7 @@ pub async fn post_switchover(State(st): State<RestState>, body: Bytes) -> Respon
                 ));
             }
             let candidate = req.get("candidate").and_then(Value::as_str);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = crate::ops::unix_now();
             let at = match req.get("scheduled_at") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(switchover::parse_time(s, now)?),

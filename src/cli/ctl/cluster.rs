@@ -399,9 +399,7 @@ pub(super) async fn restart(
     use crate::ha::model::RequestKind;
     let at = match scheduled {
         Some(s) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = ops::unix_now();
             let at = ops::switchover::parse_time(s, now)?;
             if at <= now {
                 return Err(CtlError::BadInput(

@@ -180,9 +180,7 @@ async fn schedule_switchover(
     candidate: Option<String>,
     at: &str,
 ) -> Result<(), CtlError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::ops::unix_now();
     let at = crate::ops::switchover::parse_time(at, now)?;
     if at <= now {
         return Err(CtlError::BadInput(
