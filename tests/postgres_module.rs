@@ -573,6 +573,45 @@ async fn pg_replication_promotion_rewind_and_reclone() {
     b.pg.stop(StopKind::Fast).await.unwrap();
 }
 
+/// A standby whose promotion never completed (the fence killed it mid-promotion)
+/// and that is then started as primary must leave recovery onto a new timeline: on
+/// its old timeline its WAL would fork from the old primary's with nothing to show
+/// it, so the old primary could never be rewound to follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_standby_started_as_primary_is_promoted_onto_a_new_timeline() {
+    if !have_pg() {
+        return;
+    }
+    let mut a = Member::new("alpha");
+    let mut b = Member::new("beta");
+    a.pg.bootstrap()
+        .await
+        .unwrap_or_else(|e| panic!("bootstrap: {e}"));
+    b.pg.basebackup(&a.target(), &Postgres::slot_name("beta"))
+        .await
+        .unwrap_or_else(|e| panic!("basebackup: {e}\n{}", b.log_tail()));
+    b.pg.start(StartMode::Replica {
+        primary: Some(a.target()),
+        slot: None,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("start replica: {e}"));
+    probe_until(&mut b, "B to be a standby", WAIT, |p| {
+        p.accepting && p.in_recovery == Some(true)
+    })
+    .await;
+    a.pg.stop(StopKind::Immediate).await.unwrap();
+    b.pg.stop(StopKind::Immediate).await.unwrap();
+    b.pg.start(StartMode::Primary)
+        .await
+        .unwrap_or_else(|e| panic!("start as primary: {e}\n{}", b.log_tail()));
+    let p = probe_until(&mut b, "B to be primary on timeline 2", WAIT, |p| {
+        p.accepting && p.in_recovery == Some(false)
+    })
+    .await;
+    assert_eq!(p.timeline, 2, "{}", b.log_tail());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_failed_start_quotes_the_server_log() {
     if !have_pg() {

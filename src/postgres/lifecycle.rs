@@ -8,6 +8,44 @@ impl Postgres {
     /// waits until it accepts connections (60 s). Fails early, with the tail of the
     /// server log, if it exits. On timeout PostgreSQL is left running.
     pub async fn start(&mut self, mode: StartMode) -> Result<(), PgError> {
+        // A standby's data dir (its promotion never completed, e.g. the fence killed
+        // it mid-promotion) must leave recovery onto a new timeline, as a promotion
+        // does. Started as primary without standby.signal it would write on in the old
+        // primary's timeline: a fork pg_rewind cannot see, so the old primary could
+        // never follow it.
+        if mode == StartMode::Primary
+            && matches!(self.data_dir_state(), DataDirState::Initialized { .. })
+            && self.data_dir.join("standby.signal").exists()
+        {
+            tracing::warn!(
+                "the data dir is a standby's (a promotion did not complete): starting it as a \
+                 standby and promoting it onto a new timeline"
+            );
+            self.set_primary_marker(true)?;
+            self.start_as(StartMode::Replica {
+                primary: None,
+                slot: None,
+            })
+            .await?;
+            self.writable_possible = true;
+            let t0 = Instant::now();
+            while !self.sql_ok().await {
+                if self.reap_guard().await.is_some() || t0.elapsed() >= START_TIMEOUT {
+                    return Err(PgError::StartTimeout {
+                        log: self.log_path.clone(),
+                        tail: os::log_tail(&self.log_path, 0, LOG_TAIL_LINES),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            self.promote_now().await?;
+            self.current_mode = Some(StartMode::Primary);
+            return Ok(());
+        }
+        self.start_as(mode).await
+    }
+
+    async fn start_as(&mut self, mode: StartMode) -> Result<(), PgError> {
         self.ensure_stopped("start").await?;
         match self.data_dir_state() {
             DataDirState::Initialized { .. } => {}
@@ -166,6 +204,11 @@ impl Postgres {
         }
         // Before anything that could make it writable: a veto leaves a replica.
         self.callbacks.pre_promote().await?;
+        self.promote_now().await
+    }
+
+    /// Promotes a running standby (no `pre_promote`: its caller has passed it).
+    async fn promote_now(&mut self) -> Result<(), PgError> {
         self.set_primary_marker(true)?;
         // From the request on: a promotion that times out may still complete.
         self.writable_possible = true;
