@@ -316,76 +316,146 @@ async fn pg_sync_mode_loses_no_acknowledged_commit() {
     // A synchronous standby is recorded and serves /sync.
     let sync = c.wait_sync_standby(&replicas).await;
 
-    // A writer that inserts increasing ids into whichever node accepts them and
-    // records each id whose COMMIT was acknowledged.
-    let acked = Arc::new(Mutex::new(BTreeSet::new()));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let conninfos: Vec<String> = c.ids().iter().map(|i| c.conninfo(*i)).collect();
-    let writer = {
-        let acked = acked.clone();
-        tokio::spawn(async move {
-            let mut next = 1i64;
-            let mut client: Option<tokio_postgres::Client> = None;
-            let mut turn = 0usize;
-            while !*stop_rx.borrow() {
-                if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    turn += 1;
-                    client = pg::connect(&conninfos[turn % conninfos.len()]).await.ok();
-                    if client.is_none() {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                }
-                let cl = client.as_ref().unwrap();
-                let r = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    cl.execute("INSERT INTO acked VALUES ($1)", &[&next]),
-                )
-                .await;
-                match r {
-                    Ok(Ok(_)) => {
-                        acked.lock().unwrap().insert(next);
-                    }
-                    // A standby refuses; a dead primary drops the connection; a
-                    // timeout leaves the commit's fate unknown (not acknowledged).
-                    _ => client = None,
-                }
-                next += 1;
-            }
-        })
-    };
-    c.wait_for("writes to be acknowledged", SLOW_WAIT, async || {
-        ensure!(acked.lock().unwrap().len() >= 200, "not yet");
-        Ok(())
-    })
-    .await;
+    let w = Writer::start(&c);
+    w.wait_acked(&c, 200).await;
     c.kill_host(old);
     let new = c.wait_primary(&[old], SLOW_WAIT).await;
     assert_eq!(
         new, sync,
         "a replica other than the recorded synchronous standby was promoted"
     );
-    let before = acked.lock().unwrap().len();
-    c.wait_for("writes on the new primary", SLOW_WAIT, async || {
-        ensure!(acked.lock().unwrap().len() >= before + 50, "not yet");
+    w.wait_acked(&c, w.acked() + 50).await;
+    w.stop_and_check(&c, new).await;
+}
+
+/// Inserts increasing ids into whichever node accepts them (the table `acked`) and
+/// records each id whose COMMIT was acknowledged.
+struct Writer {
+    acked: Arc<Mutex<BTreeSet<i64>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(c: &PgCluster) -> Writer {
+        let acked = Arc::new(Mutex::new(BTreeSet::new()));
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let conninfos: Vec<String> = c.ids().iter().map(|i| c.conninfo(*i)).collect();
+        let task = {
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                let mut next = 1i64;
+                let mut client: Option<tokio_postgres::Client> = None;
+                let mut turn = 0usize;
+                while !*stop_rx.borrow() {
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        turn += 1;
+                        client = pg::connect(&conninfos[turn % conninfos.len()]).await.ok();
+                        if client.is_none() {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    }
+                    let cl = client.as_ref().unwrap();
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        cl.execute("INSERT INTO acked VALUES ($1)", &[&next]),
+                    )
+                    .await;
+                    match r {
+                        Ok(Ok(_)) => {
+                            acked.lock().unwrap().insert(next);
+                        }
+                        // A standby refuses; a dead primary drops the connection; a
+                        // timeout leaves the commit's fate unknown (not acknowledged).
+                        _ => client = None,
+                    }
+                    next += 1;
+                }
+            })
+        };
+        Writer { acked, stop, task }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn wait_acked(&self, c: &PgCluster, n: usize) {
+        c.wait_for("writes to be acknowledged", SLOW_WAIT, async || {
+            ensure!(self.acked() >= n, "{} of {n}", self.acked());
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Stops writing and asserts that `primary` has every acknowledged commit.
+    async fn stop_and_check(self, c: &PgCluster, primary: u64) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap();
+        let acked = self.acked.lock().unwrap().clone();
+        let rows = c
+            .connect(primary)
+            .await
+            .unwrap()
+            .query("SELECT id FROM acked", &[])
+            .await
+            .unwrap();
+        let present: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let lost: Vec<i64> = acked.difference(&present).copied().collect();
+        eprintln!("acknowledged {} commits, {} lost", acked.len(), lost.len());
+        assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    }
+}
+
+/// `synchronous_node_count = 2`: commits wait for both standbys and both are
+/// recorded, so when the primary's host and one standby's die at once the other
+/// standby takes over with every acknowledged commit. Two witnesses (Raft members
+/// without PostgreSQL) keep the quorum: three of five members survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_sync_node_count_two_survives_the_primary_and_a_standby_dying() {
+    if !have_pg() {
+        return;
+    }
+    let opts = PgOptions {
+        ha_extra: "synchronous_node_count = 2".into(),
+        witnesses: 2,
+        ..PgOptions::synchronous()
+    };
+    let (mut c, old, replicas) = healthy_cluster(opts).await;
+    exec(&c, old, "CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    c.wait_for("both standbys recorded", SLOW_WAIT, async || {
+        for r in &replicas {
+            ensure!(
+                c.http_status(*r, "GET", "/sync").await == Some(200),
+                "{} is not a recorded synchronous standby",
+                c.node(*r).name
+            );
+        }
         Ok(())
     })
     .await;
-    let _ = stop_tx.send(true);
-    writer.await.unwrap();
-
-    let acked = acked.lock().unwrap().clone();
-    let rows = c
-        .connect(new)
-        .await
-        .unwrap()
-        .query("SELECT id FROM acked", &[])
+    let cl = c.connect(old).await.unwrap();
+    let row = cl
+        .query_one("SELECT current_setting('synchronous_standby_names')", &[])
         .await
         .unwrap();
-    let present: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let lost: Vec<i64> = acked.difference(&present).copied().collect();
-    eprintln!("acknowledged {} commits, {} lost", acked.len(), lost.len());
-    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    let names: String = row.get(0);
+    assert!(
+        names.starts_with("FIRST 2 ("),
+        "synchronous_standby_names = {names}"
+    );
+    let w = Writer::start(&c);
+    w.wait_acked(&c, 200).await;
+    let (dead, survivor) = (replicas[0], replicas[1]);
+    c.kill_host(old);
+    c.kill_host(dead);
+    let new = c.wait_primary(&[old, dead], SLOW_WAIT).await;
+    assert_eq!(new, survivor);
+    w.wait_acked(&c, w.acked() + 50).await;
+    w.stop_and_check(&c, new).await;
 }
 
 /// In synchronous mode only the member recorded as synchronous standby may take over.

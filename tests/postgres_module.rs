@@ -481,14 +481,27 @@ async fn pg_replication_promotion_rewind_and_reclone() {
     .await;
 
     // Synchronous replication on and off.
-    a.pg.set_synchronous_standby(Some("beta")).await.unwrap();
+    a.pg.set_synchronous_standby(&["beta".into()])
+        .await
+        .unwrap();
     probe_until(&mut a, "B to be the sync standby", WAIT, |p| {
         p.replicas
             .iter()
             .any(|r| r.application_name == "beta" && r.sync_state == "sync")
     })
     .await;
-    a.pg.set_synchronous_standby(None).await.unwrap();
+    // Two standbys (synchronous_node_count = 2): PostgreSQL takes the value, the
+    // probe reads both names back, and the connected one is synchronous.
+    let two = vec!["beta".to_string(), "gam\"ma".to_string()];
+    a.pg.set_synchronous_standby(&two).await.unwrap();
+    probe_until(&mut a, "both names configured, B synchronous", WAIT, |p| {
+        p.synchronous_standby_names == two
+            && p.replicas
+                .iter()
+                .any(|r| r.application_name == "beta" && r.sync_state == "sync")
+    })
+    .await;
+    a.pg.set_synchronous_standby(&[]).await.unwrap();
     a.pg.checkpoint().await.unwrap();
     let written = a.pg.probe().await.write_lsn;
     probe_until(&mut b, "B to replay A's checkpoint", WAIT, |p| {

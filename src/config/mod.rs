@@ -115,6 +115,10 @@ pub enum HaSettingsError {
          ha.loop_wait_ms ({min_ms}): a standby is judged over more than one cycle"
     )]
     SyncStandbyHangTooShort { hang_ms: u64, min_ms: u64 },
+    #[error(
+        "ha.synchronous_node_count must be at least 1 (set synchronous_mode = false for no synchronous standby)"
+    )]
+    NoSyncNodes,
     #[error("ha.synchronous_mode_strict needs ha.synchronous_mode = true")]
     StrictWithoutSynchronousMode,
     #[error("ha: {0}")]
@@ -308,6 +312,10 @@ pub struct HaSettings {
     /// hangs is replaced only by another, never dropped for none (Patroni's
     /// `synchronous_mode_strict`).
     pub synchronous_mode_strict: bool,
+    /// How many synchronous standbys commits wait for (Patroni's
+    /// `synchronous_node_count`): each holds every acknowledged commit, so any of
+    /// them may be promoted. Fewer while fewer stream.
+    pub synchronous_node_count: usize,
     /// PostgreSQL parameters for every member (a member's own
     /// `postgresql.parameters` win over these). Applied with a reload when changed.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -334,6 +342,7 @@ impl Default for HaSettings {
             // lost), so it may come sooner than a failover would.
             sync_standby_hang_timeout_ms: 5_000,
             synchronous_mode_strict: false,
+            synchronous_node_count: 1,
             parameters: std::collections::BTreeMap::new(),
             pg_hba: Vec::new(),
         }
@@ -367,6 +376,9 @@ impl HaSettings {
                 hang_ms: self.sync_standby_hang_timeout_ms,
                 min_ms: 2 * self.loop_wait_ms,
             });
+        }
+        if self.synchronous_node_count == 0 {
+            return Err(HaSettingsError::NoSyncNodes);
         }
         if self.synchronous_mode_strict && !self.synchronous_mode {
             return Err(HaSettingsError::StrictWithoutSynchronousMode);
@@ -451,6 +463,17 @@ impl NodeConfig {
         };
         if raw.cluster_name.trim().is_empty() {
             return Err(invalid("cluster_name must not be empty".into()));
+        }
+        // `/pg/sync` joins standby names with commas (as Patroni does), and a name
+        // becomes a replication slot and an application_name.
+        if raw.name.trim().is_empty()
+            || raw.name.contains(',')
+            || raw.name.chars().any(char::is_control)
+        {
+            return Err(invalid(format!(
+                "name {:?} must be non-empty, without commas or control characters",
+                raw.name
+            )));
         }
         if raw.node_id == 0 {
             return Err(invalid("node_id must be a positive integer".into()));

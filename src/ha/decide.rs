@@ -446,7 +446,7 @@ fn lead(o: &Observation, store: &StoreView) -> Decision {
 fn becoming_primary(o: &Observation, store: &StoreView, start: Action) -> Vec<Action> {
     let mut a = vec![Action::RenewLease];
     if o.policy.synchronous_mode && store.sync.as_ref().is_none_or(|s| s.leader != o.me) {
-        a.push(Action::RecordSync(None));
+        a.push(Action::RecordSync(vec![]));
     }
     let promoting = start == Action::Promote;
     a.push(start);
@@ -714,19 +714,16 @@ fn no_leader(o: &Observation, store: &StoreView) -> Decision {
     if named_candidate && bugs::on(Bug::CandidateSkipsRules) {
         return decision(vec![Action::AcquireLease], Reason::TakingOver);
     }
-    if o.policy.synchronous_mode {
-        let recorded = store.sync.as_ref().and_then(|s| s.sync_standby.as_deref());
-        if recorded != Some(o.me.as_str())
-            && !store
-                .sync
-                .as_ref()
-                .is_some_and(|s| last_primary_alone(s, &o.me))
-        {
-            return decision(
-                vec![],
-                Reason::NotEligible("synchronous mode: not the recorded synchronous standby"),
-            );
-        }
+    if o.policy.synchronous_mode
+        && !store
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.holds(&o.me) || last_primary_alone(s, &o.me))
+    {
+        return decision(
+            vec![],
+            Reason::NotEligible("synchronous mode: not the recorded synchronous standby"),
+        );
     }
     // Positions on different timelines do not compare: a member on an older timeline
     // than the last primary's lacks whatever that primary acknowledged after the fork.

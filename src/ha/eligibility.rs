@@ -13,9 +13,9 @@ pub enum Ineligible {
     /// Not a running replica (primary, stopped, starting, hung).
     NotARunningReplica,
     NoFailoverTag,
-    /// Synchronous mode and another member (or none) is the recorded standby.
+    /// Synchronous mode and other members (or none) are the recorded standbys.
     NotTheSyncStandby {
-        recorded: Option<String>,
+        recorded: Vec<String>,
     },
     /// On an older timeline than the last primary's.
     OlderTimeline {
@@ -37,12 +37,13 @@ impl fmt::Display for Ineligible {
                     "its pre_promote callback vetoed a promotion within the last ttl"
                 )
             }
-            Ineligible::NotTheSyncStandby { recorded: Some(r) } => write!(
+            Ineligible::NotTheSyncStandby { recorded } if !recorded.is_empty() => write!(
                 f,
-                "synchronous mode: only the recorded synchronous standby ({r}) holds every \
-                 acknowledged commit"
+                "synchronous mode: only the recorded synchronous standbys ({}) hold every \
+                 acknowledged commit",
+                recorded.join(", ")
             ),
-            Ineligible::NotTheSyncStandby { recorded: None } => write!(
+            Ineligible::NotTheSyncStandby { .. } => write!(
                 f,
                 "synchronous mode: no synchronous standby is recorded yet, so no member \
                  provably holds every acknowledged commit"
@@ -73,15 +74,11 @@ pub fn cannot_take_over(
     if m.pre_promote_vetoed {
         return Some(Ineligible::PrePromoteVetoed);
     }
-    if synchronous_mode {
-        let recorded = sync.and_then(|s| s.sync_standby.as_deref());
-        if recorded != Some(m.name.as_str())
-            && !sync.is_some_and(|s| last_primary_alone(s, &m.name))
-        {
-            return Some(Ineligible::NotTheSyncStandby {
-                recorded: recorded.map(str::to_string),
-            });
-        }
+    if synchronous_mode && !sync.is_some_and(|s| s.holds(&m.name) || last_primary_alone(s, &m.name))
+    {
+        return Some(Ineligible::NotTheSyncStandby {
+            recorded: sync.map(|s| s.sync_standby.clone()).unwrap_or_default(),
+        });
     }
     if let Some(t) = timeline
         && m.timeline < t
@@ -102,7 +99,7 @@ pub fn cannot_take_over(
 /// primary whose standby had left and whose lease then lapsed (a pause, a restart)
 /// left the cluster without a primary for good.
 pub fn last_primary_alone(sync: &SyncState, name: &str) -> bool {
-    sync.leader == name && sync.sync_standby.is_none()
+    sync.leader == name && sync.sync_standby.is_empty()
 }
 
 #[cfg(test)]
@@ -134,31 +131,47 @@ mod tests {
     fn the_rules_in_order() {
         let sync_b = SyncState {
             leader: "a".into(),
-            sync_standby: Some("b".into()),
+            sync_standby: vec!["b".into()],
         };
         let b = replica("b", 2);
         assert_eq!(cannot_take_over(&b, false, None, Some(2)), None);
         assert_eq!(cannot_take_over(&b, true, Some(&sync_b), Some(2)), None);
+        // With synchronous_node_count = 2 each recorded standby holds every commit.
+        let sync_bc = SyncState {
+            leader: "a".into(),
+            sync_standby: vec!["b".into(), "c".into()],
+        };
+        assert_eq!(cannot_take_over(&b, true, Some(&sync_bc), None), None);
+        assert_eq!(
+            cannot_take_over(&replica("c", 2), true, Some(&sync_bc), None),
+            None
+        );
+        assert_eq!(
+            cannot_take_over(&replica("d", 2), true, Some(&sync_bc), None),
+            Some(Ineligible::NotTheSyncStandby {
+                recorded: vec!["b".into(), "c".into()]
+            })
+        );
         let c = replica("c", 2);
         assert_eq!(
             cannot_take_over(&c, true, Some(&sync_b), None),
             Some(Ineligible::NotTheSyncStandby {
-                recorded: Some("b".into())
+                recorded: vec!["b".into()]
             })
         );
         assert_eq!(
             cannot_take_over(&c, true, None, None),
-            Some(Ineligible::NotTheSyncStandby { recorded: None })
+            Some(Ineligible::NotTheSyncStandby { recorded: vec![] })
         );
         // The primary that went on alone holds every commit it acknowledged.
         let alone_c = SyncState {
             leader: "c".into(),
-            sync_standby: None,
+            sync_standby: vec![],
         };
         assert_eq!(cannot_take_over(&c, true, Some(&alone_c), None), None);
         assert_eq!(
             cannot_take_over(&b, true, Some(&alone_c), None),
-            Some(Ineligible::NotTheSyncStandby { recorded: None })
+            Some(Ineligible::NotTheSyncStandby { recorded: vec![] })
         );
         assert_eq!(
             cannot_take_over(&replica("d", 1), false, None, Some(2)),

@@ -10,7 +10,7 @@
 //! - `/pg/timeline` — the timeline that primary was on (a member on an older one
 //!   may lack acknowledged commits of a newer primary and is never promoted).
 //! - `/pg/switchover` — a requested switchover (`Switchover` JSON), deleted by the new primary.
-//! - `/pg/sync` — `SyncState` JSON: the standby the primary runs synchronous with.
+//! - `/pg/sync` — `SyncState` JSON: the standbys the primary runs synchronous with.
 //! - `/pg/config` — cluster-wide HA settings, written at bootstrap from the
 //!   bootstrapping node's config; every member uses them over its own file's.
 //! - `/pg/pause` — present while automatic actions are paused.
@@ -266,10 +266,43 @@ pub struct Switchover {
     pub scheduled_at: Option<u64>,
 }
 
+/// `/pg/sync`: the primary (`leader`) and the standbys that hold every commit it
+/// acknowledged. Stored as Patroni stores it: `sync_standby` is the names joined
+/// with commas, or `null` for none (member names cannot contain a comma).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncState {
     pub leader: String,
-    pub sync_standby: Option<String>,
+    #[serde(with = "standby_list")]
+    pub sync_standby: Vec<String>,
+}
+
+impl SyncState {
+    /// `name` is one of the recorded synchronous standbys.
+    pub fn holds(&self, name: &str) -> bool {
+        self.sync_standby.iter().any(|s| s == name)
+    }
+}
+
+mod standby_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(names: &[String], s: S) -> Result<S::Ok, S::Error> {
+        if names.is_empty() {
+            s.serialize_none()
+        } else {
+            s.serialize_str(&names.join(","))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let joined = Option::<String>::deserialize(d)?.unwrap_or_default();
+        Ok(joined
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
 }
 
 /// Cluster view assembled from the store for the REST API and `ctl list`.
@@ -355,5 +388,26 @@ mod tests {
             assert_eq!(format_lsn(parse_lsn(s).unwrap()), s);
         }
         assert_eq!(parse_lsn("nope"), None);
+    }
+
+    #[test]
+    fn the_sync_record_reads_and_writes_patronis_form() {
+        let two = SyncState {
+            leader: "a".into(),
+            sync_standby: vec!["b".into(), "c".into()],
+        };
+        let json = serde_json::to_string(&two).unwrap();
+        assert_eq!(json, r#"{"leader":"a","sync_standby":"b,c"}"#);
+        assert_eq!(serde_json::from_str::<SyncState>(&json).unwrap(), two);
+        let none: SyncState =
+            serde_json::from_str(r#"{"leader":"a","sync_standby":null}"#).unwrap();
+        assert!(none.sync_standby.is_empty());
+        assert_eq!(
+            serde_json::to_string(&none).unwrap(),
+            r#"{"leader":"a","sync_standby":null}"#
+        );
+        let one: SyncState = serde_json::from_str(r#"{"leader":"a","sync_standby":"b"}"#).unwrap();
+        assert_eq!(one.sync_standby, ["b"]);
+        assert!(one.holds("b") && !one.holds("a"));
     }
 }

@@ -44,10 +44,7 @@ pub fn replication_state(status: &MemberStatus) -> Option<&'static str> {
 }
 
 pub fn is_recorded_sync(view: &ClusterView, member: &str) -> bool {
-    view.sync
-        .as_ref()
-        .and_then(|s| s.sync_standby.as_deref())
-        .is_some_and(|s| s == member)
+    view.sync.as_ref().is_some_and(|s| s.holds(member))
 }
 
 /// A member's role in the cluster as Patroni's `/cluster` names it.

@@ -57,10 +57,11 @@ pub fn plan(view: &ClusterView, candidate: &str) -> Result<Plan, OpsError> {
         Some(Ineligible::NotTheSyncStandby { recorded }) => risks.push(format!(
             "synchronous mode: {} holds every acknowledged commit, {candidate} is not \
              recorded as synchronous and may lack commits acknowledged after its position{}",
-            recorded.map_or_else(
-                || "no recorded standby".to_string(),
-                |r| format!("the recorded standby {r}")
-            ),
+            if recorded.is_empty() {
+                "no recorded standby".to_string()
+            } else {
+                format!("the recorded standby {}", recorded.join(", "))
+            },
             lag.map_or_else(String::new, |l| format!(" (up to {l} bytes of WAL)"))
         )),
         Some(why @ Ineligible::OlderTimeline { .. }) => risks.push(format!(
@@ -182,7 +183,7 @@ mod tests {
         v.config = Some(cfg);
         v.sync = Some(SyncState {
             leader: "a".into(),
-            sync_standby: Some("c".into()),
+            sync_standby: vec!["c".into()],
         });
         let p = plan(&v, "b").unwrap();
         assert!(

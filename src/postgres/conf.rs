@@ -41,17 +41,54 @@ pub fn sql_ident(v: &str) -> String {
     format!("\"{}\"", v.replace('"', "\"\""))
 }
 
-/// The one member named by a `synchronous_standby_names` value as written by
-/// `set_synchronous_standby` (`"name"`), or a bare name; `None` when empty.
-pub fn unquote_standby_name(v: &str) -> Option<String> {
-    let v = v.trim();
-    if v.is_empty() {
-        return None;
+/// The `synchronous_standby_names` value that makes commits wait for every one of
+/// `names`: `"a"` for one, `FIRST 2 ("a", "b")` for two; empty for none.
+pub fn standby_names_value(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => sql_ident(one),
+        many => format!(
+            "FIRST {} ({})",
+            many.len(),
+            many.iter()
+                .map(|n| sql_ident(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
-    match v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-        Some(inner) => Some(inner.replace("\"\"", "\"")),
-        None => Some(v.to_string()),
+}
+
+/// The members named by a `synchronous_standby_names` value: as written by
+/// `standby_names_value`, or by hand (`a, b`, `2 (a, b)`, `ANY 1 (a, b)`, quoted
+/// or bare names). Empty when it is empty.
+pub fn parse_standby_names(v: &str) -> Vec<String> {
+    let mut v = v.trim();
+    // `[FIRST|ANY] N (list)`: the list is what names members.
+    if let Some(open) = v.find('(')
+        && !v[..open].contains('"')
+        && v.ends_with(')')
+    {
+        v = &v[open + 1..v.len() - 1];
     }
+    let mut names = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => names.push(std::mem::take(&mut cur)),
+            c if c.is_whitespace() && !quoted => {}
+            c => cur.push(c),
+        }
+    }
+    names.push(cur);
+    names.retain(|n| !n.is_empty());
+    names
 }
 
 /// `pgq_` + the member name lowercased, every other character than `[a-z0-9_]`
@@ -256,6 +293,26 @@ pub fn is_clean_shutdown(state: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn standby_names_round_trip() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for v in [
+            names(&[]),
+            names(&["pg2"]),
+            names(&["a b", "q\"x"]),
+            names(&["n1", "n2", "n3"]),
+        ] {
+            assert_eq!(parse_standby_names(&standby_names_value(&v)), v);
+        }
+        assert_eq!(
+            standby_names_value(&names(&["a", "b"])),
+            r#"FIRST 2 ("a", "b")"#
+        );
+        assert_eq!(parse_standby_names("a, b"), names(&["a", "b"]));
+        assert_eq!(parse_standby_names("ANY 1 (a,\"B\")"), names(&["a", "B"]));
+        assert_eq!(parse_standby_names("  "), names(&[]));
+    }
+
     use super::*;
 
     #[test]

@@ -46,7 +46,8 @@ SELECT pg_is_in_recovery(), \
        s.application_name, s.flush_lsn \
 FROM (SELECT 1) AS one LEFT JOIN LATERAL \
      (SELECT application_name, flush_lsn FROM pg_stat_replication \
-      WHERE sync_state = 'sync' ORDER BY application_name LIMIT 1) AS s ON true";
+      WHERE sync_state = 'sync' \
+      ORDER BY flush_lsn NULLS FIRST, application_name LIMIT 1) AS s ON true";
 
 /// What the monitor knows about the running instance, as durations up to the
 /// instant it was asked.
@@ -60,8 +61,8 @@ pub struct Liveness {
     pub wal_flush_stuck: Option<Duration>,
     /// The postmaster has been stopped (`T`) for this long.
     pub postmaster_stopped: Option<Duration>,
-    /// Commits have waited on the synchronous standby (its name) while its flush
-    /// position stood still, for this long.
+    /// Commits have waited on the least advanced synchronous standby (its name)
+    /// while its flush position stood still, for this long.
     pub sync_wait_stuck: Option<(String, Duration)>,
     /// The instance's processes, as last read from `/proc`.
     pub procs: GroupStates,

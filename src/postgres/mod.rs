@@ -156,9 +156,8 @@ pub struct PgProbe {
     /// Primary: `pg_stat_replication` (includes pg_basebackup sessions, by name
     /// `pgquorum_basebackup`).
     pub replicas: Vec<ReplicaInfo>,
-    /// Primary: the member named by `synchronous_standby_names` (unquoted), `None`
-    /// when it is empty.
-    pub synchronous_standby_names: Option<String>,
+    /// Primary: the members named by `synchronous_standby_names`.
+    pub synchronous_standby_names: Vec<String>,
     /// Postmaster pid (= process group id) while running.
     pub postmaster_pid: Option<i32>,
     /// Why the last run ended; `None` while running or before the first start.

@@ -160,7 +160,9 @@ impl Postgres {
             p.timeline = cell(&rows, 0, 1)
                 .and_then(|t| u64::from_str_radix(t, 16).ok())
                 .unwrap_or(0);
-            p.synchronous_standby_names = cell(&rows, 0, 2).and_then(conf::unquote_standby_name);
+            p.synchronous_standby_names = cell(&rows, 0, 2)
+                .map(conf::parse_standby_names)
+                .unwrap_or_default();
         }
         if let Ok(rows) = self
             .sql

@@ -66,15 +66,16 @@ impl Postgres {
         Ok(())
     }
 
-    /// `ALTER SYSTEM SET synchronous_standby_names` to `"name"` (or empty) and reload;
+    /// `ALTER SYSTEM SET synchronous_standby_names` so that commits wait for all of
+    /// `names` (none: empty) and reload;
     /// returns once the setting is in effect for new transactions (2 s at most).
     ///
     /// ALTER SYSTEM writes `postgresql.auto.conf` in the data directory, so the value
     /// survives restarts (a crashed sync primary comes back still synchronous) and is
     /// copied to replicas by pg_basebackup/pg_rewind: set it explicitly after promoting.
-    pub async fn set_synchronous_standby(&mut self, name: Option<&str>) -> Result<(), PgError> {
+    pub async fn set_synchronous_standby(&mut self, names: &[String]) -> Result<(), PgError> {
         self.require_running()?;
-        let value = name.map(conf::sql_ident).unwrap_or_default();
+        let value = conf::standby_names_value(names);
         if value.contains('\0') {
             return Err(PgError::Setting(SettingError::LineBreak {
                 what: "the synchronous standby's name".into(),

@@ -287,11 +287,11 @@ pub(super) fn execute(w: &mut World, n: usize, a: Action) -> Outcome {
             Ok(Some(0))
         }
         Action::EnsureSlots { .. } => Ok(Some(MS)),
-        Action::SetSyncStandby(name) => {
+        Action::SetSyncStandby(names) => {
             if !w.nodes[n].pg.accepting(w.now) {
                 return Err("PostgreSQL is not running".into());
             }
-            w.nodes[n].pg.sync_names = name;
+            w.nodes[n].pg.sync_names = names;
             Ok(Some(5 * MS))
         }
         Action::RecordSync(name) => {

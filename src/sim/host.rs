@@ -74,7 +74,14 @@ pub(super) fn stream(w: &mut World, n: usize) {
         _ => now,
     };
     up.seen.insert(name.clone(), (now, flushed, moved));
-    if up.sync_names.as_deref() == Some(name.as_str()) {
+    if up.sync_names.contains(&name) {
+        // A commit is acknowledged once every synchronous standby has flushed it.
+        let flushed = up
+            .sync_names
+            .iter()
+            .map(|s| up.seen.get(s).map_or(0, |(_, f, _)| *f))
+            .min()
+            .unwrap_or(0);
         let wal = &up.wal;
         let mut acked = Vec::new();
         up.waiting.retain(|&pos| {

@@ -71,6 +71,8 @@ impl Rng {
 pub(crate) struct Setup {
     pub nodes: usize,
     pub synchronous_mode: bool,
+    /// `synchronous_node_count`.
+    pub sync_node_count: usize,
     /// Virtual µs with faults, then without.
     pub fault_us: u64,
     pub quiet_us: u64,
@@ -654,7 +656,7 @@ impl World {
             let pg = &mut self.nodes[i].pg;
             pg.wal.push(id);
             let pos = pg.wal.len();
-            if pg.sync_names.is_some() {
+            if !pg.sync_names.is_empty() {
                 pg.waiting.push(pos);
             } else {
                 self.acked.push(id);

@@ -56,7 +56,7 @@ pub(super) struct Proc {
     pub(super) following: Option<String>,
     pub(super) down_since: Option<u64>,
     pub(super) stalled_since: Option<u64>,
-    pub(super) sync_catchup: Option<(String, u64)>,
+    pub(super) sync_catchup: Vec<(String, u64)>,
     pub(super) rewind_failed: bool,
     pub(super) last_published: Option<MemberStatus>,
     pub(super) last_reason: String,

@@ -53,6 +53,7 @@ pub(super) fn observe(w: &mut World, n: usize, kvs: Option<Vec<(String, Vec<u8>,
             primary_hang_timeout_ms: 10_000,
             sync_standby_hang_timeout_ms: 5_000,
             synchronous_mode_strict: false,
+            synchronous_node_count: w.setup.sync_node_count,
         },
         paused: false,
         store: read
@@ -81,17 +82,22 @@ pub(super) fn observe(w: &mut World, n: usize, kvs: Option<Vec<(String, Vec<u8>,
 pub(super) fn track_sync_catchup(w: &mut World, n: usize) {
     let now = w.now;
     let pg = &w.nodes[n].pg;
-    let sync_now = pg
+    let streaming = pg.streaming(now);
+    let sync_now: Vec<String> = pg
         .sync_names
-        .clone()
-        .filter(|c| pg.streaming(now).iter().any(|(r, s)| r == c && *s));
+        .iter()
+        .filter(|c| streaming.iter().any(|(r, s)| r == *c && *s))
+        .cloned()
+        .collect();
     let primary = pg.writable(now);
     let len = pg.wal.len() as u64;
     let p = &mut w.nodes[n].proc;
-    match (&p.sync_catchup, sync_now) {
-        (Some((c, _)), Some(s)) if *c == s => {}
-        (_, Some(s)) if primary => p.sync_catchup = Some((s, len)),
-        _ => p.sync_catchup = None,
+    p.sync_catchup
+        .retain(|(c, _)| primary && sync_now.contains(c));
+    for s in sync_now {
+        if primary && !p.sync_catchup.iter().any(|(c, _)| *c == s) {
+            p.sync_catchup.push((s, len));
+        }
     }
 }
 
@@ -139,9 +145,9 @@ pub(super) fn pg_view(w: &mut World, n: usize, now_l: u64, leader_serving: bool)
         unrecorded_bootstrap: pg.unrecorded_bootstrap,
         down_for_ms: p.down_since.map(|t| (now_l - t) / MS),
         sync_standby_names: if accepting {
-            Some(pg.sync_names.clone().unwrap_or_default())
+            pg.sync_names.clone()
         } else {
-            None
+            Vec::new()
         },
         streaming_replicas: if is_primary {
             pg.streaming(now)
@@ -174,16 +180,15 @@ pub(super) fn pg_view(w: &mut World, n: usize, now_l: u64, leader_serving: bool)
             }
             _ => Stall::default(),
         },
-        // Commits wait on the synchronous standby while its flush does not move.
+        // Commits wait on the least advanced synchronous standby while its flush
+        // does not move (as the health monitor reports it).
         sync_stalled: pg
             .sync_names
-            .as_ref()
+            .iter()
             .filter(|_| is_primary && !pg.waiting.is_empty())
-            .and_then(|s| {
-                pg.seen
-                    .get(s)
-                    .map(|(_, _, moved)| (s.clone(), (now - moved) / MS))
-            }),
+            .filter_map(|s| pg.seen.get(s).map(|(_, f, moved)| (*f, s, *moved)))
+            .min()
+            .map(|(_, s, moved)| (s.clone(), (now - moved) / MS)),
         rewind_failed: p.rewind_failed,
         pre_promote_vetoed: false,
     }
@@ -221,8 +226,7 @@ pub(super) fn my_status(w: &World, n: usize) -> MemberStatus {
         tags: Tags::default(),
         sync_standby: view
             .and_then(|v| v.sync.as_ref())
-            .and_then(|s| s.sync_standby.as_deref())
-            == Some(node.name.as_str()),
+            .is_some_and(|s| s.holds(&node.name)),
         node_id: n as u64 + 1,
         paused: view.is_some_and(|v| v.paused),
         pending_restart: false,

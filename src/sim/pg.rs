@@ -22,14 +22,15 @@ pub(crate) struct SimPg {
     pub was_primary: bool,
     /// Started as primary or promoted, and has not stopped since.
     pub writable_possible: bool,
-    pub sync_names: Option<String>,
+    /// `synchronous_standby_names`: commits wait for all of them.
+    pub sync_names: Vec<String>,
     /// Primary: each standby's (last contact, flush position, when it last moved).
     pub seen: BTreeMap<String, (u64, usize, u64)>,
     /// Replica: the node it streams from.
     pub upstream: Option<usize>,
     /// Replica: last instant it received from its upstream.
     pub streamed_at: Option<u64>,
-    /// Primary: positions (1-based) of commits waiting for the synchronous standby.
+    /// Primary: positions (1-based) of commits waiting for the synchronous standbys.
     pub waiting: Vec<usize>,
     /// This data dir comes from a bootstrap not yet recorded in the store.
     pub unrecorded_bootstrap: bool,
@@ -83,7 +84,7 @@ impl SimPg {
         self.seen
             .iter()
             .filter(|(_, (t, _, _))| now.saturating_sub(*t) <= STREAM_TIMEOUT_US)
-            .map(|(n, _)| (n.clone(), self.sync_names.as_deref() == Some(n.as_str())))
+            .map(|(n, _)| (n.clone(), self.sync_names.contains(n)))
             .collect()
     }
 }

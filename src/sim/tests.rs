@@ -12,6 +12,8 @@ fn setup(seed: u64) -> Setup {
     Setup {
         nodes: 3,
         synchronous_mode: seed % 2 == 1,
+        // Every other synchronous run waits for both standbys.
+        sync_node_count: if seed % 4 == 3 { 2 } else { 1 },
         fault_us: 60_000_000,
         quiet_us: 40_000_000,
     }

@@ -376,8 +376,8 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                 let slots: Vec<String> = members.iter().map(|m| Postgres::slot_name(m)).collect();
                 self.pg.ensure_slots(&slots).await?;
             }
-            Action::SetSyncStandby(name) => {
-                self.pg.set_synchronous_standby(name.as_deref()).await?;
+            Action::SetSyncStandby(names) => {
+                self.pg.set_synchronous_standby(&names).await?;
             }
             Action::ClearSwitchover => {
                 self.client.delete_key(model::SWITCHOVER_KEY).await?;
@@ -387,10 +387,10 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                 self.client.delete_key(model::FAILOVER_KEY).await?;
                 tracing::info!("manual failover complete");
             }
-            Action::RecordSync(name) => {
+            Action::RecordSync(names) => {
                 let state = SyncState {
                     leader: self.me.clone(),
-                    sync_standby: name,
+                    sync_standby: names,
                 };
                 let bytes =
                     serde_json::to_vec(&state).map_err(|source| SupervisorError::Encode {

@@ -537,8 +537,8 @@ impl Database for FakePg {
         Ok(())
     }
 
-    async fn set_synchronous_standby(&mut self, name: Option<&str>) -> Result<(), PgError> {
+    async fn set_synchronous_standby(&mut self, names: &[String]) -> Result<(), PgError> {
         self.state()
-            .op("sync", format!("synchronous_standby_names {name:?}"))
+            .op("sync", format!("synchronous_standby_names {names:?}"))
     }
 }

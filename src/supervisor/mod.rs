@@ -118,7 +118,7 @@ pub struct Supervisor<S = Client, P = Postgres> {
     tags_reload: watch::Receiver<Tags>,
     /// (standby, primary WAL position sampled after PostgreSQL was first seen
     /// treating it as synchronous); see `PgView::sync_catchup`.
-    sync_catchup: Option<(String, u64)>,
+    sync_catchup: Vec<(String, u64)>,
     /// The last pg_rewind of this data dir failed (see `PgView::rewind_failed`).
     rewind_failed: bool,
     /// When `pre_promote` last vetoed a promotion (see `PgView::pre_promote_vetoed`).
@@ -186,7 +186,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             last_reason: String::new(),
             health,
             tags_reload,
-            sync_catchup: None,
+            sync_catchup: Vec::new(),
             rewind_failed: false,
             pre_promote_vetoed_at: None,
             last_role: None,
@@ -346,6 +346,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                 primary_hang_timeout_ms: self.ha.primary_hang_timeout_ms,
                 sync_standby_hang_timeout_ms: self.ha.sync_standby_hang_timeout_ms,
                 synchronous_mode_strict: self.ha.synchronous_mode_strict,
+                synchronous_node_count: self.ha.synchronous_node_count,
             },
             paused: view.as_ref().is_some_and(|v| v.paused),
             store: store_view,
@@ -449,9 +450,9 @@ impl<S: Store, P: Database> Supervisor<S, P> {
     fn count_outcome(&mut self, reason: &Reason) {
         match reason {
             Reason::PrimaryHung(_) => self.hangs.primary_killed += 1,
-            Reason::SyncStandbyReplaced { .. } | Reason::SyncStandbyDropped { .. } => {
-                self.hangs.sync_standby_changes += 1
-            }
+            Reason::SyncStandbyReplaced { .. }
+            | Reason::SyncStandbyDropped { .. }
+            | Reason::SyncStandbyShrunk { .. } => self.hangs.sync_standby_changes += 1,
             _ => {}
         }
     }

@@ -112,30 +112,34 @@ impl<S: Store, P: Database> Supervisor<S, P> {
     /// after: every commit acknowledged later waits for it). Forgotten as soon as it
     /// is not synchronous any more.
     pub(super) async fn track_sync_catchup(&mut self, p: &PgProbe) {
-        let sync_now = p
+        let primary = p.in_recovery == Some(false);
+        let sync_now: Vec<&String> = p
             .synchronous_standby_names
-            .as_ref()
+            .iter()
             .filter(|n| {
                 p.replicas
                     .iter()
                     .any(|r| &r.application_name == *n && r.sync_state == "sync")
             })
-            .cloned();
-        match (&self.sync_catchup, sync_now) {
-            (Some((n, _)), Some(c)) if *n == c => {}
-            (_, Some(c)) if p.in_recovery == Some(false) => match self.pg.current_wal_lsn().await {
+            .collect();
+        self.sync_catchup
+            .retain(|(n, _)| primary && sync_now.contains(&n));
+        for c in sync_now {
+            if !primary || self.sync_catchup.iter().any(|(n, _)| n == c) {
+                continue;
+            }
+            match self.pg.current_wal_lsn().await {
                 Ok(lsn) if lsn > 0 => {
                     tracing::info!(
                         standby = %c,
                         lsn = %model::format_lsn(lsn),
                         "synchronous standby confirmed; recording it once it has flushed this position"
                     );
-                    self.sync_catchup = Some((c, lsn));
+                    self.sync_catchup.push((c.clone(), lsn));
                 }
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "cannot sample the WAL position"),
-            },
-            _ => self.sync_catchup = None,
+            }
         }
     }
 }

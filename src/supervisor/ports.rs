@@ -208,7 +208,7 @@ pub trait Database: Send + 'static {
     ) -> impl Future<Output = Result<(), PgError>> + Send;
     fn set_synchronous_standby(
         &mut self,
-        name: Option<&str>,
+        names: &[String],
     ) -> impl Future<Output = Result<(), PgError>> + Send;
 }
 
@@ -305,8 +305,8 @@ impl Database for Postgres {
     }
     fn set_synchronous_standby(
         &mut self,
-        name: Option<&str>,
+        names: &[String],
     ) -> impl Future<Output = Result<(), PgError>> + Send {
-        Postgres::set_synchronous_standby(self, name)
+        Postgres::set_synchronous_standby(self, names)
     }
 }

@@ -35,8 +35,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             replay_lsn: replay,
             following: self.following.clone(),
             tags: self.tags.clone(),
-            sync_standby: view.sync.as_ref().and_then(|s| s.sync_standby.as_deref())
-                == Some(self.me.as_str()),
+            sync_standby: view.sync.as_ref().is_some_and(|s| s.holds(&self.me)),
             node_id: self.node_id,
             paused: view.paused,
             pending_restart: !p.pending_restart.is_empty(),

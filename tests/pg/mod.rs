@@ -63,6 +63,9 @@ pub struct PgOptions {
     /// More `[postgresql]` lines (TOML, may open sub-tables); `{dir}` becomes the
     /// node's directory.
     pub pg_extra: String,
+    /// Raft members without PostgreSQL (ids 4, 5, ...): with two, the cluster keeps
+    /// its quorum when two PostgreSQL hosts die.
+    pub witnesses: u64,
 }
 
 impl Default for PgOptions {
@@ -74,6 +77,7 @@ impl Default for PgOptions {
             ha_extra: String::new(),
             fsync: false,
             pg_extra: String::new(),
+            witnesses: 0,
         }
     }
 }
@@ -98,6 +102,8 @@ pub struct PgNode {
     pub rest_port: u16,
     pub pg_port: u16,
     pub proc: Option<Proc>,
+    /// A Raft member without PostgreSQL.
+    pub witness: bool,
 }
 
 impl PgNode {
@@ -142,9 +148,14 @@ impl PgCluster {
             .expect("temp dir");
         // PostgreSQL runs as another OS user when the tests run as root.
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-        let ports = free_ports(9);
+        assert!(
+            net.is_none() || opts.witnesses == 0,
+            "witnesses in network namespaces are not supported"
+        );
+        let total = 3 + opts.witnesses;
+        let ports = free_ports(3 * total as usize);
         let mut nodes = BTreeMap::new();
-        for id in 1..=3u64 {
+        for id in 1..=total {
             let i = (id as usize - 1) * 3;
             let dir = tmp.path().join(format!("n{id}"));
             fs::create_dir_all(&dir).expect("node dir");
@@ -160,6 +171,7 @@ impl PgCluster {
                     rest_port: ports[i + 1],
                     pg_port: ports[i + 2],
                     proc: None,
+                    witness: id > 3,
                 },
             );
         }
@@ -170,11 +182,11 @@ impl PgCluster {
             net,
             tmp,
         };
-        for id in 1..=3 {
+        for id in 1..=total {
             let text = c.config(id);
             fs::write(c.node(id).config_path(), text).expect("write config");
         }
-        for id in 1..=3 {
+        for id in 1..=total {
             c.launch(id);
         }
         c
@@ -214,6 +226,9 @@ impl PgCluster {
             self.opts.ttl_ms, self.opts.loop_wait_ms, self.opts.synchronous_mode, self.opts.ha_extra
         )
         .unwrap();
+        if n.witness {
+            return t;
+        }
         writeln!(
             t,
             "\n[postgresql]\nbin_dir = {PG_BIN:?}\ndata_dir = {:?}\nlisten_host = {:?}\n\
@@ -236,8 +251,13 @@ impl PgCluster {
         self.nodes.get(&id).expect("node id")
     }
 
+    /// The members that run PostgreSQL.
     pub fn ids(&self) -> Vec<u64> {
-        self.nodes.keys().copied().collect()
+        self.nodes
+            .values()
+            .filter(|n| !n.witness)
+            .map(|n| n.id)
+            .collect()
     }
 
     pub fn temp_path(&self) -> &Path {
@@ -691,7 +711,7 @@ impl Drop for PgCluster {
             self.tmp.disable_cleanup(true);
             eprintln!("kept for inspection: {}", self.tmp.path().display());
         }
-        let ids = self.ids();
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             let pm = self.postmaster_pid(id);
             // A guard a test stopped would outlive pgquorum (it has its own session).

@@ -47,7 +47,7 @@ fn health(member: &str, own: MemberStatus, now: Instant) -> Health {
         optime: Some(OPTIME),
         sync: Some(SyncState {
             leader: "pg1".into(),
-            sync_standby: Some("pg2".into()),
+            sync_standby: vec!["pg2".into()],
         }),
         ..ClusterView::default()
     };

@@ -142,12 +142,8 @@ fn pg_keys_decode() {
     assert_eq!(listing.view.leader.as_deref(), Some("pg1"));
     assert_eq!(listing.view.optime, Some(OPTIME));
     assert_eq!(
-        listing
-            .view
-            .sync
-            .as_ref()
-            .and_then(|s| s.sync_standby.as_deref()),
-        Some("pg2")
+        listing.view.sync.as_ref().map(|s| s.sync_standby.clone()),
+        Some(vec!["pg2".to_string()])
     );
     assert_eq!(
         listing.view.members.keys().collect::<Vec<_>>(),

@@ -37,8 +37,9 @@ pub struct PgView {
     pub unrecorded_bootstrap: bool,
     /// Milliseconds PostgreSQL has been down while it should run (for restart give-up).
     pub down_for_ms: Option<u64>,
-    /// `synchronous_standby_names` currently configured (primary).
-    pub sync_standby_names: Option<String>,
+    /// The standbys `synchronous_standby_names` currently names (primary); commits
+    /// wait for every one of them.
+    pub sync_standby_names: Vec<String>,
     /// Standbys streaming from this primary: (application_name = member name, is sync).
     pub streaming_replicas: Vec<(String, bool)>,
     /// Replica: for how long (ms) it has not been streaming although its leader
@@ -52,10 +53,10 @@ pub struct PgView {
     pub foreign_postmaster: Option<i32>,
     /// Primary: each standby's flush position (`pg_stat_replication.flush_lsn`).
     pub replica_flush: Vec<(String, u64)>,
-    /// Primary: (standby, WAL position) sampled right after PostgreSQL was first seen
-    /// treating that standby as synchronous. Commits acknowledged before that need
+    /// Primary: for each standby PostgreSQL treats as synchronous, the WAL position
+    /// sampled right after it was first seen doing so. Commits acknowledged before that need
     /// not be on it; once its flush position reaches this, it holds them all.
-    pub sync_catchup: Option<(String, u64)>,
+    pub sync_catchup: Vec<(String, u64)>,
     /// Signs that the running PostgreSQL hangs.
     pub stall: Stall,
     /// Primary: commits have waited on this synchronous standby while its flush
@@ -200,6 +201,9 @@ pub struct Policy {
     /// Synchronous mode never falls back to asynchronous commits: a recorded standby
     /// that left or hangs is replaced only by another, never dropped for none.
     pub synchronous_mode_strict: bool,
+    /// How many synchronous standbys commits wait for (at most; fewer while fewer
+    /// stream). At least 1.
+    pub synchronous_node_count: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -282,10 +286,12 @@ pub enum Action {
     EnsureSlots {
         members: Vec<String>,
     },
-    /// Configure PostgreSQL's synchronous_standby_names.
-    SetSyncStandby(Option<String>),
-    /// Record the synchronous standby in the store.
-    RecordSync(Option<String>),
+    /// Configure PostgreSQL's synchronous_standby_names: commits wait for all of
+    /// these standbys (none: asynchronous).
+    SetSyncStandby(Vec<String>),
+    /// Record the synchronous standbys (in `/pg/sync`, with this member as leader):
+    /// each holds every commit acknowledged so far.
+    RecordSync(Vec<String>),
     /// Delete the switchover request (done by the new primary).
     ClearSwitchover,
     /// Delete the manual failover request (done by the new primary).

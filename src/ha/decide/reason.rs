@@ -58,6 +58,11 @@ pub enum Reason {
         standby: String,
         why: &'static str,
     },
+    SyncStandbyShrunk {
+        standby: String,
+        why: &'static str,
+        remaining: String,
+    },
     BootstrapTakeLease,
     Bootstrapping,
     RecordingSystemId,
@@ -184,6 +189,14 @@ impl fmt::Display for Reason {
             SyncStandbyDropped { standby, why } => write!(
                 f,
                 "synchronous standby {standby} {why} and no other standby streams: un-recorded, commits no longer wait (synchronous_mode_strict keeps them waiting instead)"
+            ),
+            SyncStandbyShrunk {
+                standby,
+                why,
+                remaining,
+            } => write!(
+                f,
+                "synchronous standby {standby} {why} and no other standby can replace it: un-recorded, commits wait for {remaining} only"
             ),
             SyncStandbyStrictWait { standby, why } => write!(
                 f,

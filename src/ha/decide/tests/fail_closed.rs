@@ -142,7 +142,7 @@ fn a_named_switchover_candidate_obeys_synchronous_mode() {
         s.switchover = Some(switchover_to("b"));
         s.sync = Some(SyncState {
             leader: "a".into(),
-            sync_standby: Some("c".into()),
+            sync_standby: vec!["c".into()],
         });
     });
     assert_decides(
@@ -216,17 +216,30 @@ fn random_observation(r: &mut Rng) -> Observation {
         was_primary: r.coin(),
         unrecorded_bootstrap: r.next().is_multiple_of(8),
         down_for_ms: r.pick(&[None, Some(0), Some(20_000)]),
-        sync_standby_names: r.pick(&[None, Some("b".to_string()), Some("c".to_string())]),
+        sync_standby_names: r.pick(&[
+            vec![],
+            vec!["b".to_string()],
+            vec!["c".to_string()],
+            vec!["b".to_string(), "c".to_string()],
+        ]),
         streaming_replicas: r.pick(&[
             vec![],
             vec![("b".to_string(), true)],
             vec![("c".to_string(), false), ("a".to_string(), true)],
+            vec![("b".to_string(), true), ("c".to_string(), true)],
         ]),
         not_streaming_ms: r.pick(&[None, Some(20_000)]),
         may_be_primary: running && r.coin(),
         foreign_postmaster: (!running && r.next().is_multiple_of(6)).then_some(777),
-        replica_flush: vec![("b".to_string(), r.pick(&[900, 1000]))],
-        sync_catchup: r.pick(&[None, Some(("b".to_string(), 950))]),
+        replica_flush: vec![
+            ("b".to_string(), r.pick(&[900, 1000])),
+            ("c".to_string(), r.pick(&[900, 1000])),
+        ],
+        sync_catchup: r.pick(&[
+            vec![],
+            vec![("b".to_string(), 950)],
+            vec![("b".to_string(), 950), ("c".to_string(), 900)],
+        ]),
         stall: r.pick(&[
             Stall::default(),
             Stall {
@@ -268,11 +281,19 @@ fn random_observation(r: &mut Rng) -> Observation {
             None,
             Some(SyncState {
                 leader: "c".into(),
-                sync_standby: Some("a".into()),
+                sync_standby: vec!["a".into()],
             }),
             Some(SyncState {
                 leader: "c".into(),
-                sync_standby: Some("b".into()),
+                sync_standby: vec!["b".into()],
+            }),
+            Some(SyncState {
+                leader: "a".into(),
+                sync_standby: vec!["b".into(), "c".into()],
+            }),
+            Some(SyncState {
+                leader: "c".into(),
+                sync_standby: vec!["a".into(), "b".into()],
             }),
         ]),
         switchover: r.pick(&[
@@ -323,6 +344,7 @@ fn random_observation(r: &mut Rng) -> Observation {
             primary_hang_timeout_ms: r.pick(&[0, 10_000]),
             sync_standby_hang_timeout_ms: r.pick(&[0, 5_000]),
             synchronous_mode_strict: r.coin(),
+            synchronous_node_count: r.pick(&[1, 2]),
         },
         paused: r.next().is_multiple_of(6),
         store: (!r.next().is_multiple_of(5)).then_some(store),
@@ -377,11 +399,11 @@ fn random_observations_keep_the_safety_rules() {
             && !forced
         {
             if o.policy.synchronous_mode {
-                let recorded = s.sync.as_ref().and_then(|x| x.sync_standby.as_deref());
-                assert_eq!(
-                    recorded,
-                    Some("a"),
-                    "acquired in synchronous mode without being the recorded standby: {o:#?} -> {d:?}"
+                assert!(
+                    s.sync.as_ref().is_some_and(
+                        |x| x.holds("a") || (x.leader == "a" && x.sync_standby.is_empty())
+                    ),
+                    "acquired in synchronous mode without being a recorded standby: {o:#?} -> {d:?}"
                 );
             }
             if let Some(t) = s.timeline {
@@ -405,22 +427,33 @@ fn random_observations_keep_the_safety_rules() {
             );
         }
         // A recorded synchronous standby is un-recorded before PostgreSQL stops
-        // waiting for it.
+        // waiting for it, and one is recorded only while PostgreSQL waits for it.
         let recorded = o
             .store
             .as_ref()
             .and_then(|s| s.sync.as_ref())
             .filter(|s| s.leader == "a")
-            .and_then(|s| s.sync_standby.clone());
-        if let Some(r) = recorded
-            && let Some(set) =
-                pos(&|x| matches!(x, Action::SetSyncStandby(n) if n.as_deref() != Some(r.as_str())))
-        {
-            let unrecord = pos(&|x| *x == Action::RecordSync(None));
-            assert!(
-                unrecord.is_some_and(|u| u < set),
-                "PostgreSQL released from a recorded standby before it was un-recorded: {o:#?} -> {d:?}"
-            );
+            .map(|s| s.sync_standby.clone())
+            .unwrap_or_default();
+        for r in &recorded {
+            if let Some(set) = pos(&|x| matches!(x, Action::SetSyncStandby(n) if !n.contains(r))) {
+                let unrecord = pos(&|x| matches!(x, Action::RecordSync(n) if !n.contains(r)));
+                assert!(
+                    unrecord.is_some_and(|u| u < set),
+                    "PostgreSQL released from recorded standby {r} before it was un-recorded: {o:#?} -> {d:?}"
+                );
+            }
+        }
+        for x in a.iter() {
+            if let Action::RecordSync(n) = x {
+                for r in n.iter().filter(|r| !recorded.contains(r)) {
+                    assert!(
+                        o.pg.sync_standby_names.contains(r)
+                            && o.pg.streaming_replicas.contains(&(r.clone(), true)),
+                        "recorded {r}, which PostgreSQL does not wait for: {o:#?} -> {d:?}"
+                    );
+                }
+            }
         }
         let i_lead = o.lease_held
             && o.store

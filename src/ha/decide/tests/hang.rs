@@ -28,13 +28,13 @@ fn hung_primary(ms: u64) -> Observation {
 fn sync_primary(recorded: &str) -> Observation {
     with(obs_primary(), |o| {
         o.policy.synchronous_mode = true;
-        o.pg.sync_standby_names = Some(recorded.into());
+        o.pg.sync_standby_names = vec![recorded.into()];
         o.pg.streaming_replicas =
             vec![("b".into(), recorded == "b"), ("c".into(), recorded == "c")];
         o.pg.replica_flush = vec![("b".into(), 900), ("c".into(), 1000)];
         o.store.as_mut().unwrap().sync = Some(SyncState {
             leader: "a".into(),
-            sync_standby: Some(recorded.into()),
+            sync_standby: vec![recorded.into()],
         });
     })
 }
@@ -166,8 +166,8 @@ fn sync_standby_hang_cases() {
                 RenewLease,
                 PublishOptime,
                 slots(),
-                RecordSync(None),
-                SetSyncStandby(Some("c".into())),
+                RecordSync(vec![]),
+                SetSyncStandby(vec!["c".into()]),
             ],
             Reason::SyncStandbyReplaced {
                 standby: "b".into(),
@@ -202,8 +202,8 @@ fn sync_standby_hang_cases() {
                 RenewLease,
                 PublishOptime,
                 slots(),
-                RecordSync(None),
-                SetSyncStandby(None),
+                RecordSync(vec![]),
+                SetSyncStandby(vec![]),
             ],
             Reason::SyncStandbyDropped {
                 standby: "b".into(),
@@ -233,8 +233,8 @@ fn sync_standby_hang_cases() {
                 RenewLease,
                 PublishOptime,
                 slots(),
-                RecordSync(None),
-                SetSyncStandby(Some("c".into())),
+                RecordSync(vec![]),
+                SetSyncStandby(vec!["c".into()]),
             ],
             Reason::SyncStandbyReplaced {
                 standby: "b".into(),
@@ -259,15 +259,15 @@ fn sync_standby_hang_cases() {
             with(sync_primary("c"), |o| {
                 o.store.as_mut().unwrap().sync = Some(SyncState {
                     leader: "a".into(),
-                    sync_standby: None,
+                    sync_standby: vec![],
                 });
-                o.pg.sync_catchup = Some(("c".into(), 1000));
+                o.pg.sync_catchup = vec![("c".into(), 1000)];
             }),
             vec![
                 RenewLease,
                 PublishOptime,
                 slots(),
-                RecordSync(Some("c".into())),
+                RecordSync(vec!["c".into()]),
             ],
             Reason::HealthyPrimary,
         ),
@@ -275,15 +275,15 @@ fn sync_standby_hang_cases() {
             "a hung replica (reports not running) never becomes the synchronous standby",
             with(sync_primary("b"), |o| {
                 o.store.as_mut().unwrap().sync = None;
-                o.pg.sync_standby_names = None;
+                o.pg.sync_standby_names = Vec::new();
                 o.store.as_mut().unwrap().members[0].state = PgRunState::Starting;
             }),
             vec![
                 RenewLease,
                 PublishOptime,
                 slots(),
-                RecordSync(None),
-                SetSyncStandby(Some("c".into())),
+                RecordSync(vec![]),
+                SetSyncStandby(vec!["c".into()]),
             ],
             Reason::HealthyPrimary,
         ),
@@ -294,7 +294,7 @@ fn sync_standby_hang_cases() {
                 o.store.as_mut().unwrap().sync = None;
                 o.pg.streaming_replicas = vec![];
             }),
-            vec![RenewLease, PublishOptime, slots(), RecordSync(None)],
+            vec![RenewLease, PublishOptime, slots(), RecordSync(vec![])],
             Reason::HealthyPrimary,
         ),
     ];

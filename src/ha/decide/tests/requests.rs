@@ -61,7 +61,7 @@ fn manual_failover_decisions() {
                 let s = o.store.as_mut().unwrap();
                 s.sync = Some(SyncState {
                     leader: "a".into(),
-                    sync_standby: Some("c".into()),
+                    sync_standby: vec!["c".into()],
                 });
                 s.failover = request("b", false);
             }),
@@ -77,13 +77,13 @@ fn manual_failover_decisions() {
                 s.leader = Some("b".into());
                 s.sync = Some(SyncState {
                     leader: "a".into(),
-                    sync_standby: Some("c".into()),
+                    sync_standby: vec!["c".into()],
                 });
                 s.failover = request("b", true);
             }),
             vec![
                 RenewLease,
-                RecordSync(None),
+                RecordSync(vec![]),
                 Promote,
                 RecordPromotion {
                     timeline: 1,
@@ -396,7 +396,7 @@ fn tag_decisions() {
             "a nosync standby is never made synchronous",
             with(obs_primary(), |o| {
                 o.policy.synchronous_mode = true;
-                o.pg.sync_standby_names = Some("b".into());
+                o.pg.sync_standby_names = vec!["b".into()];
                 o.pg.streaming_replicas = vec![("c".into(), false)];
                 let s = o.store.as_mut().unwrap();
                 for m in &mut s.members {
@@ -404,15 +404,15 @@ fn tag_decisions() {
                 }
                 s.sync = Some(SyncState {
                     leader: "a".into(),
-                    sync_standby: Some("b".into()),
+                    sync_standby: vec!["b".into()],
                 });
             }),
             vec![
                 RenewLease,
                 PublishOptime,
                 slots(),
-                RecordSync(None),
-                SetSyncStandby(None),
+                RecordSync(vec![]),
+                SetSyncStandby(vec![]),
             ],
             Reason::SyncStandbyDropped {
                 standby: "b".into(),
