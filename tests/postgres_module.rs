@@ -137,6 +137,33 @@ impl Member {
     }
 }
 
+/// The physical slots on `m`, sorted.
+async fn slots(m: &Member) -> Vec<String> {
+    let rows = m
+        .superuser()
+        .await
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// A slot's restart_lsn on `m`, as bytes from 0/0.
+async fn slot_lsn(m: &Member, slot: &str) -> i64 {
+    m.superuser()
+        .await
+        .query_one(
+            "SELECT (restart_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Polls `probe` every 100 ms until `ok` holds; panics after `timeout`.
 async fn probe_until(
     m: &mut Member,
@@ -450,7 +477,7 @@ async fn pg_replication_promotion_rewind_and_reclone() {
         a.pg.bootstrap()
             .await
             .unwrap_or_else(|e| panic!("bootstrap: {e}"));
-    a.pg.ensure_slots(std::slice::from_ref(&slot_b))
+    a.pg.ensure_slots(std::slice::from_ref(&slot_b), &[])
         .await
         .unwrap();
 
@@ -508,13 +535,35 @@ async fn pg_replication_promotion_rewind_and_reclone() {
         p.replay_lsn >= written
     })
     .await;
-    // A stale pgq_ slot is dropped, a foreign one kept.
-    a.pg.ensure_slots(&["pgq_gone".into(), slot_b.clone()])
+    // A stale pgq_ slot is dropped, one to keep (member_slots_ttl) is not.
+    a.pg.ensure_slots(&["pgq_gone".into(), "pgq_kept".into(), slot_b.clone()], &[])
         .await
         .unwrap();
-    a.pg.ensure_slots(std::slice::from_ref(&slot_b))
+    a.pg.ensure_slots(std::slice::from_ref(&slot_b), &["pgq_kept".into()])
         .await
         .unwrap();
+    assert_eq!(slots(&a).await, ["pgq_beta", "pgq_kept"]);
+
+    // A permanent slot on the replica follows its replay, and is there after the
+    // promotion below.
+    b.pg.keep_standby_slots(&["backup".into()]).await.unwrap();
+    let before = slot_lsn(&b, "backup").await;
+    a.pg.checkpoint().await.unwrap();
+    let written = a.pg.probe().await.write_lsn;
+    probe_until(&mut b, "B to replay A's second checkpoint", WAIT, |p| {
+        p.replay_lsn >= written
+    })
+    .await;
+    b.pg.keep_standby_slots(&["backup".into()]).await.unwrap();
+    let after = slot_lsn(&b, "backup").await;
+    assert!(
+        after > before,
+        "backup slot not advanced: {before} -> {after}"
+    );
+    assert!(
+        b.pg.keep_standby_slots(&["Bad-Name".into()]).await.is_err(),
+        "an invalid slot name is refused"
+    );
     assert!(
         a.pg.promote().await.is_ok(),
         "promote on a primary is a no-op"
@@ -530,9 +579,10 @@ async fn pg_replication_promotion_rewind_and_reclone() {
     })
     .await;
     assert!(p.write_lsn > 0);
-    b.pg.ensure_slots(std::slice::from_ref(&slot_a))
+    b.pg.ensure_slots(&[slot_a.clone(), "backup".into()], &[])
         .await
         .unwrap();
+    assert_eq!(slots(&b).await, ["backup", "pgq_alpha"]);
 
     // A was not shut down cleanly: rewind runs single-user crash recovery, then pg_rewind.
     a.pg.rewind(&b.target())

@@ -466,20 +466,33 @@ fn becoming_primary(o: &Observation, store: &StoreView, start: Action) -> Vec<Ac
 }
 
 /// A primary holding its lease: renew, publish its position, keep a slot for every
-/// other member (published or a Raft member: one that is down keeps its slot and
-/// the WAL it needs), and mind the synchronous standby.
+/// other member (published, or seen within `member_slots_ttl_ms`: one that is down
+/// keeps its slot and the WAL it needs) and the permanent slots, and mind the
+/// synchronous standby.
 fn healthy_primary(o: &Observation, store: &StoreView) -> Decision {
     let mut actions = vec![Action::RenewLease, Action::PublishOptime];
     let mut others: Vec<String> = store
         .members
         .iter()
         .map(|m| m.name.clone())
-        .chain(store.raft_members.iter().cloned())
+        .chain(store.slot_members.iter().cloned())
         .filter(|n| *n != o.me)
         .collect();
     others.sort();
     others.dedup();
-    actions.push(Action::EnsureSlots { members: others });
+    let mut retain: Vec<String> = store
+        .retain_slots
+        .iter()
+        .filter(|n| **n != o.me && !others.contains(n))
+        .cloned()
+        .collect();
+    retain.sort();
+    retain.dedup();
+    actions.push(Action::EnsureSlots {
+        members: others,
+        retain,
+        permanent: o.policy.permanent_slots.clone(),
+    });
     let (sync, why) = sync_actions(o, store);
     actions.extend(sync);
     decision(actions, why.unwrap_or(Reason::HealthyPrimary))
@@ -604,7 +617,16 @@ fn follow(o: &Observation, leader: &str) -> Decision {
         {
             decision(rewind_and_follow(leader), Reason::DivergedReplica(l))
         }
-        Some(up) if up == leader => decision(vec![], Reason::HealthyReplica(l)),
+        Some(up) if up == leader => {
+            let keep = if o.policy.permanent_slots.is_empty() {
+                vec![]
+            } else {
+                vec![Action::KeepStandbySlots {
+                    slots: o.policy.permanent_slots.clone(),
+                }]
+            };
+            decision(keep, Reason::HealthyReplica(l))
+        }
         // A former primary started as a standby without upstream (during an election
         // it lost) may hold WAL the new primary never had.
         _ if pg.was_primary => decision(rewind_and_follow(leader), Reason::Rewinding(l)),

@@ -5,8 +5,13 @@ use super::*;
 
 impl Postgres {
     /// Primary only: creates missing physical slots (reserving WAL at once) and drops
-    /// inactive `pgq_*` slots that are not wanted. Other slots are never touched.
-    pub async fn ensure_slots(&mut self, wanted: &[String]) -> Result<(), PgError> {
+    /// inactive `pgq_*` slots that are neither wanted nor to `keep`. Other slots are
+    /// never touched.
+    pub async fn ensure_slots(
+        &mut self,
+        wanted: &[String],
+        keep: &[String],
+    ) -> Result<(), PgError> {
         if let Some(bad) = wanted.iter().find(|w| !conf::valid_slot_name(w)) {
             return Err(PgError::InvalidSlotName(bad.clone()));
         }
@@ -44,7 +49,8 @@ impl Postgres {
             }
         }
         for (name, active) in &existing {
-            if !name.starts_with("pgq_") || *active || wanted.contains(name) {
+            if !name.starts_with("pgq_") || *active || wanted.contains(name) || keep.contains(name)
+            {
                 continue;
             }
             let r = self
@@ -61,6 +67,68 @@ impl Postgres {
                 // 55006 object_in_use: became active meanwhile; 42704: already gone.
                 Err(e) if matches!(e.sqlstate(), Some("55006" | "42704")) => {}
                 Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Replica: the permanent physical slots exist here too and are moved forward to
+    /// this replica's replay position (`pg_replication_slot_advance`), so after a
+    /// promotion each is there, holding what its consumer has not yet read of the
+    /// new primary's WAL at most from this replica's last replay on (as Patroni does).
+    pub async fn keep_standby_slots(&mut self, slots: &[String]) -> Result<(), PgError> {
+        if let Some(bad) = slots.iter().find(|w| !conf::valid_slot_name(w)) {
+            return Err(PgError::InvalidSlotName(bad.clone()));
+        }
+        self.require_running()?;
+        let rows = self
+            .sql
+            .simple(
+                "list slots",
+                "SELECT slot_name, active, restart_lsn IS NOT NULL \
+                   AND restart_lsn < pg_last_wal_replay_lsn() \
+                 FROM pg_replication_slots WHERE slot_type = 'physical'",
+                SQL_TIMEOUT,
+            )
+            .await?;
+        let existing: Vec<(String, bool, bool)> = rows
+            .iter()
+            .map(|r| {
+                let t = |i: usize| r.get(i).and_then(|v| v.as_deref()) == Some("t");
+                (text(r, 0), t(1), t(2))
+            })
+            .collect();
+        for w in slots {
+            match existing.iter().find(|(n, _, _)| n == w) {
+                None => {
+                    let r = self
+                        .sql
+                        .query(
+                            "create slot",
+                            "SELECT pg_create_physical_replication_slot($1, true)",
+                            &[w],
+                            SQL_TIMEOUT,
+                        )
+                        .await;
+                    match r {
+                        Ok(_) => {
+                            tracing::info!(slot = %w, "created permanent slot on this replica")
+                        }
+                        Err(e) if e.sqlstate() == Some("42710") => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Some((_, false, true)) => {
+                    self.sql
+                        .query(
+                            "advance slot",
+                            "SELECT pg_replication_slot_advance($1, pg_last_wal_replay_lsn())",
+                            &[w],
+                            SQL_TIMEOUT,
+                        )
+                        .await?;
+                }
+                Some(_) => {}
             }
         }
         Ok(())

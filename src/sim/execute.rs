@@ -286,7 +286,7 @@ pub(super) fn execute(w: &mut World, n: usize, a: Action) -> Outcome {
             }
             Ok(Some(0))
         }
-        Action::EnsureSlots { .. } => Ok(Some(MS)),
+        Action::EnsureSlots { .. } | Action::KeepStandbySlots { .. } => Ok(Some(MS)),
         Action::SetSyncStandby(names) => {
             if !w.nodes[n].pg.accepting(w.now) {
                 return Err("PostgreSQL is not running".into());

@@ -54,11 +54,13 @@ pub(super) fn observe(w: &mut World, n: usize, kvs: Option<Vec<(String, Vec<u8>,
             sync_standby_hang_timeout_ms: 5_000,
             synchronous_mode_strict: false,
             synchronous_node_count: w.setup.sync_node_count,
+            permanent_slots: vec![],
         },
         paused: false,
-        store: read
-            .as_ref()
-            .map(|(view, sysid, _)| StoreView::of(view, *sysid, raft_members, &me)),
+        store: read.as_ref().map(|(view, sysid, _)| StoreView {
+            slot_members: raft_members.clone(),
+            ..StoreView::of(view, *sysid, &me)
+        }),
         lease_held: lease_valid,
         lease_lapsed: p.leader_lease.is_some() && !lease_valid,
         own_old_lease: read.as_ref().and_then(|(_, _, l)| *l),

@@ -372,9 +372,21 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                         .await?;
                 }
             }
-            Action::EnsureSlots { members } => {
-                let slots: Vec<String> = members.iter().map(|m| Postgres::slot_name(m)).collect();
-                self.pg.ensure_slots(&slots).await?;
+            Action::EnsureSlots {
+                members,
+                retain,
+                permanent,
+            } => {
+                let wanted: Vec<String> = members
+                    .iter()
+                    .map(|m| Postgres::slot_name(m))
+                    .chain(permanent.iter().cloned())
+                    .collect();
+                let keep: Vec<String> = retain.iter().map(|m| Postgres::slot_name(m)).collect();
+                self.pg.ensure_slots(&wanted, &keep).await?;
+            }
+            Action::KeepStandbySlots { slots } => {
+                self.pg.keep_standby_slots(&slots).await?;
             }
             Action::SetSyncStandby(names) => {
                 self.pg.set_synchronous_standby(&names).await?;

@@ -528,7 +528,14 @@ impl Database for FakePg {
         Ok(())
     }
 
-    async fn ensure_slots(&mut self, wanted: &[String]) -> Result<(), PgError> {
+    async fn keep_standby_slots(&mut self, slots: &[String]) -> Result<(), PgError> {
+        self.state().op(
+            "standby slots",
+            format!("standby slots {}", slots.join(",")),
+        )
+    }
+
+    async fn ensure_slots(&mut self, wanted: &[String], _keep: &[String]) -> Result<(), PgError> {
         let mut s = self.state();
         if s.slots != wanted {
             s.slots = wanted.to_vec();

@@ -123,6 +123,10 @@ pub struct Supervisor<S = Client, P = Postgres> {
     rewind_failed: bool,
     /// When `pre_promote` last vetoed a promotion (see `PgView::pre_promote_vetoed`).
     pre_promote_vetoed_at: Option<Instant>,
+    /// When each other member was last seen publishing its status (for
+    /// `member_slots_ttl_ms`), and when this process started.
+    slot_seen: std::collections::BTreeMap<String, Instant>,
+    started: Instant,
     /// The role PostgreSQL last ran with, for the callbacks (`ha::callbacks::owed`).
     last_role: Option<Role>,
 }
@@ -187,6 +191,8 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             health,
             tags_reload,
             sync_catchup: Vec::new(),
+            slot_seen: std::collections::BTreeMap::new(),
+            started: Instant::now(),
             rewind_failed: false,
             pre_promote_vetoed_at: None,
             last_role: None,
@@ -287,10 +293,13 @@ impl<S: Store, P: Database> Supervisor<S, P> {
         let pg = self.pg_view(&probe, now, leader_serving);
         let own_old_lease = store.as_ref().ok().and_then(|(_, _, l)| *l);
         let (view, store_view) = match &store {
-            Ok((view, sysid, _)) => (
-                Some(view.clone()),
-                Some(self.store_view(view, *sysid, raft_members)),
-            ),
+            Ok((view, sysid, _)) => {
+                let keep = self.slot_keep(view, raft_members, now);
+                (
+                    Some(view.clone()),
+                    Some(self.store_view(view, *sysid, keep)),
+                )
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "store unreachable");
                 (None, None)
@@ -347,6 +356,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                 sync_standby_hang_timeout_ms: self.ha.sync_standby_hang_timeout_ms,
                 synchronous_mode_strict: self.ha.synchronous_mode_strict,
                 synchronous_node_count: self.ha.synchronous_node_count,
+                permanent_slots: self.ha.slots.keys().cloned().collect(),
             },
             paused: view.as_ref().is_some_and(|v| v.paused),
             store: store_view,

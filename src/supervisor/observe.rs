@@ -26,9 +26,41 @@ impl<S: Store, P: Database> Supervisor<S, P> {
         &self,
         view: &ClusterView,
         system_id: Option<u64>,
-        raft_members: Vec<String>,
+        slots: (Vec<String>, Vec<String>),
     ) -> StoreView {
-        StoreView::of(view, system_id, raft_members, &self.me)
+        StoreView {
+            slot_members: slots.0,
+            retain_slots: slots.1,
+            ..StoreView::of(view, system_id, &self.me)
+        }
+    }
+
+    /// Which absent members keep their slot (`StoreView::slot_members`,
+    /// `retain_slots`): those seen publishing within `member_slots_ttl_ms`, and, for
+    /// that long after this process started, Raft members it has not seen at all
+    /// (kept if their slot exists; a witness never had one).
+    pub(super) fn slot_keep(
+        &mut self,
+        view: &ClusterView,
+        raft_members: Vec<String>,
+        now: Instant,
+    ) -> (Vec<String>, Vec<String>) {
+        for name in view.members.keys().filter(|n| **n != self.me) {
+            self.slot_seen.insert(name.clone(), now);
+        }
+        let ttl = Duration::from_millis(self.ha.member_slots_ttl_ms);
+        self.slot_seen
+            .retain(|_, t| now.saturating_duration_since(*t) < ttl);
+        let recent = self.slot_seen.keys().cloned().collect();
+        let retain = if now.saturating_duration_since(self.started) < ttl {
+            raft_members
+                .into_iter()
+                .filter(|n| *n != self.me && !self.slot_seen.contains_key(n))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (recent, retain)
     }
 
     pub(super) fn pg_view(&mut self, p: &PgProbe, now: Instant, leader_serving: bool) -> PgView {

@@ -205,6 +205,11 @@ pub trait Database: Send + 'static {
     fn ensure_slots(
         &mut self,
         wanted: &[String],
+        keep: &[String],
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+    fn keep_standby_slots(
+        &mut self,
+        slots: &[String],
     ) -> impl Future<Output = Result<(), PgError>> + Send;
     fn set_synchronous_standby(
         &mut self,
@@ -300,8 +305,15 @@ impl Database for Postgres {
     fn ensure_slots(
         &mut self,
         wanted: &[String],
+        keep: &[String],
     ) -> impl Future<Output = Result<(), PgError>> + Send {
-        Postgres::ensure_slots(self, wanted)
+        Postgres::ensure_slots(self, wanted, keep)
+    }
+    fn keep_standby_slots(
+        &mut self,
+        slots: &[String],
+    ) -> impl Future<Output = Result<(), PgError>> + Send {
+        Postgres::keep_standby_slots(self, slots)
     }
     fn set_synchronous_standby(
         &mut self,

@@ -434,3 +434,33 @@ async fn a_vetoed_promotion_gives_the_lease_back_as_a_replica_and_callbacks_foll
         r.log()
     );
 }
+
+/// member_slots_ttl: a member seen publishing keeps its slot for the ttl after it
+/// went silent; a Raft member never seen (a witness, or one down since before this
+/// process started) only has an existing slot kept, for the ttl after the start.
+#[tokio::test(start_paused = true)]
+async fn an_absent_member_keeps_its_slot_for_member_slots_ttl() {
+    let store = FakeStore::new(&["n1", "n2", "n3"]);
+    let pg = FakePg::default();
+    n2_leads(&store, 1, 100, Duration::from_secs(60));
+    let mut r = rig(&store, &pg);
+    let (view, _, _) = r.sup.read_store().await.expect("store");
+    let ttl = Duration::from_millis(r.sup.ha.member_slots_ttl_ms);
+    let raft: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+    let t0 = Instant::now();
+    let n = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        r.sup.slot_keep(&view, raft.clone(), t0),
+        (n(&["n2"]), n(&["n3"]))
+    );
+    let gone = ClusterView::default();
+    let half = t0 + ttl / 2;
+    assert_eq!(
+        r.sup.slot_keep(&gone, raft.clone(), half),
+        (n(&["n2"]), n(&["n3"]))
+    );
+    assert_eq!(
+        r.sup.slot_keep(&gone, raft.clone(), t0 + ttl),
+        (n(&[]), n(&[]))
+    );
+}

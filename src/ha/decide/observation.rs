@@ -149,21 +149,21 @@ pub struct StoreView {
     pub restart_at: Option<u64>,
     /// ... or to reload its configuration (`ctl reload`).
     pub reload: bool,
-    /// Names of the Raft members (read only while this member leads): each gets a
-    /// replication slot, also while it is down and publishes nothing.
-    pub raft_members: Vec<String>,
+    /// Members that publish nothing now but did within `member_slots_ttl_ms` (known
+    /// only while this member leads): each keeps its replication slot.
+    pub slot_members: Vec<String>,
+    /// Members whose slot is kept if it exists but not created: Raft members this
+    /// process has not seen publishing since it started, within `member_slots_ttl_ms`
+    /// of that (it cannot tell when they were last seen).
+    pub retain_slots: Vec<String>,
 }
 
 impl StoreView {
     /// The store's keys as member `me` reads them (its own status left out).
-    pub fn of(
-        view: &ClusterView,
-        system_id: Option<u64>,
-        raft_members: Vec<String>,
-        me: &str,
-    ) -> Self {
+    pub fn of(view: &ClusterView, system_id: Option<u64>, me: &str) -> Self {
         StoreView {
-            raft_members,
+            slot_members: Vec::new(),
+            retain_slots: Vec::new(),
             leader: view.leader.clone(),
             system_id,
             members: view
@@ -204,6 +204,8 @@ pub struct Policy {
     /// How many synchronous standbys commits wait for (at most; fewer while fewer
     /// stream). At least 1.
     pub synchronous_node_count: usize,
+    /// Permanent physical slots (slot names) from `/pg/config`.
+    pub permanent_slots: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -283,8 +285,17 @@ pub enum Action {
     },
     PublishOptime,
     /// Physical slots on the primary, one per other member.
+    /// `members`' slots are created if missing; `retain`'s kept if they exist;
+    /// `permanent` are the cluster's permanent slots (by slot name).
     EnsureSlots {
         members: Vec<String>,
+        retain: Vec<String>,
+        permanent: Vec<String>,
+    },
+    /// Replica: the permanent slots exist here too, moved along with replay, so they
+    /// survive this replica's promotion.
+    KeepStandbySlots {
+        slots: Vec<String>,
     },
     /// Configure PostgreSQL's synchronous_standby_names: commits wait for all of
     /// these standbys (none: asynchronous).

@@ -93,7 +93,8 @@ fn store(leader: Option<&str>) -> StoreView {
         restart: false,
         restart_at: None,
         reload: false,
-        raft_members: vec![],
+        slot_members: vec![],
+        retain_slots: vec![],
     }
 }
 
@@ -111,6 +112,7 @@ fn obs_primary() -> Observation {
             sync_standby_hang_timeout_ms: 5_000,
             synchronous_mode_strict: false,
             synchronous_node_count: 1,
+            permanent_slots: vec![],
         },
         paused: false,
         store: Some(StoreView {
@@ -159,6 +161,8 @@ fn obs_failover() -> Observation {
 fn slots() -> Action {
     Action::EnsureSlots {
         members: vec!["b".into(), "c".into()],
+        retain: vec![],
+        permanent: vec![],
     }
 }
 
@@ -575,6 +579,8 @@ fn decisions() {
                 PublishOptime,
                 Action::EnsureSlots {
                     members: vec!["b".into(), "c".into()],
+                    retain: vec![],
+                    permanent: vec![],
                 },
             ],
             Reason::SwitchoverNoCandidate,

@@ -325,10 +325,11 @@ fn random_observation(r: &mut Rng) -> Observation {
         restart: r.next().is_multiple_of(5),
         restart_at: r.next().is_multiple_of(3).then_some(r.next() % 2_000_000),
         reload: r.next().is_multiple_of(5),
-        raft_members: r.pick(&[
+        slot_members: r.pick(&[
             vec![],
             vec!["a".to_string(), "b".to_string(), "c".to_string()],
         ]),
+        retain_slots: vec![],
     };
     Observation {
         me: "a".into(),
@@ -345,6 +346,7 @@ fn random_observation(r: &mut Rng) -> Observation {
             sync_standby_hang_timeout_ms: r.pick(&[0, 5_000]),
             synchronous_mode_strict: r.coin(),
             synchronous_node_count: r.pick(&[1, 2]),
+            permanent_slots: vec![],
         },
         paused: r.next().is_multiple_of(6),
         store: (!r.next().is_multiple_of(5)).then_some(store),

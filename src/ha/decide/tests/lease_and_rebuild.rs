@@ -119,15 +119,30 @@ fn rebuild_and_slot_cases() {
             Reason::RecloningAfterFailedRewind("a".into()),
         ),
         (
-            "slots for every Raft member, also one that publishes nothing (down)",
+            "a healthy replica keeps the permanent slots, moved along with replay",
+            with(obs_replica(), |o| {
+                o.policy.permanent_slots = vec!["backup".into()]
+            }),
+            vec![KeepStandbySlots {
+                slots: vec!["backup".into()],
+            }],
+            Reason::HealthyReplica("a".into()),
+        ),
+        (
+            "slots for members seen within member_slots_ttl, also one that publishes nothing (down); retained ones kept, permanent ones made",
             with(obs_primary(), |o| {
-                o.store.as_mut().unwrap().raft_members = vec!["a".into(), "b".into(), "d".into()];
+                let s = o.store.as_mut().unwrap();
+                s.slot_members = vec!["a".into(), "b".into(), "d".into()];
+                s.retain_slots = vec!["a".into(), "c".into(), "e".into()];
+                o.policy.permanent_slots = vec!["backup".into()];
             }),
             vec![
                 RenewLease,
                 PublishOptime,
                 EnsureSlots {
                     members: vec!["b".into(), "c".into(), "d".into()],
+                    retain: vec!["e".into()],
+                    permanent: vec!["backup".into()],
                 },
             ],
             Reason::HealthyPrimary,

@@ -345,6 +345,8 @@ fn two_synchronous_standbys() {
                 PublishOptime,
                 Action::EnsureSlots {
                     members: names(&["b", "c", "d"]),
+                    retain: vec![],
+                    permanent: vec![],
                 },
                 RecordSync(names(&["b"])),
                 SetSyncStandby(names(&["b", "d"])),
