@@ -233,14 +233,15 @@ fn decide_with_lease(o: &Observation) -> Decision {
         if pg.running {
             actions.push(Action::Stop(StopKind::Fast));
         }
+        let source = clone_source(o, l);
         actions.push(Action::Reinit {
-            leader: l.to_string(),
+            source: source.clone(),
             discard_old: r.discard_old,
         });
         actions.push(Action::StartReplica {
             leader: Some(l.to_string()),
         });
-        return decision(actions, Reason::Reinitializing(l.to_string()));
+        return decision(actions, Reason::Reinitializing(source));
     }
     // A manual failover to this member acts also in pause (as Patroni's does): it
     // takes the lease and promotes; nothing else automatic happens.
@@ -522,7 +523,8 @@ fn switchover_target(o: &Observation, store: &StoreView, sw: &Switchover) -> Opt
     candidates.first().map(|m| m.name.clone())
 }
 
-/// Where a new replica clones from: as Patroni, a member tagged `clonefrom` is
+/// Where a replica clones from (new, reinit, or re-clone after a failed rewind): as
+/// Patroni, a member tagged `clonefrom` is
 /// preferred (it takes the copy's load off the primary), here only one that runs as
 /// a replica streaming from `leader` on the cluster's timeline; the most advanced of
 /// them (Patroni picks at random; a pure decide does not), else the leader.
@@ -569,7 +571,9 @@ fn follow(o: &Observation, leader: &str) -> Decision {
         if pg.rewind_failed {
             return decision(
                 vec![
-                    Action::Reclone { leader: l.clone() },
+                    Action::Reclone {
+                        source: clone_source(o, leader),
+                    },
                     Action::StartReplica {
                         leader: Some(l.clone()),
                     },

@@ -243,7 +243,7 @@ pub(super) fn execute(w: &mut World, n: usize, a: Action) -> Outcome {
             w.nodes[n].proc.rewind_failed = false;
             Ok(Some(300 * MS))
         }
-        Action::Reclone { leader } | Action::Clone { source: leader } => {
+        Action::Reclone { source: leader } | Action::Clone { source: leader } => {
             let l = target(w, n, &leader)?;
             if w.nodes[n].pg.running {
                 return Err("PostgreSQL is running".into());

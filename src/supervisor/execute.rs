@@ -288,18 +288,18 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                     Err(e) => return Err(e.into()),
                 }
             }
-            Action::Reclone { leader } => {
-                let target = Self::target(view, &leader)?;
+            Action::Reclone { source } => {
+                let target = Self::target(view, &source)?;
                 self.pg
                     .reclone(&target, &Postgres::slot_name(&self.me))
                     .await?;
                 self.rewind_failed = false;
             }
             Action::Reinit {
-                leader,
+                source,
                 discard_old,
             } => {
-                let target = Self::target(view, &leader)?;
+                let target = Self::target(view, &source)?;
                 self.should_run = false;
                 let moved = self
                     .pg

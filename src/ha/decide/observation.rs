@@ -274,9 +274,10 @@ pub enum Action {
     Rewind {
         leader: String,
     },
-    /// Move the data dir aside (never deleted) and clone it anew from `leader`.
+    /// Move the data dir aside (never deleted) and clone it anew from `source` (the
+    /// leader, or a replica tagged `clonefrom`).
     Reclone {
-        leader: String,
+        source: String,
     },
     /// pg_basebackup into the missing data dir from `source`: the leader, or a
     /// replica tagged `clonefrom` that streams from it.
@@ -307,11 +308,11 @@ pub enum Action {
     ClearSwitchover,
     /// Delete the manual failover request (done by the new primary).
     ClearFailover,
-    /// Re-clone the (stopped) data dir from `leader`, moving the old one aside (or
-    /// removing it after the clone when `discard_old`), and record the outcome in
-    /// this member's reinit request.
+    /// Re-clone the (stopped) data dir from `source` (the leader, or a replica tagged
+    /// `clonefrom`), moving the old one aside (or removing it after the clone when
+    /// `discard_old`), and record the outcome in this member's reinit request.
     Reinit {
-        leader: String,
+        source: String,
         discard_old: bool,
     },
     /// Delete this member's reinit request (refused: it is the primary).

@@ -96,7 +96,7 @@ fn rebuild_and_slot_cases() {
                 o.pg.rewind_failed = true;
             }),
             vec![
-                Reclone { leader: "a".into() },
+                Reclone { source: "a".into() },
                 StartReplica {
                     leader: Some("a".into()),
                 },
@@ -111,7 +111,7 @@ fn rebuild_and_slot_cases() {
                 o.pg.rewind_failed = true;
             }),
             vec![
-                Reclone { leader: "a".into() },
+                Reclone { source: "a".into() },
                 StartReplica {
                     leader: Some("a".into()),
                 },

@@ -187,7 +187,7 @@ fn reinit_decisions() {
             vec![
                 Stop(StopKind::Fast),
                 Reinit {
-                    leader: "a".into(),
+                    source: "a".into(),
                     discard_old: true,
                 },
                 StartReplica {
@@ -205,7 +205,7 @@ fn reinit_decisions() {
             }),
             vec![
                 Reinit {
-                    leader: "a".into(),
+                    source: "a".into(),
                     discard_old: false,
                 },
                 StartReplica {
@@ -445,6 +445,46 @@ fn clonefrom_decisions() {
         })
     };
     let cases = vec![
+        (
+            "an operator's reinit clones from a clonefrom replica too",
+            with(obs_replica(), |o| {
+                o.pg.running = false;
+                let s = o.store.as_mut().unwrap();
+                s.reinit = Some(crate::ha::model::ReinitRequest::default());
+                s.members.push(tagged("c2", 900, Some("a")));
+            }),
+            vec![
+                Reinit {
+                    source: "c2".into(),
+                    discard_old: false,
+                },
+                StartReplica {
+                    leader: Some("a".into()),
+                },
+            ],
+            Reason::Reinitializing("c2".into()),
+        ),
+        (
+            "so does the re-clone after a failed rewind",
+            with(obs_replica(), |o| {
+                o.pg.running = false;
+                o.pg.rewind_failed = true;
+                o.store
+                    .as_mut()
+                    .unwrap()
+                    .members
+                    .push(tagged("c2", 900, Some("a")));
+            }),
+            vec![
+                Reclone {
+                    source: "c2".into(),
+                },
+                StartReplica {
+                    leader: Some("a".into()),
+                },
+            ],
+            Reason::RecloningAfterFailedRewind("a".into()),
+        ),
         (
             "a clonefrom replica streaming from the leader is the clone source",
             with_members(vec![tagged("c2", 900, Some("a"))]),
