@@ -32,21 +32,7 @@ impl Postgres {
             if existing.iter().any(|(n, _)| n == w) {
                 continue;
             }
-            let r = self
-                .sql
-                .query(
-                    "create slot",
-                    "SELECT pg_create_physical_replication_slot($1, true)",
-                    &[w],
-                    SQL_TIMEOUT,
-                )
-                .await;
-            match r {
-                Ok(_) => tracing::info!(slot = %w, "created replication slot"),
-                // 42710 duplicate_object: created concurrently, which is what we want.
-                Err(e) if e.sqlstate() == Some("42710") => {}
-                Err(e) => return Err(e),
-            }
+            self.create_slot(w).await?;
         }
         for (name, active) in &existing {
             if !name.starts_with("pgq_") || *active || wanted.contains(name) || keep.contains(name)
@@ -68,6 +54,27 @@ impl Postgres {
                 Err(e) if matches!(e.sqlstate(), Some("55006" | "42704")) => {}
                 Err(e) => return Err(e),
             }
+        }
+        Ok(())
+    }
+
+    /// Creates physical slot `name`, reserving WAL at once (on a replica, from its
+    /// replay position).
+    async fn create_slot(&mut self, name: &String) -> Result<(), PgError> {
+        let r = self
+            .sql
+            .query(
+                "create slot",
+                "SELECT pg_create_physical_replication_slot($1, true)",
+                &[name],
+                SQL_TIMEOUT,
+            )
+            .await;
+        match r {
+            Ok(_) => tracing::info!(slot = %name, "created replication slot"),
+            // 42710 duplicate_object: created concurrently, which is what we want.
+            Err(e) if e.sqlstate() == Some("42710") => {}
+            Err(e) => return Err(e),
         }
         Ok(())
     }
@@ -100,24 +107,7 @@ impl Postgres {
             .collect();
         for w in slots {
             match existing.iter().find(|(n, _, _)| n == w) {
-                None => {
-                    let r = self
-                        .sql
-                        .query(
-                            "create slot",
-                            "SELECT pg_create_physical_replication_slot($1, true)",
-                            &[w],
-                            SQL_TIMEOUT,
-                        )
-                        .await;
-                    match r {
-                        Ok(_) => {
-                            tracing::info!(slot = %w, "created permanent slot on this replica")
-                        }
-                        Err(e) if e.sqlstate() == Some("42710") => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                None => self.create_slot(w).await?,
                 Some((_, false, true)) => {
                     self.sql
                         .query(
