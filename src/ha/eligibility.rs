@@ -124,6 +124,8 @@ mod tests {
             paused: false,
             pending_restart: false,
             pre_promote_vetoed: false,
+            version: String::new(),
+            server_version: None,
         }
     }
 

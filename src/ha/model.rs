@@ -228,6 +228,13 @@ pub struct MemberStatus {
     /// meanwhile, so the others do not wait for it.
     #[serde(default)]
     pub pre_promote_vetoed: bool,
+    /// The pgquorum release this member runs (`ctl version`); empty from releases
+    /// that did not publish it.
+    #[serde(default)]
+    pub version: String,
+    /// PostgreSQL's `server_version_num` (e.g. 150010), once it has answered.
+    #[serde(default)]
+    pub server_version: Option<u32>,
 }
 
 #[cfg(test)]
@@ -250,6 +257,8 @@ impl MemberStatus {
             paused: false,
             pending_restart: false,
             pre_promote_vetoed: false,
+            version: String::new(),
+            server_version: None,
         }
     }
 }

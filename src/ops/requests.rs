@@ -114,9 +114,14 @@ pub async fn wait_done(
         if started.elapsed() >= timeout {
             return Err(OpsError::Timeout(format!(
                 "{member} did not finish within {} s; the request stands (it runs when \
-                 PostgreSQL is up and answers; cancel it with `DELETE /restart` or `pgquorum ctl kv del {} --force`)",
+                 PostgreSQL is up and answers); cancel it with {}",
                 timeout.as_secs(),
-                kind.key(member)
+                match kind {
+                    RequestKind::Restart => format!(
+                        "`pgquorum ctl flush restart {member}` or DELETE /restart on {member}"
+                    ),
+                    _ => format!("`pgquorum ctl kv del {} --force`", kind.key(member)),
+                }
             )));
         }
     }

@@ -170,6 +170,8 @@ pub struct PgProbe {
     /// Parameters changed in the files that take effect only at a restart
     /// (`pg_settings.pending_restart`).
     pub pending_restart: Vec<String>,
+    /// `server_version_num`, e.g. 150010.
+    pub server_version: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -109,16 +109,27 @@ impl Postgres {
             Some(true) => self.probe_replica(&mut p).await,
             None => {}
         }
+        // One row always; parameter names contain no commas.
         if let Ok(rows) = self
             .sql
             .simple(
                 "probe pending restart",
-                "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name",
+                "SELECT current_setting('server_version_num'), \
+                 coalesce(string_agg(name, ',' ORDER BY name), '') \
+                 FROM pg_settings WHERE pending_restart",
                 SQL_TIMEOUT,
             )
             .await
         {
-            p.pending_restart = rows.iter().map(|r| text(r, 0)).collect();
+            p.server_version = cell(&rows, 0, 0).and_then(|v| v.parse().ok());
+            p.pending_restart = cell(&rows, 0, 1)
+                .map(|v| {
+                    v.split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
         }
         p
     }

@@ -233,5 +233,7 @@ pub(super) fn my_status(w: &World, n: usize) -> MemberStatus {
         paused: view.is_some_and(|v| v.paused),
         pending_restart: false,
         pre_promote_vetoed: false,
+        version: String::new(),
+        server_version: None,
     }
 }

@@ -40,6 +40,8 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             paused: view.paused,
             pending_restart: !p.pending_restart.is_empty(),
             pre_promote_vetoed: self.pre_promote_vetoed(Instant::now()),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            server_version: p.server_version,
         }
     }
 
@@ -106,6 +108,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
         let hangs = self.hangs;
         let pg_last_answer = probe.liveness.last_answer;
         let pg_unanswered = probe.liveness.unanswered;
+        let server_version = probe.server_version;
         let ttl = Duration::from_millis(self.ha.ttl_ms);
         let lag = self.ha.maximum_lag_on_failover;
         let reached_store = view.is_some();
@@ -117,6 +120,10 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             h.hangs = hangs;
             h.pg_last_answer = pg_last_answer;
             h.pg_unanswered = pg_unanswered;
+            // The last version seen stays known while PostgreSQL is down.
+            if server_version.is_some() {
+                h.server_version = server_version;
+            }
             if let Some(v) = view {
                 h.cluster = v;
             }

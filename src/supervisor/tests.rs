@@ -142,6 +142,8 @@ fn n2_leads(store: &FakeStore, timeline: u64, lsn: u64, ttl: Duration) -> u64 {
         paused: false,
         pending_restart: false,
         pre_promote_vetoed: false,
+        version: String::new(),
+        server_version: None,
     };
     let json = serde_json::to_string(&status).expect("status");
     store.put(&model::member_key("n2"), &json, lease);

@@ -32,6 +32,8 @@ fn status(name: &str, role: Role, state: PgRunState) -> MemberStatus {
         paused: false,
         pending_restart: false,
         pre_promote_vetoed: false,
+        version: String::new(),
+        server_version: None,
     }
 }
 

@@ -37,6 +37,12 @@ pub enum DsnRoleArg {
     Any,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushTarget {
+    Restart,
+    Switchover,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum CtlCommand {
     /// Show the answering node's view of the cluster.
@@ -160,6 +166,20 @@ pub enum CtlCommand {
         role: DsnRoleArg,
         #[arg(long)]
         dbname: Option<String>,
+    },
+    /// The members as a tree, like `patronictl topology`: the primary, and each
+    /// replica under the member it streams from.
+    Topology,
+    /// The pgquorum release of this client and, for each member (default: all), of
+    /// its node and of its PostgreSQL.
+    Version { members: Vec<String> },
+    /// Withdraw requests: `flush restart [MEMBER…]` cancels pending and scheduled
+    /// restarts (of the MEMBERs; default: all), `flush switchover` a requested or
+    /// scheduled switchover.
+    Flush {
+        #[arg(value_enum)]
+        target: FlushTarget,
+        members: Vec<String>,
     },
     /// Add or remove cluster members.
     #[command(subcommand)]

@@ -422,7 +422,7 @@ pub(super) async fn restart(
             print_out(&json!({ "scheduled": order, "scheduled_at": when }).to_string())?;
         } else {
             print_out(&format!(
-                "restart of {} scheduled at {when}; `pgquorum ctl kv del /pg/restart/MEMBER --force` \
+                "restart of {} scheduled at {when}; `pgquorum ctl flush restart [MEMBER…]` \
                  (or DELETE /restart on the member) cancels it",
                 order.join(", ")
             ))?;

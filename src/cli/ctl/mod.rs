@@ -7,6 +7,7 @@
 
 mod args;
 mod cluster;
+mod inspect;
 mod output;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ use crate::ha::view::{ClusterRole, cluster_role, lag_bytes, member_state, split_
 use crate::wire::pb;
 
 pub use self::args::*;
+pub use self::inspect::{pg_version, version_lines};
 pub use self::output::*;
 
 /// Runs one `pgquorum ctl` command.
@@ -120,6 +122,11 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         CtlCommand::History => cluster::history(&client, json).await,
         CtlCommand::Dsn { role, dbname } => {
             cluster::dsn(&client, json, role, dbname.as_deref()).await
+        }
+        CtlCommand::Topology => inspect::topology(&client, json).await,
+        CtlCommand::Version { members } => inspect::version(&client, json, &members).await,
+        CtlCommand::Flush { target, members } => {
+            inspect::flush(&client, json, target, &members).await
         }
         CtlCommand::Member(cmd) => member(&client, json, cmd).await,
         CtlCommand::Kv(cmd) => kv(&client, json, cmd).await,

@@ -391,6 +391,83 @@ pub fn format_list(cluster: &str, listing: &PgListing) -> String {
 /// always), then what patronictl prints under it: maintenance mode, a scheduled
 /// switchover, pending restart requests.
 pub fn format_list_with(cluster: &str, listing: &PgListing, extended: bool) -> String {
+    format_rows(cluster, listing, list_rows(listing), extended)
+}
+
+/// `ctl topology`: the list table with the members as a tree, as `patronictl
+/// topology` draws it: the primary first, each replica under the member it streams
+/// from (`+ ` per level), a replica that streams from no known member under the
+/// primary.
+pub fn format_topology(cluster: &str, listing: &PgListing) -> String {
+    format_rows(cluster, listing, topology_rows(listing), false)
+}
+
+/// The rows of `ctl list` in tree order, the member cell indented by depth.
+pub fn topology_rows(listing: &PgListing) -> Vec<ListRow> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let view = &listing.view;
+    let by_name: BTreeMap<String, ListRow> = list_rows(listing)
+        .into_iter()
+        .map(|r| (r.member.clone(), r))
+        .collect();
+    let leader = view.leader.clone().filter(|l| by_name.contains_key(l));
+    let mut children: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+    for name in by_name.keys() {
+        let parent = if leader.as_deref() == Some(name.as_str()) {
+            None
+        } else {
+            view.members
+                .get(name)
+                .and_then(|s| s.following.clone())
+                .filter(|f| f != name && by_name.contains_key(f))
+                .or_else(|| leader.clone())
+        };
+        children.entry(parent).or_default().push(name.clone());
+    }
+    let mut order: Vec<(String, usize)> = Vec::new();
+    let mut seen = BTreeSet::new();
+    // Depth-first from the roots; members on a loop of `following` (reachable from
+    // no root) are appended at the top level afterwards.
+    let mut stack: Vec<(String, usize)> = children
+        .get(&None)
+        .into_iter()
+        .flatten()
+        .rev()
+        .map(|n| (n.clone(), 0))
+        .collect();
+    loop {
+        while let Some((name, depth)) = stack.pop() {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            for child in children
+                .get(&Some(name.clone()))
+                .into_iter()
+                .flatten()
+                .rev()
+            {
+                stack.push((child.clone(), depth + 1));
+            }
+            order.push((name, depth));
+        }
+        match by_name.keys().find(|n| !seen.contains(*n)) {
+            Some(n) => stack.push((n.clone(), 0)),
+            None => break,
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|(name, depth)| {
+            let mut row = by_name.get(&name)?.clone();
+            if depth > 0 {
+                row.member = format!("{}+ {name}", "  ".repeat(depth - 1));
+            }
+            Some(row)
+        })
+        .collect()
+}
+
+fn format_rows(cluster: &str, listing: &PgListing, listed: Vec<ListRow>, extended: bool) -> String {
     let headers = [
         "Member",
         "Host",
@@ -406,7 +483,6 @@ pub fn format_list_with(cluster: &str, listing: &PgListing, extended: bool) -> S
     let right = [
         false, false, false, false, true, true, true, true, true, false,
     ];
-    let listed = list_rows(listing);
     // As patronictl: the column appears only when some member needs a restart.
     let pending = extended || listed.iter().any(|r| r.pending_restart);
     let mut headers = headers.to_vec();

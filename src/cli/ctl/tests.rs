@@ -600,3 +600,104 @@ fn extended_list_shows_tags_pending_and_what_is_scheduled() {
         "{plain}"
     );
 }
+
+/// `pg_kvs` with pg3 streaming from pg2 (cascading).
+fn cascading_kvs() -> Vec<pb::KeyValue> {
+    let mut kvs = pg_kvs();
+    for kv in &mut kvs {
+        if kv.key == "/pg/members/pg3" {
+            let mut doc: Value = serde_json::from_slice(&kv.value).unwrap();
+            doc["following"] = json!("pg2");
+            kv.value = doc.to_string().into_bytes();
+        }
+    }
+    kvs
+}
+
+#[test]
+fn topology_draws_replicas_under_what_they_stream_from() {
+    let names = |kvs: &[pb::KeyValue]| -> Vec<String> {
+        topology_rows(&PgListing::from_kvs(kvs))
+            .into_iter()
+            .map(|r| r.member)
+            .collect()
+    };
+    // pg5's record is unreadable: it follows no one known, so it hangs off the primary.
+    assert_eq!(
+        names(&pg_kvs()),
+        ["pg1", "+ pg2", "+ pg3", "+ pg4", "+ pg5"]
+    );
+    assert_eq!(
+        names(&cascading_kvs()),
+        ["pg1", "+ pg2", "  + pg3", "+ pg4", "+ pg5"]
+    );
+    let text = format_topology("prod", &PgListing::from_kvs(&cascading_kvs()));
+    assert!(
+        text.contains("| pg1     | 10.0.0.1 | Leader       |")
+            && text.contains("|   + pg3 | 10.0.0.3 | Replica      |"),
+        "{text}"
+    );
+    // Without a leader, and with a loop of `following`, every member still shows once.
+    let mut kvs: Vec<pb::KeyValue> = cascading_kvs()
+        .into_iter()
+        .filter(|kv| kv.key != "/pg/leader")
+        .collect();
+    for kv in &mut kvs {
+        if kv.key == "/pg/members/pg2" {
+            let mut doc: Value = serde_json::from_slice(&kv.value).unwrap();
+            doc["following"] = json!("pg3");
+            kv.value = doc.to_string().into_bytes();
+        }
+    }
+    let mut got = names(&kvs);
+    got.sort();
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert!(
+        got.iter().filter(|n| n.ends_with("pg2")).count() == 1,
+        "{got:?}"
+    );
+}
+
+#[test]
+fn version_lines_show_what_each_member_published() {
+    let mut kvs = pg_kvs();
+    for kv in &mut kvs {
+        if kv.key == "/pg/members/pg1" {
+            let mut doc: Value = serde_json::from_slice(&kv.value).unwrap();
+            doc["version"] = json!("0.1.0");
+            doc["server_version"] = json!(150010);
+            kv.value = doc.to_string().into_bytes();
+        }
+    }
+    let view = PgListing::from_kvs(&kvs).view;
+    let lines = version_lines(&view, &["pg1".into(), "pg2".into()]).unwrap();
+    assert_eq!(
+        lines,
+        [
+            json!({"member": "pg1", "pgquorum": "0.1.0", "postgresql": "15.10"}),
+            json!({"member": "pg2", "pgquorum": null, "postgresql": null}),
+        ]
+    );
+    assert_eq!(version_lines(&view, &[]).unwrap().len(), 4);
+    let err = version_lines(&view, &["nope".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope") && err.contains("ctl list"), "{err}");
+    assert_eq!(pg_version(160004), "16.4");
+}
+
+#[test]
+fn flush_parses_its_target() {
+    assert!(matches!(
+        parse(&["flush", "restart", "pg1", "pg2"]).command,
+        CtlCommand::Flush { target: FlushTarget::Restart, ref members } if members.len() == 2
+    ));
+    assert!(matches!(
+        parse(&["flush", "switchover"]).command,
+        CtlCommand::Flush {
+            target: FlushTarget::Switchover,
+            ..
+        }
+    ));
+    assert!(T::try_parse_from(["ctl", "flush", "everything"]).is_err());
+}

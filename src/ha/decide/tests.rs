@@ -23,6 +23,8 @@ fn member(name: &str, role: Role, lsn: u64) -> MemberStatus {
         paused: false,
         pending_restart: false,
         pre_promote_vetoed: false,
+        version: String::new(),
+        server_version: None,
     }
 }
 
