@@ -32,6 +32,7 @@ use crate::supervisor::Supervisor;
 use crate::wire::pb;
 
 mod leadership;
+pub mod systemd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -188,6 +189,7 @@ pub async fn run(
     tracing::info!(node = cfg.node_id, addr = %cfg.listen_addr, data_dir = %cfg.data_dir.display(), "pgquorum node started");
 
     let (health_tx, health_rx) = watch::channel(Health::default());
+    let watchdog_health = cfg.postgresql.is_some().then(|| health_rx.clone());
     if let Some(listener) = rest_listener {
         let mut rest_stop = stop_rx.clone();
         // The REST routes that read or write the store (/config, /history) go
@@ -218,10 +220,29 @@ pub async fn run(
     if !cfg.join {
         form_cluster(&raft, &cfg).await;
     }
+    // Both ports accept (bound above) and are served; a quorum is not waited for, so
+    // that `systemctl start` of the first host returns before the others are up.
+    systemd::notify(&format!(
+        "READY=1\nSTATUS=serving Raft on {}{}",
+        cfg.listen_addr,
+        cfg.rest_listen_addr
+            .map(|a| format!(", REST on {a}"))
+            .unwrap_or_default()
+    ));
+    if let Some(every) = systemd::watchdog_interval() {
+        tokio::spawn(systemd::feed_watchdog(
+            every,
+            watchdog_health,
+            stop_rx.clone(),
+        ));
+    }
 
     let mut server = server;
     tokio::select! {
-        _ = shutdown => tracing::info!("shutting down"),
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            systemd::notify("STOPPING=1\nSTATUS=stopping PostgreSQL and handing over");
+        }
         r = &mut server => {
             let _ = sup_stop_tx.send(true);
             if let Some(s) = supervisor {

@@ -2,6 +2,7 @@
 //! talks to a running cluster over gRPC.
 
 pub mod ctl;
+pub mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a cluster member.
@@ -28,6 +35,10 @@ enum Command {
         /// Node configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// `text` (colours only on a terminal) or `json` (one object per line, the HA
+        /// decision's reason and actions as fields) for log shippers.
+        #[arg(long, value_enum, env = "PGQUORUM_LOG_FORMAT", default_value = "text")]
+        log_format: LogFormat,
     },
     /// Check a node configuration file and exit.
     CheckConfig {
@@ -36,6 +47,10 @@ enum Command {
     },
     /// Administer a running cluster.
     Ctl(ctl::CtlArgs),
+    /// Start a local 3-node cluster with real PostgreSQL in a temporary directory
+    /// (installing PostgreSQL first when run as root and it is missing); Ctrl-C stops
+    /// it and removes everything.
+    Demo(demo::DemoArgs),
     /// Internal: supervises one postmaster for `node` (see src/postgres/guard.rs).
     #[command(hide = true)]
     PgGuard {
@@ -56,11 +71,8 @@ pub fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGQUORUM_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
     });
-    if matches!(cli.command, Command::Node { .. }) {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
+    if let Command::Node { log_format, .. } = &cli.command {
+        init_logs(*log_format, filter);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -74,7 +86,7 @@ pub fn main() -> ExitCode {
     };
     let result: Result<(), CliError> = rt.block_on(async move {
         match cli.command {
-            Command::Node { config } => {
+            Command::Node { config, .. } => {
                 let cfg = NodeConfig::load(&config)?;
                 let (tags_tx, tags_rx) = tokio::sync::watch::channel(cfg.tags.clone());
                 let reload = tokio::spawn(reload_on_sighup(config.clone(), cfg.clone(), tags_tx));
@@ -96,6 +108,11 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Command::Ctl(args) => ctl::run(args).await.map_err(CliError::from),
+            Command::Demo(args) => demo::run(args, |kvs| {
+                ctl::format_list("demo", &ctl::PgListing::from_kvs(kvs))
+            })
+            .await
+            .map_err(CliError::from),
             // Handled before the runtime was built.
             Command::PgGuard { .. } => Ok(()),
         }
@@ -109,6 +126,26 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Node logs go to stderr. Colour codes only when stderr is a terminal (and
+/// `NO_COLOR` is unset): a file or journald shows them as garbage.
+fn init_logs(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).init();
+        }
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
 /// What ends a command with an error: each module's own, printed once here.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
@@ -118,6 +155,8 @@ enum CliError {
     Node(#[from] crate::node::NodeError),
     #[error(transparent)]
     Ctl(#[from] ctl::CtlError),
+    #[error(transparent)]
+    Demo(#[from] demo::DemoError),
 }
 
 /// SIGHUP (`systemctl reload`, `kill -HUP`) re-reads the config file: `[tags]` take

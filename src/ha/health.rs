@@ -51,6 +51,9 @@ pub struct Health {
     /// For how long PostgreSQL has not answered, as of the last cycle.
     pub pg_unanswered: Option<Duration>,
     pub hangs: HangCounters,
+    /// The HA loop is inside a long action that ends no cycle meanwhile (initdb,
+    /// pg_basebackup, pg_rewind): its name. The systemd watchdog is fed meanwhile.
+    pub busy: Option<&'static str>,
 }
 
 /// Hangs of this member's PostgreSQL and what was done about them, since start.
@@ -85,6 +88,7 @@ impl Default for Health {
             pg_last_answer: None,
             pg_unanswered: None,
             hangs: HangCounters::default(),
+            busy: None,
         }
     }
 }

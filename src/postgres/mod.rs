@@ -32,6 +32,16 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 pub use self::error::PgError;
+
+/// The OS user exists (`pgquorum demo` checks before it starts PostgreSQL as it).
+pub fn os_user_exists(name: &str) -> bool {
+    os::lookup_user(name).ok().flatten().is_some()
+}
+
+/// pgquorum runs as root (PostgreSQL then runs as `postgresql.os_user`).
+pub fn running_as_root() -> bool {
+    os::is_root()
+}
 pub use self::fence::FenceHandle;
 use self::fence::control_for;
 use self::guard::{Control, GuardArgs, Report};

@@ -63,7 +63,33 @@ impl<S: Store, P: Database> Supervisor<S, P> {
         Ok(())
     }
 
+    /// Carries out one action; a long one (see [`Health::busy`]) is shown as such
+    /// while it runs.
     pub(super) async fn execute(
+        &mut self,
+        action: Action,
+        view: Option<&ClusterView>,
+        probe: &PgProbe,
+    ) -> Result<(), SupervisorError> {
+        let busy = match &action {
+            Action::Bootstrap => Some("initdb"),
+            Action::Clone { .. } | Action::Reclone { .. } | Action::Reinit { .. } => {
+                Some("pg_basebackup")
+            }
+            Action::Rewind { .. } => Some("pg_rewind"),
+            _ => None,
+        };
+        if busy.is_some() {
+            self.health.send_modify(|h| h.busy = busy);
+        }
+        let r = self.execute_action(action, view, probe).await;
+        if busy.is_some() {
+            self.health.send_modify(|h| h.busy = None);
+        }
+        r
+    }
+
+    async fn execute_action(
         &mut self,
         action: Action,
         view: Option<&ClusterView>,

@@ -77,8 +77,10 @@ pub fn spawn_node(config: &Path, log: &Path) -> Child {
         .arg(config)
         .env_remove("PGQUORUM_LOG")
         .env("RUST_BACKTRACE", "1")
-        // Plain text logs: they are read back by the tests and printed on failure.
-        .env("NO_COLOR", "1")
+        // Logs go to a file: they must come out without colour codes on their own
+        // (tests/service.rs checks), as they do under systemd.
+        .env_remove("NO_COLOR")
+        .env_remove("PGQUORUM_LOG_FORMAT")
         .stdin(Stdio::null())
         .stdout(f)
         .stderr(err)
