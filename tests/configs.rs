@@ -9,7 +9,9 @@ use std::process::Command;
 use common::BIN;
 
 fn shipped(dir: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-configs").join(dir);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("cluster-configs")
+        .join(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -50,8 +52,14 @@ fn three_host_files_agree_on_the_members() {
     let members = |f: &Path| -> toml::Value {
         let doc: toml::Value = toml::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
         assert!(
-            std::fs::read_to_string(f).unwrap().lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty()).count() <= 20,
-            "{} should stay short", f.display()
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+                .count()
+                <= 20,
+            "{} should stay short",
+            f.display()
         );
         doc["initial_cluster"].clone()
     };

@@ -51,6 +51,15 @@ enum Command {
     /// (installing PostgreSQL first when run as root and it is missing); Ctrl-C stops
     /// it and removes everything.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (e.g. `pgquorum completions bash >
+    /// /etc/bash_completion.d/pgquorum`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of pgquorum and every subcommand, e.g.
+    /// `pgquorum man > pgquorum.1 && man ./pgquorum.1`.
+    Man,
     /// Internal: supervises one postmaster for `node` (see src/postgres/guard.rs).
     #[command(hide = true)]
     PgGuard {
@@ -108,6 +117,12 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Command::Ctl(args) => ctl::run(args).await.map_err(CliError::from),
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "pgquorum", &mut std::io::stdout());
+                Ok(())
+            }
+            Command::Man => man_pages(&mut std::io::stdout()).map_err(CliError::Output),
             Command::Demo(args) => demo::run(args, |kvs| {
                 ctl::format_list("demo", &ctl::PgListing::from_kvs(kvs))
             })
@@ -124,6 +139,29 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One roff document: pgquorum(1), then a section per subcommand (recursively), so
+/// `man ./pgquorum.1` shows every command and option.
+fn man_pages(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    fn render(
+        cmd: &clap::Command,
+        name: &str,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        let cmd = cmd.clone().name(name.to_owned());
+        clap_mangen::Man::new(cmd.clone()).render(out)?;
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            render(sub, &format!("{name}-{}", sub.get_name()), out)?;
+        }
+        Ok(())
+    }
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    render(&cmd, "pgquorum", out)
 }
 
 /// Node logs go to stderr. Colour codes only when stderr is a terminal (and
@@ -157,6 +195,8 @@ enum CliError {
     Ctl(#[from] ctl::CtlError),
     #[error(transparent)]
     Demo(#[from] demo::DemoError),
+    #[error("cannot write output: {0}")]
+    Output(std::io::Error),
 }
 
 /// SIGHUP (`systemctl reload`, `kill -HUP`) re-reads the config file: `[tags]` take
