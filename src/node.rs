@@ -190,6 +190,11 @@ pub async fn run(
 
     let (health_tx, health_rx) = watch::channel(Health::default());
     let watchdog_health = cfg.postgresql.is_some().then(|| health_rx.clone());
+    tokio::spawn(copy_raft_stats(
+        raft.clone(),
+        health_tx.clone(),
+        stop_rx.clone(),
+    ));
     if let Some(listener) = rest_listener {
         let mut rest_stop = stop_rx.clone();
         // The REST routes that read or write the store (/config, /history) go
@@ -326,6 +331,31 @@ async fn hand_over_leadership(raft: &Raft, me: u64, wait: Duration) {
 /// Initializes the cluster on its first start. A node whose log is empty asks the
 /// other initial members first: if any of them already belongs to a formed cluster,
 /// this node waits to be replicated to instead of proposing a membership of its own.
+/// Copies openraft's metrics into the REST snapshot twice a second (`/metrics`),
+/// until `stop`.
+async fn copy_raft_stats(
+    raft: Raft,
+    health: watch::Sender<Health>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let m = raft.metrics().borrow_watched().clone();
+        let stats = crate::ha::health::RaftStats {
+            node_id: m.id,
+            term: m.current_term,
+            leader: m.current_leader,
+            commit_index: m.local_committed.map_or(0, |l| l.index),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+        };
+        health.send_modify(|h| h.raft = stats);
+    }
+}
+
 async fn form_cluster(raft: &Raft, cfg: &NodeConfig) {
     match raft.is_initialized().await {
         Ok(true) | Err(_) => return,

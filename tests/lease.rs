@@ -202,7 +202,7 @@ async fn renewer_keeps_the_lease_until_stopped() {
     let reported = Arc::new(std::sync::Mutex::new(Vec::new()));
     let renewer = {
         let reported = reported.clone();
-        LeaseRenewer::spawn(keeper, ttl / 4, move |until| {
+        LeaseRenewer::spawn(keeper, ttl / 4, move |until, _took| {
             reported.lock().unwrap().push(until)
         })
     };

@@ -233,7 +233,7 @@ impl LeaseRenewer {
     pub fn spawn<C: LeaseRpc>(
         mut keeper: LeaseKeeper<C>,
         every: Duration,
-        on_renewed: impl Fn(Instant) + Send + 'static,
+        on_renewed: impl Fn(Instant, Duration) + Send + 'static,
     ) -> Self {
         let id = keeper.id();
         let (tx, state) = tokio::sync::watch::channel(keeper.valid_until());
@@ -243,10 +243,11 @@ impl LeaseRenewer {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                let sent = Instant::now();
                 match keeper.renew().await {
                     Ok(_) => {
                         if let Some(until) = keeper.valid_until() {
-                            on_renewed(until);
+                            on_renewed(until, sent.elapsed());
                         }
                         tx.send_replace(keeper.valid_until());
                     }

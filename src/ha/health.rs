@@ -51,9 +51,91 @@ pub struct Health {
     /// For how long PostgreSQL has not answered, as of the last cycle.
     pub pg_unanswered: Option<Duration>,
     pub hangs: HangCounters,
+    /// Committed renewals of the leader lease: how long each took (request to commit).
+    pub lease_renewals: Histogram,
+    /// HA decisions since start, by the kind of their reason (`Reason::kind`).
+    pub decisions: std::collections::BTreeMap<String, u64>,
+    /// This node's view of Raft (filled in by the node, not the supervisor).
+    pub raft: RaftStats,
+    /// What PostgreSQL last reported about itself.
+    pub pg_times: PgTimes,
     /// The HA loop is inside a long action that ends no cycle meanwhile (initdb,
     /// pg_basebackup, pg_rewind): its name. The systemd watchdog is fed meanwhile.
     pub busy: Option<&'static str>,
+}
+
+/// Bucket bounds (seconds) of the leader-lease renewal latency: a renewal is one
+/// Raft commit, normally milliseconds; the last buckets are the ttl budget's scale.
+pub const RENEW_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+
+/// A Prometheus-style histogram: counts per upper bound (not cumulative), sum, count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Histogram {
+    pub bounds: &'static [f64],
+    /// `counts[i]`: observations in (bounds[i-1], bounds[i]]; the last entry is +Inf.
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// `(le, cumulative count)` per bucket, `+Inf` last, as exposed.
+    pub fn cumulative(&self) -> Vec<(String, u64)> {
+        let mut total = 0;
+        let mut out = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c;
+            let le = self
+                .bounds
+                .get(i)
+                .map_or("+Inf".to_string(), |b| b.to_string());
+            out.push((le, total));
+        }
+        out
+    }
+}
+
+/// Raft as this node sees it (openraft's metrics, copied by the node).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RaftStats {
+    pub node_id: u64,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+/// Times PostgreSQL reports (Unix milliseconds), for Patroni's metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PgTimes {
+    /// `pg_postmaster_start_time()`.
+    pub postmaster_start_ms: Option<i64>,
+    /// Replica: `pg_is_wal_replay_paused()`.
+    pub replay_paused: bool,
+    /// Replica: `pg_last_xact_replay_timestamp()`.
+    pub last_replayed_ms: Option<i64>,
 }
 
 /// Hangs of this member's PostgreSQL and what was done about them, since start.
@@ -89,6 +171,10 @@ impl Default for Health {
             pg_unanswered: None,
             hangs: HangCounters::default(),
             busy: None,
+            lease_renewals: Histogram::new(RENEW_BUCKETS),
+            decisions: Default::default(),
+            raft: RaftStats::default(),
+            pg_times: PgTimes::default(),
         }
     }
 }

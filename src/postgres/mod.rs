@@ -182,6 +182,12 @@ pub struct PgProbe {
     pub pending_restart: Vec<String>,
     /// `server_version_num`, e.g. 150010.
     pub server_version: Option<u32>,
+    /// `pg_postmaster_start_time()`, Unix milliseconds.
+    pub postmaster_start_ms: Option<i64>,
+    /// Replica: `pg_is_wal_replay_paused()`.
+    pub replay_paused: bool,
+    /// Replica: `pg_last_xact_replay_timestamp()`, Unix milliseconds.
+    pub last_replayed_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -680,6 +686,11 @@ fn password(c: &Credentials) -> Result<String, PgError> {
         user: c.username.clone(),
         source,
     })
+}
+
+/// An `extract(epoch ...)` cell (seconds, fractional) as Unix milliseconds.
+fn epoch_ms(v: Option<&str>) -> Option<i64> {
+    v?.parse::<f64>().ok().map(|s| (s * 1000.0).round() as i64)
 }
 
 fn cell(rows: &sql::TextRows, row: usize, col: usize) -> Option<&str> {

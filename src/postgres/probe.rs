@@ -115,13 +115,15 @@ impl Postgres {
             .simple(
                 "probe pending restart",
                 "SELECT current_setting('server_version_num'), \
-                 coalesce(string_agg(name, ',' ORDER BY name), '') \
+                 coalesce(string_agg(name, ',' ORDER BY name), ''), \
+                 extract(epoch FROM pg_postmaster_start_time()) \
                  FROM pg_settings WHERE pending_restart",
                 SQL_TIMEOUT,
             )
             .await
         {
             p.server_version = cell(&rows, 0, 0).and_then(|v| v.parse().ok());
+            p.postmaster_start_ms = epoch_ms(cell(&rows, 0, 2));
             p.pending_restart = cell(&rows, 0, 1)
                 .map(|v| {
                     v.split(',')
@@ -207,7 +209,9 @@ impl Postgres {
                         (pg_control_checkpoint()).timeline_id, r.received_tli, r.status, \
                         r.sender_host, r.sender_port, \
                         (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) \
-                           FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}[.]history$') \
+                           FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}[.]history$'), \
+                        pg_is_wal_replay_paused(), \
+                        extract(epoch FROM pg_last_xact_replay_timestamp()) \
                  FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true",
                 SQL_TIMEOUT,
             )
@@ -217,6 +221,8 @@ impl Postgres {
         };
         p.receive_lsn = lsn(cell(&rows, 0, 0));
         p.replay_lsn = lsn(cell(&rows, 0, 1));
+        p.replay_paused = cell(&rows, 0, 8) == Some("t");
+        p.last_replayed_ms = epoch_ms(cell(&rows, 0, 9));
         let num = |c: usize| cell(&rows, 0, c).and_then(|v| v.parse::<u64>().ok());
         // The newest of: the timeline being received, the last checkpoint's, and the
         // newest history file (a replayed switch shows there before a restartpoint).

@@ -34,7 +34,11 @@ impl<S: Store, P: Database> Supervisor<S, P> {
         }
         let fence = self.pg.fence_handle();
         let every = Duration::from_millis(self.ha.loop_wait_ms);
-        self.leader_lease = Some(LeaseRenewer::spawn(keeper, every, move |until| {
+        let renewals = self.renewals.clone();
+        self.leader_lease = Some(LeaseRenewer::spawn(keeper, every, move |until, took| {
+            if let Ok(mut h) = renewals.lock() {
+                h.observe(took.as_secs_f64());
+            }
             if let Err(e) = fence.move_if_armed(until) {
                 tracing::debug!(error = %e, "renewed the leader lease; PostgreSQL is not running");
             }

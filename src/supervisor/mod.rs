@@ -113,6 +113,10 @@ pub struct Supervisor<S = Client, P = Postgres> {
     /// PostgreSQL should be running (we started it and did not stop it).
     should_run: bool,
     last_reason: String,
+    /// HA decisions by `Reason::kind`, since start (`/metrics`).
+    decisions: std::collections::BTreeMap<String, u64>,
+    /// Latencies of committed leader-lease renewals, observed by the renewal task.
+    renewals: std::sync::Arc<std::sync::Mutex<crate::ha::health::Histogram>>,
     health: watch::Sender<Health>,
     /// `[tags]` re-read from the config file on SIGHUP.
     tags_reload: watch::Receiver<Tags>,
@@ -188,6 +192,10 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             seen_leader: false,
             should_run: false,
             last_reason: String::new(),
+            decisions: std::collections::BTreeMap::new(),
+            renewals: std::sync::Arc::new(std::sync::Mutex::new(
+                crate::ha::health::Histogram::new(crate::ha::health::RENEW_BUCKETS),
+            )),
             health,
             tags_reload,
             sync_catchup: Vec::new(),
@@ -374,6 +382,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
         };
         self.note_hang(&obs.pg.stall);
         let Decision { actions, reason } = decide::decide(&obs);
+        *self.decisions.entry(reason.kind()).or_default() += 1;
         let reason_text = reason.to_string();
         if reason_text != self.last_reason {
             tracing::info!(reason = %reason_text, ?actions, "HA decision");

@@ -65,7 +65,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             match LeaseKeeper::grant(self.client.clone(), ttl).await {
                 Ok(l) => {
                     let every = Duration::from_millis(self.ha.loop_wait_ms);
-                    self.status_lease = Some(LeaseRenewer::spawn(l, every, |_| {}));
+                    self.status_lease = Some(LeaseRenewer::spawn(l, every, |_, _| {}));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot publish member status");
@@ -109,6 +109,14 @@ impl<S: Store, P: Database> Supervisor<S, P> {
         let pg_last_answer = probe.liveness.last_answer;
         let pg_unanswered = probe.liveness.unanswered;
         let server_version = probe.server_version;
+        let decisions = self.decisions.clone();
+        let renewals = self.renewals.lock().map(|h| h.clone()).ok();
+        let pg_times = crate::ha::health::PgTimes {
+            postmaster_start_ms: probe.postmaster_start_ms,
+            replay_paused: probe.replay_paused,
+            last_replayed_ms: probe.last_replayed_ms,
+        };
+        let running = probe.running;
         let ttl = Duration::from_millis(self.ha.ttl_ms);
         let lag = self.ha.maximum_lag_on_failover;
         let reached_store = view.is_some();
@@ -120,6 +128,15 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             h.hangs = hangs;
             h.pg_last_answer = pg_last_answer;
             h.pg_unanswered = pg_unanswered;
+            h.decisions = decisions;
+            if let Some(r) = renewals {
+                h.lease_renewals = r;
+            }
+            if running {
+                h.pg_times = pg_times;
+            } else {
+                h.pg_times = Default::default();
+            }
             // The last version seen stays known while PostgreSQL is down.
             if server_version.is_some() {
                 h.server_version = server_version;

@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use tokio::time::Instant;
+
 use crate::ha::health::Health;
 use crate::ha::model::Role;
 use crate::ha::view::state_index;
@@ -31,7 +33,7 @@ pub(super) fn version_number(version: &str) -> u64 {
 
 /// The `GET /metrics` body: Patroni's gauges for what this member knows,
 /// labelled `{scope, name}`, in Prometheus text format.
-pub fn metrics_text(h: &Health) -> String {
+pub fn metrics_text(h: &Health, now: Instant) -> String {
     let labels = format!(
         "{{scope=\"{}\",name=\"{}\"}}",
         label_value(&h.scope),
@@ -146,7 +148,94 @@ pub fn metrics_text(h: &Health) -> String {
         let _ = writeln!(out, "# TYPE {name} {kind}");
         let _ = writeln!(out, "{name}{labels} {value}");
     }
-    let hang_rows: [(&str, &str, &str, f64); 4] = [
+    let secs = |ms: Option<i64>| ms.map_or(0.0, |ms| ms as f64 / 1000.0);
+    let pg = &h.pg_times;
+    let raft = &h.raft;
+    let fence_left = h.leader_lease_until.map_or(0.0, |until| {
+        until.saturating_duration_since(now).as_secs_f64()
+    });
+    let gauge_rows: [(&str, &str, &str, f64); 15] = [
+        (
+            "patroni_postmaster_start_time",
+            "gauge",
+            "Epoch seconds since Postgres started.",
+            if running {
+                secs(pg.postmaster_start_ms)
+            } else {
+                0.0
+            },
+        ),
+        (
+            "patroni_xlog_paused",
+            "gauge",
+            "Value is 1 if the Postgres xlog is paused, 0 otherwise.",
+            f64::from(u8::from(running && pg.replay_paused)),
+        ),
+        (
+            "patroni_xlog_replayed_timestamp",
+            "gauge",
+            "Current timestamp of the replayed Postgres transaction log, 0 if null.",
+            if running {
+                secs(pg.last_replayed_ms)
+            } else {
+                0.0
+            },
+        ),
+        (
+            "patroni_postgres_in_archive_recovery",
+            "gauge",
+            "Value is 1 if Postgres is replicating from archive, 0 otherwise.",
+            // A running replica that streams from no one replays from its own
+            // pg_wal (or an archive): Patroni's `in archive recovery`.
+            f64::from(u8::from(live.is_some_and(|s| {
+                s.role == Role::Replica && s.following.is_none()
+            }))),
+        ),
+        (
+            "patroni_failsafe_mode_is_active",
+            "gauge",
+            "Value is 1 if failsafe mode is active, 0 if inactive. pgquorum has no failsafe \
+             mode: a primary that cannot renew its lease through the Raft quorum always fences.",
+            0.0,
+        ),
+        (
+            "pgquorum_raft_term",
+            "gauge",
+            "Current Raft term as this node sees it.",
+            raft.term as f64,
+        ),
+        (
+            "pgquorum_raft_leader",
+            "gauge",
+            "Node id of the Raft leader this node knows, 0 if none.",
+            raft.leader.unwrap_or(0) as f64,
+        ),
+        (
+            "pgquorum_raft_is_leader",
+            "gauge",
+            "Value is 1 if this node is the Raft leader, 0 otherwise.",
+            f64::from(u8::from(
+                raft.leader.is_some() && raft.leader == Some(raft.node_id),
+            )),
+        ),
+        (
+            "pgquorum_raft_commit_index",
+            "gauge",
+            "Index of the last Raft log entry this node knows committed.",
+            raft.commit_index as f64,
+        ),
+        (
+            "pgquorum_raft_applied_index",
+            "gauge",
+            "Index of the last Raft log entry applied to this node's state machine.",
+            raft.applied_index as f64,
+        ),
+        (
+            "pgquorum_fence_deadline_seconds",
+            "gauge",
+            "Seconds until this primary's leader lease, and with it the fence deadline, runs out if not renewed; 0 when it holds no lease.",
+            fence_left,
+        ),
         (
             "pgquorum_postgres_hangs_total",
             "counter",
@@ -172,10 +261,41 @@ pub fn metrics_text(h: &Health) -> String {
             h.pg_unanswered.map_or(0.0, |d| d.as_secs_f64()),
         ),
     ];
-    for (name, kind, help, value) in hang_rows {
+    for (name, kind, help, value) in gauge_rows {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         let _ = writeln!(out, "{name}{labels} {value}");
+    }
+    let r = &h.lease_renewals;
+    let _ = writeln!(
+        out,
+        "# HELP pgquorum_lease_renew_seconds Time from sending a leader-lease renewal to its Raft commit (committed renewals only).\n\
+         # TYPE pgquorum_lease_renew_seconds histogram"
+    );
+    let base = labels.trim_end_matches('}');
+    for (le, count) in r.cumulative() {
+        let _ = writeln!(
+            out,
+            "pgquorum_lease_renew_seconds_bucket{base},le=\"{le}\"}} {count}"
+        );
+    }
+    let _ = writeln!(out, "pgquorum_lease_renew_seconds_sum{labels} {}", r.sum);
+    let _ = writeln!(
+        out,
+        "pgquorum_lease_renew_seconds_count{labels} {}",
+        r.count
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pgquorum_ha_decisions_total HA loop cycles by the kind of their decision's reason.\n\
+         # TYPE pgquorum_ha_decisions_total counter"
+    );
+    for (reason, n) in &h.decisions {
+        let _ = writeln!(
+            out,
+            "pgquorum_ha_decisions_total{base},reason=\"{}\"}} {n}",
+            label_value(reason)
+        );
     }
     // -1 when the state is not known yet, as Patroni does for "unknown".
     let state = status.map_or(-1, |s| state_index(s.state));

@@ -94,7 +94,7 @@ pub fn respond(
         Route::Check(Endpoint::Liveness | Endpoint::Readiness) => empty(status),
         Route::Check(_) | Route::Patroni => json_response(status, &status_json(h)),
         Route::Cluster => json_response(status, &cluster_json(&h.scope, &h.cluster)),
-        Route::Metrics => with_body(status, METRICS_CONTENT_TYPE, metrics_text(h)),
+        Route::Metrics => with_body(status, METRICS_CONTENT_TYPE, metrics_text(h, now)),
     }
 }
 

@@ -567,7 +567,7 @@ fn metrics_of_a_replica() {
     let now = now();
     let mut h = replica("pg2", 1000, now);
     h.scope = "a\"b".into();
-    let text = metrics_text(&h);
+    let text = metrics_text(&h, now);
     let labels = r#"{scope="a\"b",name="pg2"}"#;
     for (name, value) in [
         ("patroni_postgres_running", 1),
@@ -601,12 +601,12 @@ fn metrics_of_a_replica() {
 #[test]
 fn metrics_of_a_primary_and_an_unknown_node() {
     let now = now();
-    let text = metrics_text(&primary_with_lock(now));
+    let text = metrics_text(&primary_with_lock(now), now);
     assert!(text.contains(&format!(
         "patroni_xlog_location{{scope=\"prod\",name=\"pg1\"}} {OPTIME}\n"
     )));
     assert!(text.contains("patroni_primary{scope=\"prod\",name=\"pg1\"} 1\n"));
-    let text = metrics_text(&Health::default());
+    let text = metrics_text(&Health::default(), now);
     assert!(text.contains("patroni_postgres_state{scope=\"\",name=\"\"} -1\n"));
     assert!(text.contains("patroni_cluster_unlocked{scope=\"\",name=\"\"} 1\n"));
     assert_eq!(version_number("0.1.0"), 100);
@@ -791,4 +791,50 @@ fn custom_tags_are_kept_and_matched() {
     );
     let doc = status_json(&h);
     assert_eq!(doc["tags"]["dc"], "east");
+}
+
+#[test]
+fn metrics_of_raft_the_lease_postgres_times_and_decisions() {
+    let now = now();
+    let mut h = primary_with_lock(now);
+    h.raft = crate::ha::health::RaftStats {
+        node_id: 2,
+        term: 7,
+        leader: Some(2),
+        commit_index: 120,
+        applied_index: 119,
+    };
+    h.pg_times.postmaster_start_ms = Some(1_700_000_000_500);
+    h.lease_renewals.observe(0.003);
+    h.lease_renewals.observe(0.003);
+    h.lease_renewals.observe(9.0);
+    h.decisions.insert("HoldLease".into(), 41);
+    h.leader_lease_until = Some(now + Duration::from_millis(1500));
+    let text = metrics_text(&h, now);
+    let l = r#"{scope="prod",name="pg1""#;
+    for line in [
+        format!("pgquorum_raft_term{l}}} 7"),
+        format!("pgquorum_raft_leader{l}}} 2"),
+        format!("pgquorum_raft_is_leader{l}}} 1"),
+        format!("pgquorum_raft_commit_index{l}}} 120"),
+        format!("pgquorum_raft_applied_index{l}}} 119"),
+        format!("pgquorum_fence_deadline_seconds{l}}} 1.5"),
+        format!("patroni_postmaster_start_time{l}}} 1700000000.5"),
+        format!("patroni_failsafe_mode_is_active{l}}} 0"),
+        format!("pgquorum_lease_renew_seconds_bucket{l},le=\"0.002\"}} 0"),
+        format!("pgquorum_lease_renew_seconds_bucket{l},le=\"0.005\"}} 2"),
+        format!("pgquorum_lease_renew_seconds_bucket{l},le=\"5\"}} 2"),
+        format!("pgquorum_lease_renew_seconds_bucket{l},le=\"+Inf\"}} 3"),
+        format!("pgquorum_lease_renew_seconds_count{l}}} 3"),
+        format!("pgquorum_ha_decisions_total{l},reason=\"HoldLease\"}} 41"),
+    ] {
+        assert!(
+            text.contains(&format!("\n{line}\n")),
+            "{line} missing in\n{text}"
+        );
+    }
+    // Not holding the lease: no deadline; PostgreSQL down: no start time.
+    let text = metrics_text(&Health::default(), now);
+    assert!(text.contains("pgquorum_fence_deadline_seconds{scope=\"\",name=\"\"} 0\n"));
+    assert!(text.contains("patroni_postmaster_start_time{scope=\"\",name=\"\"} 0\n"));
 }

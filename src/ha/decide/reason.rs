@@ -92,6 +92,30 @@ pub enum Reason {
     StandbyForElection,
 }
 
+impl Reason {
+    /// The variant's name, e.g. `HoldLease`: a stable label for counting decisions
+    /// (the `Display` text carries the details).
+    pub fn kind(&self) -> String {
+        let debug = format!("{self:?}");
+        debug
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn kinds_are_variant_names() {
+    assert_eq!(Reason::Paused.kind(), "Paused");
+    assert_eq!(Reason::ForeignPostmaster(4).kind(), "ForeignPostmaster");
+    assert_eq!(
+        Reason::InvalidDataDir("x y".into()).kind(),
+        "InvalidDataDir"
+    );
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use Reason::*;
