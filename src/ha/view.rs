@@ -106,3 +106,27 @@ pub fn lag_bytes(optime: Option<u64>, lsn: u64) -> Option<u64> {
 }
 
 pub use crate::hostport::split as split_host_port;
+
+/// Tags that differ from the defaults, as `key=value` (true flags by name alone).
+pub fn tags_text(t: &crate::ha::model::Tags) -> String {
+    let mut parts = Vec::new();
+    if t.nofailover {
+        parts.push("nofailover".to_string());
+    }
+    if t.noloadbalance {
+        parts.push("noloadbalance".to_string());
+    }
+    if t.failover_priority != 1 {
+        parts.push(format!("failover_priority={}", t.failover_priority));
+    }
+    if t.nosync {
+        parts.push("nosync".to_string());
+    }
+    for (k, v) in &t.other {
+        match v {
+            serde_json::Value::String(s) => parts.push(format!("{k}={s}")),
+            v => parts.push(format!("{k}={v}")),
+        }
+    }
+    parts.join(", ")
+}

@@ -19,6 +19,7 @@ mod docs;
 mod metrics;
 mod ops;
 mod size;
+mod ui;
 
 use std::future::Future;
 
@@ -132,6 +133,7 @@ pub fn router(rx: watch::Receiver<Health>, client: Option<crate::client::Client>
                 .put(ops::put_config),
         )
         .route("/history", get(ops::get_history))
+        .route("/ui", get(ui::get_ui))
         .route("/failover", axum::routing::post(ops::post_failover))
         .route("/reinitialize", axum::routing::post(ops::post_reinitialize))
         .route(

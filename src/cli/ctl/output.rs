@@ -270,29 +270,7 @@ pub struct ListRow {
     pub tags: String,
 }
 
-/// Tags that differ from the defaults, as `key=value` (true flags by name alone).
-pub fn tags_cell(t: &crate::ha::model::Tags) -> String {
-    let mut parts = Vec::new();
-    if t.nofailover {
-        parts.push("nofailover".to_string());
-    }
-    if t.noloadbalance {
-        parts.push("noloadbalance".to_string());
-    }
-    if t.failover_priority != 1 {
-        parts.push(format!("failover_priority={}", t.failover_priority));
-    }
-    if t.nosync {
-        parts.push("nosync".to_string());
-    }
-    for (k, v) in &t.other {
-        match v {
-            serde_json::Value::String(s) => parts.push(format!("{k}={s}")),
-            v => parts.push(format!("{k}={v}")),
-        }
-    }
-    parts.join(", ")
-}
+pub use crate::ha::view::tags_text as tags_cell;
 
 /// Bytes to whole MiB, rounding half to even like Python's `round`.
 pub(super) fn mib_rounded(bytes: u64) -> u64 {
