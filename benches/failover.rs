@@ -4,11 +4,17 @@
 //!   crash) to the first write committed on the new primary;
 //! - planned failover: write unavailability (longest gap between two committed
 //!   writes of a client that writes every 10 ms) around SIGTERM of the primary's node;
-//! - false failovers: primary changes during a steady period under the same load.
+//! - the same unplanned failover as a client behind HAProxy sees it (the shipped
+//!   `cluster-configs/haproxy.cfg`): kill to the first write through the write port;
+//! - false failovers: primary changes during a steady period under the same load;
+//! - soak (`PGQ_SOAK_S=600`): instead of the steady period, pgbench saturates both
+//!   cores through HAProxy's write port for that long; reports false failovers
+//!   (goal 0) and the primary's leader-lease renewal latency (p50/p99 from its
+//!   `/metrics` histogram) under that load.
 //!
 //! Prints figures; asserts nothing. Settings: `PGQ_ROUNDS` (default 5),
-//! `PGQ_STEADY_SECS` (60), `PGQ_TTL_MS` / `PGQ_LOOP_WAIT_MS` (the defaults of
-//! `[ha]`), `PGQ_LOAD_SESSIONS` (8).
+//! `PGQ_STEADY_SECS` (60), `PGQ_SOAK_S` (off), `PGQ_TTL_MS` / `PGQ_LOOP_WAIT_MS`
+//! (the defaults of `[ha]`), `PGQ_LOAD_SESSIONS` (8).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -19,7 +25,126 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use pg::haproxy::Haproxy;
 use pg::{PgCluster, PgOptions, SLOW_WAIT};
+
+/// The first instant a write through HAProxy's `port` commits (tried every 10 ms).
+async fn first_write_through(port: u16) -> Instant {
+    let conninfo = Haproxy::conninfo(port);
+    loop {
+        if let Ok(cl) = pg::connect(&conninfo).await
+            && cl
+                .batch_execute("INSERT INTO probe VALUES (now())")
+                .await
+                .is_ok()
+        {
+            return Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Primary changes seen by polling every member's `/primary` every 250 ms for `d`.
+async fn count_primary_changes(c: &PgCluster, mut current: u64, d: Duration) -> u32 {
+    let t0 = Instant::now();
+    let mut changes = 0;
+    while t0.elapsed() < d {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for id in c.ids() {
+            if c.http_status(id, "GET", "/primary").await == Some(200) && id != current {
+                changes += 1;
+                current = id;
+            }
+        }
+    }
+    changes
+}
+
+/// (le, cumulative count) of the primary's lease renewal histogram.
+async fn renew_buckets(c: &PgCluster, id: u64) -> Vec<(f64, f64)> {
+    let Some((_, text)) = c.http(id, "GET", "/metrics").await else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter(|l| l.starts_with("pgquorum_lease_renew_seconds_bucket{"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The bucket bound under which `q` of the renewals between two snapshots fell.
+fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let diff: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let was = before
+                .iter()
+                .find(|(b, _)| b == le)
+                .map_or(0.0, |(_, n)| *n);
+            (*le, n - was)
+        })
+        .collect();
+    let total = diff.last().map_or(0.0, |(_, n)| *n);
+    diff.iter()
+        .find(|(_, n)| *n >= q * total)
+        .map_or(f64::NAN, |(le, _)| *le)
+}
+
+/// pgbench through HAProxy's write port for `secs`, saturating both cores; returns
+/// (false failovers, renewal p50, p99, renewals, pgbench's summary line).
+async fn soak(c: &PgCluster, proxy: &Haproxy, p: u64, secs: u64) -> (u32, f64, f64, f64, String) {
+    let bin = std::path::Path::new(pg::PG_BIN).join("pgbench");
+    let base = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.args(args)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &proxy.write.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("postgres")
+            .env("PGPASSWORD", pg::SUPERUSER_PASSWORD)
+            .stdin(std::process::Stdio::null());
+        cmd
+    };
+    let init = base(&["-i", "-s", "20", "-q"])
+        .output()
+        .await
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let before = renew_buckets(c, p).await;
+    let run = base(&["-c", "16", "-j", "2", "-T", &secs.to_string(), "-n"]).output();
+    let (changes, out) = tokio::join!(count_primary_changes(c, p, Duration::from_secs(secs)), run);
+    let out = out.expect("pgbench");
+    let tps = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("tps"))
+        .unwrap_or("pgbench printed no tps")
+        .to_owned();
+    let after = renew_buckets(c, p).await;
+    let n = after.last().map_or(0.0, |(_, n)| *n) - before.last().map_or(0.0, |(_, n)| *n);
+    (
+        changes,
+        quantile(&before, &after, 0.5),
+        quantile(&before, &after, 0.99),
+        n,
+        tps,
+    )
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -134,23 +259,30 @@ async fn main() {
         )
         .await
         .expect("create tables");
+    let proxy = Haproxy::start(&c);
+    pg::haproxy::settled(proxy.write).await;
+    let soak_s = env_u64("PGQ_SOAK_S", 0);
+    let changes = if soak_s > 0 {
+        println!("soak: pgbench -c 16 -j 2 through HAProxy for {soak_s} s");
+        let (changes, p50, p99, n, tps) = soak(&c, &proxy, p, soak_s).await;
+        println!(
+            "soak: {changes} primary changes (false failovers) in {soak_s} s; {tps}; \
+             lease renewals: {n:.0}, p50 <= {:.0} ms, p99 <= {:.0} ms (histogram bucket bounds)",
+            p50 * 1000.0,
+            p99 * 1000.0
+        );
+        changes
+    } else {
+        0
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let commits = start_load(&c, sessions, stop_rx);
 
     // Steady state: the primary must not change.
     let t0 = Instant::now();
     let before = commits.load(Ordering::Relaxed);
-    let mut changes = 0;
-    let mut current = p;
-    while t0.elapsed() < steady {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        for id in c.ids() {
-            if c.http_status(id, "GET", "/primary").await == Some(200) && id != current {
-                changes += 1;
-                current = id;
-            }
-        }
-    }
+    let current = c.wait_primary(&[], SLOW_WAIT).await;
+    let changes = changes + count_primary_changes(&c, current, steady).await;
     let rate = (commits.load(Ordering::Relaxed) - before) as f64 / t0.elapsed().as_secs_f64();
     println!(
         "steady state: {changes} primary changes (false failovers) in {:.0} s at {rate:.0} commits/s",
@@ -158,18 +290,24 @@ async fn main() {
     );
 
     let mut unplanned = Vec::new();
+    let mut via_proxy = Vec::new();
     for round in 1..=rounds {
         let p = c.wait_primary(&[], SLOW_WAIT).await;
         let others: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
         c.wait_streaming(p, &others, SLOW_WAIT).await;
+        first_write_through(proxy.write).await;
         let t = Instant::now();
         c.kill_host(p);
-        let d = first_write(&c, &others).await - t;
+        let (direct, through) =
+            tokio::join!(first_write(&c, &others), first_write_through(proxy.write));
+        let (d, h) = (direct - t, through - t);
         println!(
-            "unplanned round {round}: node {p} killed, first write after {:.2} s",
-            d.as_secs_f64()
+            "unplanned round {round}: node {p} killed, first write after {:.2} s (through HAProxy {:.2} s)",
+            d.as_secs_f64(),
+            h.as_secs_f64()
         );
         unplanned.push(d);
+        via_proxy.push(h);
         c.restart(p);
     }
 
@@ -231,6 +369,10 @@ async fn main() {
     summary(
         "unplanned failover (kill -9 host -> first write)",
         unplanned,
+    );
+    summary(
+        "unplanned failover through HAProxy (kill -9 host -> first write via the write port)",
+        via_proxy,
     );
     summary(
         "planned failover (SIGTERM -> write unavailability)",

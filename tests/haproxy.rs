@@ -5,72 +5,11 @@
 mod common;
 mod pg;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, ensure};
-use common::{Proc, free_ports};
-use pg::{PgCluster, PgOptions, SLOW_WAIT, SUPERUSER_PASSWORD, have_pg};
-
-const SHIPPED: &str = include_str!("../cluster-configs/haproxy.cfg");
-
-fn have_haproxy() -> bool {
-    let ok = Command::new("haproxy").arg("-v").output().is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but haproxy is not installed (apt-get install haproxy)"
-        );
-        eprintln!("skipped: no haproxy");
-    }
-    ok
-}
-
-/// The shipped file with this test's ports: its checks, timeouts and options as
-/// they are; only the bind addresses and the server lines change.
-fn config_for(c: &PgCluster, write: u16, read: u16, stats: u16) -> String {
-    let mut out = String::new();
-    for line in SHIPPED.lines() {
-        let t = line.trim_start();
-        if t.starts_with("server ") {
-            continue;
-        }
-        let line = line
-            .replace("bind *:5000", &format!("bind 127.0.0.1:{write}"))
-            .replace("bind *:5001", &format!("bind 127.0.0.1:{read}"))
-            .replace("bind *:8404", &format!("bind 127.0.0.1:{stats}"));
-        out.push_str(&line);
-        out.push('\n');
-        if t.starts_with("default-server ") {
-            for id in c.ids() {
-                let n = c.node(id);
-                out.push_str(&format!(
-                    "    server {} 127.0.0.1:{} maxconn 500 check port {}\n",
-                    n.name, n.pg_port, n.rest_port
-                ));
-            }
-        }
-    }
-    out
-}
-
-/// (in recovery, server port) of a fresh connection through `port`.
-async fn through(port: u16) -> anyhow::Result<(bool, u16)> {
-    let (db, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={port} user=postgres password={SUPERUSER_PASSWORD} \
-             dbname=postgres connect_timeout=2"
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .context("connect")?;
-    tokio::spawn(conn);
-    let row = db
-        .query_one("SELECT pg_is_in_recovery(), inet_server_port()", &[])
-        .await?;
-    Ok((row.get(0), row.get::<_, i32>(1) as u16))
-}
+use anyhow::ensure;
+use pg::haproxy::{Haproxy, have_haproxy, through};
+use pg::{PgCluster, PgOptions, SLOW_WAIT, have_pg};
 
 /// Waits until connections through `write` reach node `id`'s PostgreSQL as the
 /// primary, then checks that the next five do too; returns how long the first took.
@@ -90,13 +29,24 @@ async fn write_port_reaches(c: &PgCluster, write: u16, id: u64, since: Instant) 
             },
         )
         .await;
-    for _ in 0..5 {
-        let (recovery, port) = through(write).await.expect("write port");
-        assert!(
-            !recovery && port == want,
-            "reached :{port}, recovery {recovery}"
-        );
-    }
+    // A member that just stopped being primary stays in the pool until its checks
+    // fail (fall 2 x fastinter 250 ms); meanwhile a connection may reach it, now a
+    // replica that refuses writes. Once settled, every connection is the primary's.
+    c.wait_for(
+        "the write port to settle on the primary",
+        SLOW_WAIT,
+        async || {
+            for _ in 0..5 {
+                let (recovery, port) = through(write).await?;
+                ensure!(
+                    !recovery && port == want,
+                    "reached :{port} (recovery {recovery})"
+                );
+            }
+            Ok(())
+        },
+    )
+    .await;
     took
 }
 
@@ -110,32 +60,8 @@ async fn pg_haproxy_write_port_follows_the_primary() {
     let replicas: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
     c.wait_streaming(p, &replicas, SLOW_WAIT).await;
 
-    let ports = free_ports(3);
-    let (write, read) = (ports[0], ports[1]);
-    let cfg = c.temp_path().join("haproxy.cfg");
-    std::fs::write(&cfg, config_for(&c, write, read, ports[2])).unwrap();
-    let check = Command::new("haproxy")
-        .arg("-c")
-        .arg("-f")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let _haproxy = Proc::new(
-        Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let proxy = Haproxy::start(&c);
+    let (write, read) = (proxy.write, proxy.read);
 
     write_port_reaches(&c, write, p, Instant::now()).await;
     let (recovery, port) = c

@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::common::{BIN, Proc, free_ports, poll_until, spawn_node, tail, unique_cluster_name};
 
 mod client;
+pub mod haproxy;
 mod netns;
 mod observer;
 
