@@ -29,6 +29,14 @@ async fn pg_topology_version_and_flush() {
     let replicas: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
     c.wait_streaming(p, &replicas, SLOW_WAIT).await;
     let name = |id: u64| c.node(id).name.clone();
+    // A clone says how much it copies and when it is done (with progress lines
+    // every 5 s in between, for clones that take that long).
+    let logs = c.logs();
+    assert!(
+        logs.contains("cloning with pg_basebackup") && logs.contains("source_mb="),
+        "{logs}"
+    );
+    assert!(logs.matches("pg_basebackup done").count() >= 2, "{logs}");
 
     // The primary first, both replicas under it.
     let topo = json(&c, &["topology"]);

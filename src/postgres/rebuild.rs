@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How often a running pg_basebackup's progress is logged.
+const BASEBACKUP_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 impl Postgres {
     /// initdb only (PostgreSQL stays stopped): the first step of a bootstrap, kept
     /// short so the HA loop renews its lease between steps. Leaves a marker beside the
@@ -175,9 +178,58 @@ impl Postgres {
         if use_slot {
             cmd.args(["-S", slot]);
         }
-        tracing::info!(%from, slot = use_slot.then_some(slot), "cloning with pg_basebackup");
-        self.run_logged(cmd, "pg_basebackup").await?;
+        let total = self.source_size(from).await;
+        tracing::info!(
+            %from,
+            slot = use_slot.then_some(slot),
+            source_mb = total.map(|b| b / 1_000_000),
+            "cloning with pg_basebackup"
+        );
+        let copy = self.run_logged(cmd, "pg_basebackup");
+        tokio::pin!(copy);
+        let started = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(BASEBACKUP_PROGRESS_EVERY);
+        tick.tick().await;
+        // Progress in the log while the copy runs: a large clone takes minutes.
+        let copied = loop {
+            tokio::select! {
+                r = &mut copy => break r,
+                _ = tick.tick() => {
+                    let dir = self.data_dir.clone();
+                    let done = tokio::task::spawn_blocking(move || Self::dir_bytes(&dir))
+                        .await
+                        .unwrap_or(0);
+                    tracing::info!(
+                        copied_mb = done / 1_000_000,
+                        source_mb = total.map(|b| b / 1_000_000),
+                        percent = total.filter(|t| *t > 0).map(|t| (done * 100 / t).min(100)),
+                        seconds = started.elapsed().as_secs(),
+                        "pg_basebackup in progress"
+                    );
+                }
+            }
+        };
+        copied?;
+        tracing::info!(
+            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+            "pg_basebackup done"
+        );
         self.set_primary_marker(false)
+    }
+
+    /// The source's databases in bytes (what a clone copies, roughly: WAL and
+    /// config files aside), for progress reports; `None` when it cannot tell.
+    async fn source_size(&self, from: &ConnTarget) -> Option<u64> {
+        let mut s = sql::Session::new(&from.host, from.port, self.cfg.superuser.clone());
+        let rows = s
+            .simple(
+                "size of the clone source",
+                "SELECT sum(pg_database_size(oid))::bigint FROM pg_database",
+                SQL_TIMEOUT,
+            )
+            .await
+            .ok()?;
+        cell(&rows, 0, 0)?.parse().ok()
     }
 
     pub(super) async fn source_has_slot(&self, from: &ConnTarget, slot: &str) -> bool {
