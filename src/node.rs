@@ -328,9 +328,6 @@ async fn hand_over_leadership(raft: &Raft, me: u64, wait: Duration) {
     }
 }
 
-/// Initializes the cluster on its first start. A node whose log is empty asks the
-/// other initial members first: if any of them already belongs to a formed cluster,
-/// this node waits to be replicated to instead of proposing a membership of its own.
 /// Copies openraft's metrics into the REST snapshot twice a second (`/metrics`),
 /// until `stop`.
 async fn copy_raft_stats(
@@ -356,6 +353,9 @@ async fn copy_raft_stats(
     }
 }
 
+/// Initializes the cluster on its first start. A node whose log is empty asks the
+/// other initial members first: if any of them already belongs to a formed cluster,
+/// this node waits to be replicated to instead of proposing a membership of its own.
 async fn form_cluster(raft: &Raft, cfg: &NodeConfig) {
     match raft.is_initialized().await {
         Ok(true) | Err(_) => return,

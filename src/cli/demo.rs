@@ -242,9 +242,7 @@ impl Nodes {
     }
 
     async fn stop(&mut self) {
-        for (_, c) in &self.0 {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
+        self.signal_all();
         let end = Instant::now() + STOP_WITHIN;
         for (id, c) in &mut self.0 {
             loop {
@@ -260,7 +258,54 @@ impl Nodes {
                 }
             }
         }
+        self.0.clear();
     }
+
+    fn signal_all(&self) {
+        for (_, c) in &self.0 {
+            // SAFETY: kill(2) of the demo's own children.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+}
+
+/// On an early return (an error after the nodes started) the nodes are stopped the
+/// same way, blocking: the temporary directory goes only after them.
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        self.signal_all();
+        let end = Instant::now() + STOP_WITHIN;
+        for (_, c) in &mut self.0 {
+            while matches!(c.try_wait(), Ok(None)) {
+                if Instant::now() >= end {
+                    unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// A postmaster runs in `data_dir`: its `postmaster.pid` names a live process (a
+/// postmaster killed by its guard leaves the file behind).
+fn postmaster_alive(data_dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
+        return false;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
 
 /// Waits until no postmaster runs in the demo's data dirs (their guards stop them
@@ -268,7 +313,7 @@ impl Nodes {
 async fn wait_postmasters_gone(dir: &Path) {
     let end = Instant::now() + Duration::from_secs(15);
     while Instant::now() < end
-        && (1..=NODES).any(|id| dir.join(format!("n{id}/pg/postmaster.pid")).exists())
+        && (1..=NODES).any(|id| postmaster_alive(&dir.join(format!("n{id}/pg"))))
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -279,6 +324,10 @@ pub async fn run(
     args: DemoArgs,
     format_list: impl Fn(&[pb::KeyValue]) -> String,
 ) -> Result<(), DemoError> {
+    // One handler for the whole run, installed before anything starts: a Ctrl-C at
+    // any moment is seen (and none ends the demo with the signal's default action).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(io("handle Ctrl-C"))?;
     ensure_prerequisites(!args.no_install)?;
     let started = Instant::now();
     let tmp = tempfile::Builder::new()
@@ -317,6 +366,7 @@ pub async fn run(
     let client = Client::new(endpoints.clone())
         .map_err(|e| DemoError::Missing(e.to_string()))?
         .with_timeout(Duration::from_secs(2));
+    let mut interrupted = false;
     let view = loop {
         if let Ok(resp) = client.get(model::PREFIX, true, false).await {
             let v = ClusterView::from_kvs(
@@ -339,12 +389,23 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = tokio::signal::ctrl_c() => break None,
+            _ = interrupt.recv() => {
+                interrupted = true;
+                break None;
+            }
         }
     };
     let Some((view, kvs)) = view else {
         nodes.stop().await;
         wait_postmasters_gone(&dir).await;
+        if interrupted {
+            drop(tmp);
+            println!(
+                "interrupted; stopped the nodes and removed {}",
+                dir.display()
+            );
+            return Ok(());
+        }
         let _ = tmp.keep();
         return Err(DemoError::NotHealthy { dir });
     };
@@ -381,7 +442,7 @@ pub async fn run(
         "logs: {}/n{{1,2,3}}.log   Ctrl-C stops everything",
         dir.display()
     );
-    let _ = tokio::signal::ctrl_c().await;
+    let _ = interrupt.recv().await;
     println!("\nstopping the nodes (each stops PostgreSQL and hands over)…");
     nodes.stop().await;
     wait_postmasters_gone(&dir).await;

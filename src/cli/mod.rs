@@ -81,6 +81,7 @@ pub fn main() -> ExitCode {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
     });
     if let Command::Node { log_format, .. } = &cli.command {
+        crate::node::systemd::take_env();
         init_logs(*log_format, filter);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -51,6 +51,10 @@ pub struct Health {
     /// For how long PostgreSQL has not answered, as of the last cycle.
     pub pg_unanswered: Option<Duration>,
     pub hangs: HangCounters,
+    /// The fence deadline the leader lease's last committed renewal set, written by
+    /// the renewal task itself (so it moves between cycles); in the past once
+    /// renewals stop. Metrics only: the health checks use `leader_lease_until`.
+    pub fence_deadline: Option<Instant>,
     /// Committed renewals of the leader lease: how long each took (request to commit).
     pub lease_renewals: Histogram,
     /// HA decisions since start, by the kind of their reason (`Reason::kind`).
@@ -59,9 +63,10 @@ pub struct Health {
     pub raft: RaftStats,
     /// What PostgreSQL last reported about itself.
     pub pg_times: PgTimes,
-    /// The HA loop is inside a long action that ends no cycle meanwhile (initdb,
-    /// pg_basebackup, pg_rewind): its name. The systemd watchdog is fed meanwhile.
-    pub busy: Option<&'static str>,
+    /// The HA loop is carrying out an action (`Action::kind`), which may take long
+    /// (initdb, pg_basebackup, a start with crash recovery, `pre_promote`); the
+    /// systemd watchdog is fed meanwhile.
+    pub busy: Option<String>,
 }
 
 /// Bucket bounds (seconds) of the leader-lease renewal latency: a renewal is one
@@ -171,6 +176,7 @@ impl Default for Health {
             pg_unanswered: None,
             hangs: HangCounters::default(),
             busy: None,
+            fence_deadline: None,
             lease_renewals: Histogram::new(RENEW_BUCKETS),
             decisions: Default::default(),
             raft: RaftStats::default(),

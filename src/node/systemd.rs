@@ -11,13 +11,51 @@ use tokio::time::Instant;
 
 use crate::ha::health::Health;
 
+/// What the service manager passed: `$NOTIFY_SOCKET`, and the watchdog interval
+/// (`$WATCHDOG_USEC`, if `$WATCHDOG_PID` is unset or this process).
+struct ServiceEnv {
+    socket: Option<std::ffi::OsString>,
+    watchdog: Option<Duration>,
+}
+
+static ENV: std::sync::OnceLock<ServiceEnv> = std::sync::OnceLock::new();
+
+fn env() -> &'static ServiceEnv {
+    ENV.get_or_init(|| {
+        let pid_ok = std::env::var("WATCHDOG_PID")
+            .map_or(true, |p| p.parse::<u32>().ok() == Some(std::process::id()));
+        ServiceEnv {
+            socket: std::env::var_os("NOTIFY_SOCKET"),
+            watchdog: std::env::var("WATCHDOG_USEC")
+                .ok()
+                .and_then(|u| u.parse::<u64>().ok())
+                .filter(|u| *u > 0 && pid_ok)
+                .map(Duration::from_micros),
+        }
+    })
+}
+
+/// Reads the service manager's variables once and removes them from the
+/// environment, so that the guard, PostgreSQL and callbacks do not inherit them
+/// (a PostgreSQL built with systemd support would send READY and STOPPING of its
+/// own for the node's unit). Call before any other thread exists.
+pub fn take_env() {
+    let _ = env();
+    for v in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        // SAFETY: called from `main` before the runtime starts: no other thread
+        // reads or writes the environment.
+        unsafe { std::env::remove_var(v) };
+    }
+}
+
 /// Sends `state` (newline-separated `KEY=VALUE` lines) to the service manager;
 /// `false` when there is none. Errors are logged, never fatal: a node runs the same
 /// with or without systemd.
 pub fn notify(state: &str) -> bool {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return false;
-    };
+    env().socket.as_deref().is_some_and(|s| notify_to(s, state))
+}
+
+fn notify_to(path: &std::ffi::OsStr, state: &str) -> bool {
     let sent = (|| -> std::io::Result<()> {
         let sock = UnixDatagram::unbound()?;
         let bytes = path.as_encoded_bytes();
@@ -26,7 +64,7 @@ pub fn notify(state: &str) -> bool {
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
             sock.send_to_addr(state.as_bytes(), &addr)?;
         } else {
-            sock.send_to(state.as_bytes(), &path)?;
+            sock.send_to(state.as_bytes(), path)?;
         }
         Ok(())
     })();
@@ -36,21 +74,14 @@ pub fn notify(state: &str) -> bool {
     sent.is_ok()
 }
 
-/// The watchdog interval systemd asks for (`WatchdogSec=` as `$WATCHDOG_USEC`),
-/// if it is meant for this process (`$WATCHDOG_PID` unset or ours).
+/// The watchdog interval systemd asks of this process (`WatchdogSec=`).
 pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID")
-        && pid.parse::<u32>().ok() != Some(std::process::id())
-    {
-        return None;
-    }
-    (usec > 0).then(|| Duration::from_micros(usec))
+    env().watchdog
 }
 
 /// Whether the HA loop is alive at `now` for the watchdog: it completed a cycle
-/// within `window`, or it is inside a long action (initdb, pg_basebackup, pg_rewind)
-/// that ends no cycle, or it has had less than `window` since `started` for its
+/// within `window`, or it is carrying out an action (each bounded by its own
+/// timeout, some long by design: initdb, pg_basebackup, crash recovery), or it has had less than `window` since `started` for its
 /// first cycle. A loop stuck anywhere else starves the watchdog, and systemd kills
 /// and restarts the node (its guard fences PostgreSQL when pgquorum dies).
 pub fn loop_alive(h: &Health, now: Instant, started: Instant, window: Duration) -> bool {
@@ -119,7 +150,7 @@ mod tests {
             started,
             w
         ));
-        h.busy = Some("pg_basebackup");
+        h.busy = Some("Clone".into());
         assert!(loop_alive(
             &h,
             started + Duration::from_secs(3600),
@@ -139,14 +170,12 @@ mod tests {
             let a = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
             UnixDatagram::bind_addr(&a).unwrap()
         };
-        // SAFETY: nextest runs each test in a process of its own; no other thread
-        // reads the environment meanwhile.
-        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
-        assert!(notify("READY=1"));
-        unsafe { std::env::set_var("NOTIFY_SOCKET", format!("@{name}")) };
-        assert!(notify("STOPPING=1"));
-        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
-        assert!(!notify("READY=1"));
+        assert!(notify_to(path.as_os_str(), "READY=1"));
+        assert!(notify_to(
+            std::ffi::OsStr::new(&format!("@{name}")),
+            "STOPPING=1"
+        ));
+        assert!(!notify_to(dir.path().join("nobody").as_os_str(), "READY=1"));
         let mut buf = [0u8; 64];
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");

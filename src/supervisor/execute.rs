@@ -35,10 +35,12 @@ impl<S: Store, P: Database> Supervisor<S, P> {
         let fence = self.pg.fence_handle();
         let every = Duration::from_millis(self.ha.loop_wait_ms);
         let renewals = self.renewals.clone();
+        let health = self.health.clone();
         self.leader_lease = Some(LeaseRenewer::spawn(keeper, every, move |until, took| {
             if let Ok(mut h) = renewals.lock() {
                 h.observe(took.as_secs_f64());
             }
+            health.send_modify(|h| h.fence_deadline = Some(until));
             if let Err(e) = fence.move_if_armed(until) {
                 tracing::debug!(error = %e, "renewed the leader lease; PostgreSQL is not running");
             }
@@ -67,29 +69,20 @@ impl<S: Store, P: Database> Supervisor<S, P> {
         Ok(())
     }
 
-    /// Carries out one action; a long one (see [`Health::busy`]) is shown as such
-    /// while it runs.
+    /// Carries out one action, shown as [`Health::busy`] while it runs: actions may
+    /// take long by design (a start with crash recovery, a shutdown checkpoint,
+    /// `pre_promote`, a clone), each bounded by its own timeout, and the systemd
+    /// watchdog must not kill the node meanwhile. It watches the rest of the cycle.
     pub(super) async fn execute(
         &mut self,
         action: Action,
         view: Option<&ClusterView>,
         probe: &PgProbe,
     ) -> Result<(), SupervisorError> {
-        let busy = match &action {
-            Action::Bootstrap => Some("initdb"),
-            Action::Clone { .. } | Action::Reclone { .. } | Action::Reinit { .. } => {
-                Some("pg_basebackup")
-            }
-            Action::Rewind { .. } => Some("pg_rewind"),
-            _ => None,
-        };
-        if busy.is_some() {
-            self.health.send_modify(|h| h.busy = busy);
-        }
+        let busy = action.kind();
+        self.health.send_modify(|h| h.busy = Some(busy));
         let r = self.execute_action(action, view, probe).await;
-        if busy.is_some() {
-            self.health.send_modify(|h| h.busy = None);
-        }
+        self.health.send_modify(|h| h.busy = None);
         r
     }
 

@@ -151,7 +151,9 @@ pub fn metrics_text(h: &Health, now: Instant) -> String {
     let secs = |ms: Option<i64>| ms.map_or(0.0, |ms| ms as f64 / 1000.0);
     let pg = &h.pg_times;
     let raft = &h.raft;
-    let fence_left = h.leader_lease_until.map_or(0.0, |until| {
+    // From the renewal task's own deadline, which moves between cycles; in the past
+    // (0) once renewals stopped.
+    let fence_left = h.fence_deadline.map_or(0.0, |until| {
         until.saturating_duration_since(now).as_secs_f64()
     });
     let gauge_rows: [(&str, &str, &str, f64); 15] = [

@@ -809,7 +809,7 @@ fn metrics_of_raft_the_lease_postgres_times_and_decisions() {
     h.lease_renewals.observe(0.003);
     h.lease_renewals.observe(9.0);
     h.decisions.insert("HoldLease".into(), 41);
-    h.leader_lease_until = Some(now + Duration::from_millis(1500));
+    h.fence_deadline = Some(now + Duration::from_millis(1500));
     let text = metrics_text(&h, now);
     let l = r#"{scope="prod",name="pg1""#;
     for line in [
