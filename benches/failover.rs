@@ -30,18 +30,7 @@ use pg::{PgCluster, PgOptions, SLOW_WAIT};
 
 /// The first instant a write through HAProxy's `port` commits (tried every 10 ms).
 async fn first_write_through(port: u16) -> Instant {
-    let conninfo = Haproxy::conninfo(port);
-    loop {
-        if let Ok(cl) = pg::connect(&conninfo).await
-            && cl
-                .batch_execute("INSERT INTO probe VALUES (now())")
-                .await
-                .is_ok()
-        {
-            return Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    first_write_to(&[Haproxy::conninfo(port)]).await
 }
 
 /// Primary changes seen by polling every member's `/primary` every 250 ms for `d`.
@@ -212,11 +201,17 @@ fn start_load(
     commits
 }
 
-/// The first instant after `from` at which one of `ids` committed a write (polled every 10 ms).
+/// The first instant at which one of `ids` committed a write (polled every 10 ms).
 async fn first_write(c: &PgCluster, ids: &[u64]) -> Instant {
+    let conninfos: Vec<String> = ids.iter().map(|i| c.conninfo(*i)).collect();
+    first_write_to(&conninfos).await
+}
+
+/// The first instant at which a write through one of `conninfos` committed.
+async fn first_write_to(conninfos: &[String]) -> Instant {
     loop {
-        for id in ids {
-            if let Ok(cl) = c.connect(*id).await
+        for conninfo in conninfos {
+            if let Ok(cl) = pg::connect(conninfo).await
                 && cl
                     .batch_execute("INSERT INTO probe VALUES (now())")
                     .await

@@ -13,11 +13,7 @@ use pg::{PgCluster, PgOptions, SLOW_WAIT, SUPERUSER_PASSWORD, have_pg};
 use serde_json::Value;
 
 async fn healthy_cluster() -> (PgCluster, u64, Vec<u64>) {
-    let c = PgCluster::start(PgOptions::default()).await;
-    let primary = c.wait_primary(&[], SLOW_WAIT).await;
-    let replicas: Vec<u64> = c.ids().into_iter().filter(|i| *i != primary).collect();
-    c.wait_streaming(primary, &replicas, SLOW_WAIT).await;
-    (c, primary, replicas)
+    PgCluster::start_healthy(PgOptions::default()).await
 }
 
 async fn show(c: &PgCluster, id: u64, setting: &str) -> anyhow::Result<String> {

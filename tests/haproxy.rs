@@ -55,10 +55,7 @@ async fn pg_haproxy_write_port_follows_the_primary() {
     if !have_pg() || !have_haproxy() {
         return;
     }
-    let mut c = PgCluster::start(PgOptions::default()).await;
-    let p = c.wait_primary(&[], SLOW_WAIT).await;
-    let replicas: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
-    c.wait_streaming(p, &replicas, SLOW_WAIT).await;
+    let (mut c, p, replicas) = PgCluster::start_healthy(PgOptions::default()).await;
 
     let proxy = Haproxy::start(&c);
     let (write, read) = (proxy.write, proxy.read);

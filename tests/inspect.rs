@@ -24,10 +24,7 @@ async fn pg_topology_version_and_flush() {
     if !have_pg() {
         return;
     }
-    let c = PgCluster::start(PgOptions::default()).await;
-    let p = c.wait_primary(&[], SLOW_WAIT).await;
-    let replicas: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
-    c.wait_streaming(p, &replicas, SLOW_WAIT).await;
+    let (c, p, replicas) = PgCluster::start_healthy(PgOptions::default()).await;
     let name = |id: u64| c.node(id).name.clone();
     // A clone says how much it copies and when it is done (with progress lines
     // every 5 s in between, for clones that take that long).

@@ -20,15 +20,7 @@ const PATRONI_COUNTERS: &[&str] = &[
 ];
 
 fn have_promtool() -> bool {
-    let ok = Command::new("promtool").arg("--version").output().is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but promtool is not installed (apt-get install prometheus)"
-        );
-        eprintln!("skipped: no promtool");
-    }
-    ok
+    pg::have_tool("promtool", "--version", "prometheus")
 }
 
 /// promtool's findings on `text`; panics on a parse error.
@@ -77,10 +69,7 @@ async fn pg_metrics_pass_promtool_and_carry_live_values() {
     if !have_pg() || !have_promtool() {
         return;
     }
-    let c = PgCluster::start(PgOptions::default()).await;
-    let p = c.wait_primary(&[], SLOW_WAIT).await;
-    let replicas: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
-    c.wait_streaming(p, &replicas, SLOW_WAIT).await;
+    let (c, p, replicas) = PgCluster::start_healthy(PgOptions::default()).await;
     let text = c
         .wait_for(
             "renewals and Raft in the primary's metrics",

@@ -94,10 +94,7 @@ async fn pg_status_page_shows_the_primary_in_a_browser() {
         return;
     }
     let Some(bin) = chromium() else { return };
-    let mut c = PgCluster::start(PgOptions::default()).await;
-    let p = c.wait_primary(&[], SLOW_WAIT).await;
-    let replicas: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
-    c.wait_streaming(p, &replicas, SLOW_WAIT).await;
+    let (mut c, p, replicas) = PgCluster::start_healthy(PgOptions::default()).await;
     let dir = c.temp_path().to_path_buf();
     let urls: std::collections::BTreeMap<u64, String> = c
         .ids()

@@ -39,6 +39,23 @@ pub const SUPERUSER_PASSWORD: &str = "test-superuser-pw";
 /// Waits that include pg_basebackup or pg_rewind.
 pub const SLOW_WAIT: Duration = Duration::from_secs(90);
 
+/// `bin VERSION_ARG` (from the Debian package `package`) runs; under CI its absence
+/// is a failure, not a skip.
+pub fn have_tool(bin: &str, version_arg: &str, package: &str) -> bool {
+    let ok = std::process::Command::new(bin)
+        .arg(version_arg)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but {bin} is not installed (apt-get install {package})"
+        );
+        eprintln!("skipped: no {bin}");
+    }
+    ok
+}
+
 /// PostgreSQL 15 must be installed. Under CI a missing server is a failure, not a skip.
 pub fn have_pg() -> bool {
     let ok = Path::new(PG_BIN).join("postgres").exists();
@@ -135,6 +152,16 @@ impl PgCluster {
     /// Writes three configs and starts the nodes; does not wait for PostgreSQL.
     pub async fn start(opts: PgOptions) -> PgCluster {
         Self::start_with(opts, None).await
+    }
+
+    /// Starts a cluster with `opts` and waits for a primary and every other member
+    /// streaming from it: (cluster, primary, replicas).
+    pub async fn start_healthy(opts: PgOptions) -> (PgCluster, u64, Vec<u64>) {
+        let c = Self::start(opts).await;
+        let p = c.wait_primary(&[], SLOW_WAIT).await;
+        let replicas: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
+        c.wait_streaming(p, &replicas, SLOW_WAIT).await;
+        (c, p, replicas)
     }
 
     /// Like [`PgCluster::start`], each node in its own network namespace of `net`.

@@ -330,11 +330,7 @@ pub enum Action {
 impl Action {
     /// The variant's name, e.g. `StartReplica` (what the cycle is busy with).
     pub fn kind(&self) -> String {
-        format!("{self:?}")
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .next()
-            .unwrap_or_default()
-            .to_owned()
+        super::reason::variant_name(self)
     }
 }
 

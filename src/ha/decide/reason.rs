@@ -96,13 +96,17 @@ impl Reason {
     /// The variant's name, e.g. `HoldLease`: a stable label for counting decisions
     /// (the `Display` text carries the details).
     pub fn kind(&self) -> String {
-        let debug = format!("{self:?}");
-        debug
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .next()
-            .unwrap_or_default()
-            .to_owned()
+        variant_name(self)
     }
+}
+
+/// The name of `v`'s enum variant: its `Debug` text up to the first field.
+pub(super) fn variant_name(v: &impl fmt::Debug) -> String {
+    format!("{v:?}")
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[cfg(test)]
