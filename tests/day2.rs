@@ -444,6 +444,12 @@ async fn pg_reinit_reclones_a_replica_and_never_the_primary() {
     );
     assert!(!marker.exists(), "the data dir is a fresh clone");
     c.wait_streaming(p, &[r], SLOW_WAIT).await;
+    // What `reinit --wait` reads its progress with answers from the real REST API.
+    let url = format!("http://{}:{}", c.node(r).host, c.node(r).rest_port);
+    let doc = pgquorum::ops::member_api::get_json(&url, "/patroni", SLOW_WAIT)
+        .await
+        .expect("/patroni read by ops::member_api");
+    assert_eq!(doc["patroni"]["name"], r_name.as_str(), "{doc}");
     c.wait_for("the rows on the re-cloned replica", SLOW_WAIT, async || {
         let n = c.count(r, "t").await?;
         ensure!(n == 50, "{n} rows");

@@ -67,6 +67,25 @@ pub struct Health {
     /// (initdb, pg_basebackup, a start with crash recovery, `pre_promote`); the
     /// systemd watchdog is fed meanwhile.
     pub busy: Option<String>,
+    /// A running clone's progress (pg_basebackup), while one runs.
+    pub copy: Option<CopyProgress>,
+}
+
+/// How far a running clone has got (`/patroni`'s `progress`, `ctl reinit --wait`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyProgress {
+    pub copied_bytes: u64,
+    /// `None` when the source's size could not be read.
+    pub total_bytes: Option<u64>,
+    pub seconds: u64,
+}
+
+impl CopyProgress {
+    pub fn percent(&self) -> Option<u64> {
+        self.total_bytes
+            .filter(|t| *t > 0)
+            .map(|t| (self.copied_bytes.saturating_mul(100) / t).min(100))
+    }
 }
 
 /// Bucket bounds (seconds) of the leader-lease renewal latency: a renewal is one
@@ -176,6 +195,7 @@ impl Default for Health {
             pg_unanswered: None,
             hangs: HangCounters::default(),
             busy: None,
+            copy: None,
             fence_deadline: None,
             lease_renewals: Histogram::new(RENEW_BUCKETS),
             decisions: Default::default(),

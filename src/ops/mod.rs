@@ -7,6 +7,7 @@ pub mod config;
 pub mod dsn;
 pub mod failover;
 pub mod history;
+pub mod member_api;
 pub mod reinit;
 pub mod requests;
 pub mod switchover;

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{OpsError, cluster_view};
+use super::{OpsError, cluster_view, member_api};
 use crate::client::Client;
+use crate::ha::health::CopyProgress;
 use crate::ha::model::{self, ReinitOutcome, ReinitRequest};
 
 /// Refuses what a reinit cannot do: an unknown member, the primary, no primary
@@ -45,13 +46,26 @@ pub async fn request(client: &Client, member: &str, discard_old: bool) -> Result
     Ok(())
 }
 
+/// How a reinit stands while `wait` waits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReinitProgress {
+    pub waited: Duration,
+    /// The member's state as it published it (`creating replica` while it clones).
+    pub state: Option<String>,
+    /// pg_basebackup's progress, from the member's own REST API.
+    pub copy: Option<CopyProgress>,
+}
+
+/// How often `wait` reports progress.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// Waits for the member to record the outcome, then removes the request.
-/// `progress` is called about every 5 s with the time waited so far.
+/// `progress` is called every [`PROGRESS_EVERY`].
 pub async fn wait(
     client: &Client,
     member: &str,
     timeout: Duration,
-    mut progress: impl FnMut(Duration),
+    mut progress: impl FnMut(&ReinitProgress),
 ) -> Result<ReinitOutcome, OpsError> {
     let started = Instant::now();
     let mut told = Duration::ZERO;
@@ -82,9 +96,18 @@ pub async fn wait(
                 model::reinit_key(member)
             )));
         }
-        if waited >= told + Duration::from_secs(5) {
+        if waited >= told + PROGRESS_EVERY {
             told = waited;
-            progress(waited);
+            let status = view.as_ref().ok().and_then(|v| v.members.get(member));
+            let copy = match status {
+                Some(s) => member_api::copy_progress(&s.api_url, Duration::from_secs(1)).await,
+                None => None,
+            };
+            progress(&ReinitProgress {
+                waited,
+                state: status.map(|s| crate::ha::view::state_name(s.state).to_string()),
+                copy,
+            });
         }
     }
 }

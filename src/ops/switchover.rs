@@ -86,15 +86,22 @@ pub async fn cancel(client: &Client) -> Result<bool, OpsError> {
 }
 
 /// Waits for a primary other than `from`; on timeout withdraws the request.
-pub async fn wait(client: &Client, from: &str, timeout: Duration) -> Result<String, OpsError> {
+pub async fn wait(
+    client: &Client,
+    from: &str,
+    timeout: Duration,
+    mut progress: impl FnMut(Duration, &ClusterView),
+) -> Result<String, OpsError> {
     let started = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Ok(v) = cluster_view(client).await
-            && let Some(new) = v.leader
-            && new != from
-        {
-            return Ok(new);
+        if let Ok(v) = cluster_view(client).await {
+            progress(started.elapsed(), &v);
+            if let Some(new) = v.leader
+                && new != from
+            {
+                return Ok(new);
+            }
         }
         if started.elapsed() >= timeout {
             let _ = cancel(client).await;

@@ -239,9 +239,27 @@ pub struct Postgres {
     /// Started with the first postmaster (it needs the runtime); watches whichever runs.
     monitor: Option<health::Monitor>,
     callbacks: callbacks::CallbackRunner,
+    /// A running pg_basebackup's progress (`None` when none runs): operators and
+    /// `ctl reinit --wait` see it through `/patroni`.
+    copy_progress: tokio::sync::watch::Sender<Option<CopyProgress>>,
+}
+
+/// How far a running pg_basebackup has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyProgress {
+    /// Bytes in the new data directory so far.
+    pub copied_bytes: u64,
+    /// The source's databases in bytes; `None` when it could not be read.
+    pub total_bytes: Option<u64>,
+    pub seconds: u64,
 }
 
 impl Postgres {
+    /// Follows pg_basebackup's progress (set every few seconds while a clone runs).
+    pub fn copy_progress(&self) -> tokio::sync::watch::Receiver<Option<CopyProgress>> {
+        self.copy_progress.subscribe()
+    }
+
     /// Validates the settings and resolves the OS user; no other IO.
     /// `cluster`: the cluster's name, the callbacks' last argument.
     pub fn new(cfg: PostgresConfig, member_name: String, cluster: String) -> Result<Self, PgError> {
@@ -292,6 +310,7 @@ impl Postgres {
             last_exit: None,
             sql,
             callbacks: callbacks::CallbackRunner::new(cfg.callbacks.clone(), cluster),
+            copy_progress: tokio::sync::watch::channel(None).0,
             cfg,
             cluster_parameters: BTreeMap::new(),
             cluster_pg_hba: Vec::new(),

@@ -3,8 +3,10 @@
 
 use super::*;
 
-/// How often a running pg_basebackup's progress is logged.
-const BASEBACKUP_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often a running pg_basebackup's progress is measured (for `/patroni`), and
+/// every how many measurements it is logged.
+const BASEBACKUP_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+const BASEBACKUP_LOG_EVERY: u64 = 5;
 
 impl Postgres {
     /// initdb only (PostgreSQL stays stopped): the first step of a bootstrap, kept
@@ -185,11 +187,21 @@ impl Postgres {
             source_mb = total.map(|b| b / 1_000_000),
             "cloning with pg_basebackup"
         );
+        let progress = self.copy_progress.clone();
+        let report = |copied_bytes, seconds| {
+            progress.send_replace(Some(CopyProgress {
+                copied_bytes,
+                total_bytes: total,
+                seconds,
+            }));
+        };
+        report(0, 0);
         let copy = self.run_logged(cmd, "pg_basebackup");
         tokio::pin!(copy);
         let started = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(BASEBACKUP_PROGRESS_EVERY);
         tick.tick().await;
+        let mut ticks = 0u64;
         // Progress in the log while the copy runs: a large clone takes minutes.
         let copied = loop {
             tokio::select! {
@@ -199,6 +211,11 @@ impl Postgres {
                     let done = tokio::task::spawn_blocking(move || Self::dir_bytes(&dir))
                         .await
                         .unwrap_or(0);
+                    report(done, started.elapsed().as_secs());
+                    ticks += 1;
+                    if !ticks.is_multiple_of(BASEBACKUP_LOG_EVERY) {
+                        continue;
+                    }
                     tracing::info!(
                         copied_mb = done / 1_000_000,
                         source_mb = total.map(|b| b / 1_000_000),
@@ -209,6 +226,7 @@ impl Postgres {
                 }
             }
         };
+        self.copy_progress.send_replace(None);
         copied?;
         tracing::info!(
             seconds = format!("{:.1}", started.elapsed().as_secs_f64()),

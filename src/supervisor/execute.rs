@@ -81,7 +81,23 @@ impl<S: Store, P: Database> Supervisor<S, P> {
     ) -> Result<(), SupervisorError> {
         let busy = action.kind();
         self.health.send_modify(|h| h.busy = Some(busy));
+        self.creating = matches!(
+            action,
+            Action::Bootstrap
+                | Action::Clone { .. }
+                | Action::Reclone { .. }
+                | Action::Rewind { .. }
+        );
+        if self.creating
+            && let Some(v) = view
+        {
+            self.publish(v, probe).await;
+            let status = self.my_status(probe, v);
+            self.last_status = Some(status.clone());
+            self.health.send_modify(|h| h.status = Some(status));
+        }
         let r = self.execute_action(action, view, probe).await;
+        self.creating = false;
         self.health.send_modify(|h| h.busy = None);
         r
     }

@@ -266,6 +266,19 @@ pub struct PgState {
     pub settings: BTreeMap<String, String>,
     /// Callbacks queued, as `ACTION ROLE`.
     pub callbacks: Vec<String>,
+    /// Called while a clone runs; what it returns is kept in `seen_during_copy`.
+    pub copy_spy: Option<Spy>,
+    pub seen_during_copy: Vec<Option<String>>,
+}
+
+/// What a test looks at from inside an operation (e.g. the store while a clone runs).
+#[derive(Clone)]
+pub struct Spy(pub Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for Spy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spy")
+    }
 }
 
 impl PgState {
@@ -281,6 +294,11 @@ impl PgState {
     fn op(&mut self, name: &'static str, what: String) -> Result<(), PgError> {
         self.fence_check();
         self.log.push(what);
+        if matches!(name, "basebackup" | "reclone")
+            && let Some(spy) = self.copy_spy.clone()
+        {
+            self.seen_during_copy.push((spy.0)());
+        }
         if self.failing.contains(name) {
             return Err(PgError::Command {
                 program: name.into(),

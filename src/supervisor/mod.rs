@@ -133,6 +133,9 @@ pub struct Supervisor<S = Client, P = Postgres> {
     started: Instant,
     /// The role PostgreSQL last ran with, for the callbacks (`ha::callbacks::owed`).
     last_role: Option<Role>,
+    /// An action that makes a data dir runs (initdb, a clone, a rewind): the member
+    /// shows "creating replica", as Patroni's does, instead of its last state.
+    creating: bool,
 }
 
 impl Supervisor<Client, Postgres> {
@@ -149,6 +152,21 @@ impl Supervisor<Client, Postgres> {
         // but the loop should keep observing.
         let client =
             Client::new(endpoints)?.with_timeout(Duration::from_millis(cfg.ha.loop_wait_ms * 2));
+        // The HA loop waits for the clone; progress reaches /patroni on its own task.
+        let mut copy = pg.copy_progress();
+        let to = health.clone();
+        tokio::spawn(async move {
+            while copy.changed().await.is_ok() {
+                let p = copy
+                    .borrow_and_update()
+                    .map(|p| crate::ha::health::CopyProgress {
+                        copied_bytes: p.copied_bytes,
+                        total_bytes: p.total_bytes,
+                        seconds: p.seconds,
+                    });
+                to.send_modify(|h| h.copy = p);
+            }
+        });
         Supervisor::with_parts(cfg, client, pg, health, tags_reload)
     }
 }
@@ -204,6 +222,7 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             rewind_failed: false,
             pre_promote_vetoed_at: None,
             last_role: None,
+            creating: false,
         })
     }
 

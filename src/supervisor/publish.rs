@@ -10,7 +10,9 @@ impl<S: Store, P: Database> Supervisor<S, P> {
             (true, Some(true)) => Role::Replica,
             _ => Role::Uninitialized,
         };
-        let state = if p.running && p.accepting {
+        let state = if self.creating {
+            PgRunState::Creating
+        } else if p.running && p.accepting {
             PgRunState::Running
         } else if p.running {
             PgRunState::Starting

@@ -342,9 +342,19 @@ async fn a_former_primary_whose_rewind_fails_is_recloned_from_the_leader() {
     let pg = FakePg::initialized(fakes::SYSTEM_ID, 3, 0x480_0000);
     pg.state().was_primary = true;
     pg.state().failing.insert("rewind");
+    let spied = store.clone();
+    pg.state().copy_spy = Some(fakes::Spy(std::sync::Arc::new(move || {
+        spied.value("/pg/members/n1")
+    })));
     let mut r = rig(&store, &pg);
     r.cycles_until(20, |r| r.log().iter().any(|l| l.starts_with("reclone")))
         .await;
+    // While it re-clones, its record says so (Patroni's "creating replica").
+    let seen = pg.state().seen_during_copy.clone();
+    assert!(
+        matches!(seen.as_slice(), [Some(v)] if v.contains(r#""state":"creating""#)),
+        "{seen:?}"
+    );
     let log = r.log();
     let rewind = log.iter().position(|l| l == "rewind from 127.0.0.1:5434");
     let reclone = log.iter().position(|l| l == "reclone from 127.0.0.1:5434");
@@ -355,6 +365,11 @@ async fn a_former_primary_whose_rewind_fails_is_recloned_from_the_leader() {
     pg.state().failing.clear();
     r.cycles_until(10, |r| r.pg.state().running).await;
     assert_eq!(r.log().last().map(String::as_str), Some("start replica"));
+    let now = store.value("/pg/members/n1").unwrap_or_default();
+    assert!(
+        !now.contains(r#""state":"creating""#),
+        "not once done: {now}"
+    );
     assert_eq!(r.sup.following.as_deref(), Some("n2"));
     assert!(!r.pg.writable());
 }

@@ -84,6 +84,19 @@ pub fn status_json(h: &Health) -> Value {
             }
         }
     }
+    // pgquorum's own: a clone's progress while one runs (Patroni shows only the state).
+    if let (Some(_), Some(c)) = (&h.busy, h.copy) {
+        m.insert(
+            "progress".into(),
+            json!({
+                "action": "pg_basebackup",
+                "copied_bytes": c.copied_bytes,
+                "total_bytes": c.total_bytes,
+                "percent": c.percent(),
+                "seconds": c.seconds,
+            }),
+        );
+    }
     // Patroni sets these two only when true.
     if h.cluster.paused {
         m.insert("pause".into(), json!(true));
@@ -163,4 +176,30 @@ pub fn cluster_json(scope: &str, view: &ClusterView) -> Value {
         doc.insert("pause".into(), json!(true));
     }
     Value::Object(doc)
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+    use crate::ha::health::CopyProgress;
+
+    #[test]
+    fn a_running_clone_shows_its_progress_and_only_while_it_runs() {
+        let mut h = Health {
+            copy: Some(CopyProgress {
+                copied_bytes: 30_000_000,
+                total_bytes: Some(120_000_000),
+                seconds: 9,
+            }),
+            ..Health::default()
+        };
+        // The last report of a clone that ended is not shown.
+        assert!(status_json(&h).get("progress").is_none());
+        h.busy = Some("Reclone".into());
+        assert_eq!(
+            status_json(&h)["progress"],
+            json!({"action": "pg_basebackup", "copied_bytes": 30_000_000,
+                   "total_bytes": 120_000_000, "percent": 25, "seconds": 9})
+        );
+    }
 }

@@ -376,7 +376,7 @@ pub async fn post_switchover(State(st): State<RestState>, body: Bytes) -> Respon
             if at.is_some_and(|t| t > now) {
                 return Ok(text(StatusCode::ACCEPTED, "Switchover scheduled"));
             }
-            let to = switchover::wait(c, &from, FAILOVER_WAIT).await?;
+            let to = switchover::wait(c, &from, FAILOVER_WAIT, |_, _| {}).await?;
             Ok(text(
                 StatusCode::OK,
                 format!("Successfully switched over to \"{to}\""),

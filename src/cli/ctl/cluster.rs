@@ -353,8 +353,8 @@ pub(super) async fn reinit(
         });
     };
     let started = Instant::now();
-    let done = ops::reinit::wait(client, member, timeout, |t| {
-        eprintln!("{member}: re-cloning ({} s)", t.as_secs());
+    let done = ops::reinit::wait(client, member, timeout, |p| {
+        eprintln!("{}", super::output::reinit_progress(member, p));
     })
     .await?;
     let secs = started.elapsed().as_secs_f64();

@@ -171,7 +171,17 @@ pub(super) async fn switchover(
 ) -> Result<(), CtlError> {
     let started = Instant::now();
     let leader = crate::ops::switchover::request(client, candidate.as_deref(), None).await?;
-    let new = crate::ops::switchover::wait(client, &leader, wait).await?;
+    // A line whenever the leader key or a member's role or state changes (stderr,
+    // so `--json` output stays one document).
+    let mut last = String::new();
+    let new = crate::ops::switchover::wait(client, &leader, wait, |t, view| {
+        let now = output::cluster_progress(view);
+        if now != last {
+            eprintln!("{:5.1} s  {now}", t.as_secs_f64());
+            last = now;
+        }
+    })
+    .await?;
     let secs = started.elapsed().as_secs_f64();
     emit(
         json,

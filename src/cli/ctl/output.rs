@@ -610,3 +610,37 @@ pub fn list_json(cluster: &str, listing: &PgListing) -> Value {
         })
         .collect()
 }
+
+/// One `ctl reinit --wait` progress line (stderr).
+pub(super) fn reinit_progress(member: &str, p: &crate::ops::reinit::ReinitProgress) -> String {
+    let secs = p.waited.as_secs();
+    match (&p.copy, &p.state) {
+        (Some(c), _) => {
+            let of = match (c.total_bytes, c.percent()) {
+                (Some(t), Some(pc)) => format!(" of {} MB ({pc} %)", t / 1_000_000),
+                _ => String::new(),
+            };
+            format!(
+                "{member}: pg_basebackup copied {} MB{of} ({secs} s)",
+                c.copied_bytes / 1_000_000
+            )
+        }
+        (None, Some(state)) => format!("{member}: {state} ({secs} s)"),
+        (None, None) => format!("{member}: not publishing its status ({secs} s)"),
+    }
+}
+
+/// Where a switchover stands, for the lines `ctl switchover` prints while it waits:
+/// the leader key's holder and each member's role and state.
+pub(super) fn cluster_progress(view: &ClusterView) -> String {
+    let leader = view.leader.as_deref().unwrap_or("none");
+    let members: Vec<String> = view
+        .members
+        .iter()
+        .map(|(name, s)| {
+            let role = cluster_role(view, name);
+            format!("{name} {} {}", role.as_str(), member_state(role, s))
+        })
+        .collect();
+    format!("leader: {leader}; {}", members.join(", "))
+}

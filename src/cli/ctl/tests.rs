@@ -701,3 +701,33 @@ fn flush_parses_its_target() {
     ));
     assert!(T::try_parse_from(["ctl", "flush", "everything"]).is_err());
 }
+
+#[test]
+fn progress_lines_say_where_a_wait_stands() {
+    use crate::ha::health::CopyProgress;
+    use crate::ops::reinit::ReinitProgress;
+    let mut p = ReinitProgress {
+        waited: Duration::from_secs(4),
+        state: Some("creating replica".into()),
+        copy: Some(CopyProgress {
+            copied_bytes: 30_000_000,
+            total_bytes: Some(120_000_000),
+            seconds: 3,
+        }),
+    };
+    assert_eq!(
+        reinit_progress("pg2", &p),
+        "pg2: pg_basebackup copied 30 MB of 120 MB (25 %) (4 s)"
+    );
+    p.copy = None;
+    assert_eq!(reinit_progress("pg2", &p), "pg2: creating replica (4 s)");
+    p.state = None;
+    assert!(reinit_progress("pg2", &p).contains("not publishing"));
+
+    let view = PgListing::from_kvs(&pg_kvs()).view;
+    let line = cluster_progress(&view);
+    assert!(
+        line.starts_with("leader: pg1; pg1 leader running, "),
+        "{line}"
+    );
+}
