@@ -14,7 +14,8 @@
 //!
 //! Prints figures; asserts nothing. Settings: `PGQ_ROUNDS` (default 5),
 //! `PGQ_STEADY_SECS` (60), `PGQ_SOAK_S` (off), `PGQ_TTL_MS` / `PGQ_LOOP_WAIT_MS`
-//! (the defaults of `[ha]`), `PGQ_LOAD_SESSIONS` (8).
+//! (the defaults of `[ha]`), `PGQ_LOAD_SESSIONS` (8), `PGQ_NICE` (the nodes' nice
+//! value, e.g. -10 as the unit file sets; PostgreSQL runs at 0 regardless).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -234,12 +235,17 @@ async fn main() {
     let opts = PgOptions {
         ttl_ms: env_u64("PGQ_TTL_MS", PgOptions::default().ttl_ms),
         loop_wait_ms: env_u64("PGQ_LOOP_WAIT_MS", PgOptions::default().loop_wait_ms),
+        // As the shipped unit file's `Nice=-10` (root only); PostgreSQL stays at 0.
+        nice: std::env::var("PGQ_NICE").ok().and_then(|v| v.parse().ok()),
         ..PgOptions::default()
     };
     let sessions = env_u64("PGQ_LOAD_SESSIONS", 8) as usize;
     println!(
-        "failover bench: ttl {} ms, loop_wait {} ms, {sessions} load sessions, {rounds} rounds",
-        opts.ttl_ms, opts.loop_wait_ms
+        "failover bench: ttl {} ms, loop_wait {} ms, {sessions} load sessions, {rounds} rounds, \
+         nodes at nice {}",
+        opts.ttl_ms,
+        opts.loop_wait_ms,
+        opts.nice.unwrap_or(0)
     );
     let mut c = PgCluster::start(opts).await;
     let p = c.wait_primary(&[], SLOW_WAIT).await;

@@ -38,7 +38,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 pub use super::guard_wire::*;
-use super::os::{kill_tree, mono_now_ns, unix_seconds};
+use super::os::{self, kill_tree, mono_now_ns, unix_seconds};
 
 /// Bad arguments, or the postmaster could not be started.
 pub const EXIT_ERROR: u8 = 70;
@@ -263,6 +263,8 @@ impl Guard {
         // credential change clears it.
         unsafe {
             cmd.pre_exec(move || {
+                // The guard keeps pgquorum's priority; PostgreSQL does not.
+                os::at_normal_priority();
                 // Ignored signals stay ignored across exec; give PostgreSQL defaults.
                 for s in [
                     libc::SIGINT,

@@ -299,6 +299,24 @@ pub fn kill_group(pgid: i32, sig: libc::c_int) -> bool {
     pgid > 1 && unsafe { libc::kill(-pgid, sig) } == 0
 }
 
+/// In a forked child (async-signal-safe): runs it at nice 0 at most. pgquorum may run
+/// at a raised priority (the unit file's `Nice=`) so that lease renewals and the fence
+/// keep their timing when PostgreSQL saturates the CPUs; PostgreSQL's own processes
+/// must not inherit it, or they would compete with it on equal terms again. Lowering
+/// a priority needs no privilege, so this never fails.
+///
+/// # Safety
+/// Only call between fork and exec (it changes the calling thread's priority).
+pub unsafe fn at_normal_priority() {
+    // SAFETY: plain syscalls on the calling thread; -1 from getpriority may be an
+    // error too, and then setting 0 is as harmless.
+    unsafe {
+        if libc::getpriority(libc::PRIO_PROCESS, 0) < 0 {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+        }
+    }
+}
+
 /// Lets a child die with pgquorum: `PR_SET_PDEATHSIG` in the forked child, after std
 /// has changed its uid/gid (a credential change clears the setting, and std runs
 /// `pre_exec` closures last). If pgquorum already died before the prctl, exit at once.
@@ -311,6 +329,7 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command, sig: libc::c_int) {
     // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            at_normal_priority();
             if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -59,6 +59,11 @@ impl NodeSpec {
 
 /// Runs `pgquorum node --config <config>` with stdout and stderr appended to `log`.
 pub fn spawn_node(config: &Path, log: &Path) -> Child {
+    spawn_node_at(config, log, None)
+}
+
+/// [`spawn_node`] at nice value `nice` (a negative one needs root).
+pub fn spawn_node_at(config: &Path, log: &Path, nice: Option<i32>) -> Child {
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
@@ -71,8 +76,19 @@ pub fn spawn_node(config: &Path, log: &Path) -> Child {
     )
     .unwrap();
     let err = f.try_clone().expect("clone log file");
-    Command::new(BIN)
-        .arg("node")
+    let mut cmd = Command::new(BIN);
+    if let Some(n) = nice {
+        // SAFETY: one syscall between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, n) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd.arg("node")
         .arg("--config")
         .arg(config)
         .env_remove("PGQUORUM_LOG")

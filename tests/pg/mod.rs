@@ -19,7 +19,7 @@ use anyhow::{Context as _, anyhow, ensure};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::common::{BIN, Proc, free_ports, poll_until, spawn_node, tail, unique_cluster_name};
+use crate::common::{BIN, Proc, free_ports, poll_until, spawn_node_at, tail, unique_cluster_name};
 
 mod client;
 pub mod haproxy;
@@ -84,6 +84,9 @@ pub struct PgOptions {
     /// Raft members without PostgreSQL (ids 4, 5, ...): with two, the cluster keeps
     /// its quorum when two PostgreSQL hosts die.
     pub witnesses: u64,
+    /// Start the nodes at this nice value (root only for a negative one), as the
+    /// shipped unit file's `Nice=` does.
+    pub nice: Option<i32>,
 }
 
 impl Default for PgOptions {
@@ -96,6 +99,7 @@ impl Default for PgOptions {
             fsync: false,
             pg_extra: String::new(),
             witnesses: 0,
+            nice: None,
         }
     }
 }
@@ -294,10 +298,11 @@ impl PgCluster {
 
     fn launch(&mut self, id: u64) {
         let ns = self.net.as_ref().map(|n| n.ns(id));
+        let nice = self.opts.nice;
         let n = self.nodes.get_mut(&id).expect("node");
         assert!(n.proc.is_none(), "node {id} is running");
         n.proc = Some(Proc::new(match ns {
-            None => spawn_node(&n.config_path(), &n.log_path()),
+            None => spawn_node_at(&n.config_path(), &n.log_path(), nice),
             Some(ns) => spawn_node_in(&ns, &n.config_path(), &n.log_path()),
         }));
     }
