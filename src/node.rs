@@ -54,9 +54,14 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid Raft settings: {0}")]
+    #[error("invalid Raft settings: {0}; fix the [raft] section of this node's config file")]
     RaftConfig(String),
-    #[error("Raft failed to start: {0}")]
+    #[error(
+        "Raft failed to start: {0}; the Raft storage in data_dir could not be loaded. Keep the \
+         directory as it is, and restore it from a backup or re-add this member with an empty \
+         data_dir (`pgquorum ctl member remove --id ID`, start it with join = true, then \
+         `pgquorum ctl member add`)"
+    )]
     RaftStart(String),
     #[error("gRPC server failed: {0}")]
     Serve(String),

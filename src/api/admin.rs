@@ -379,7 +379,8 @@ impl Admin for AdminService {
             .find(|(id, n)| n.addr == r.addr && **id != r.id)
         {
             return Err(Status::already_exists(format!(
-                "address {} is already used by node {id}",
+                "address {} is already used by node {id}; remove that node first \
+                 (`pgquorum ctl member remove --id {id}`) or give this one another --addr",
                 r.addr
             )));
         }
@@ -434,7 +435,10 @@ impl Admin for AdminService {
         let is_voter = membership.voter_ids().any(|v| v == id);
         if is_voter {
             if membership.voter_ids().count() == 1 {
-                return Err(Status::failed_precondition("cannot remove the last voter"));
+                return Err(Status::failed_precondition(
+                    "cannot remove the last voter: add another voter first \
+                     (`pgquorum ctl member add`, without --learner) and wait until it is one",
+                ));
             }
             self.membership_change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
                 .await?;
@@ -540,7 +544,8 @@ impl Admin for AdminService {
             check_key(&req.get_ref().key)?;
         } else if req.get_ref().expect_mod_revision.is_some() {
             return Err(Status::invalid_argument(
-                "a compare is not allowed with a prefix delete",
+                "a compare is not allowed with a prefix delete: leave out --expect-revision, \
+                 or delete each key on its own (without --prefix) with its --expect-revision",
             ));
         }
         if let Some(mut c) = self.route(&req).await? {
@@ -588,7 +593,9 @@ impl Admin for AdminService {
             let floor = self.sm.history_floor();
             if r.start_revision < floor {
                 return Err(Status::out_of_range(format!(
-                    "revision {} is compacted; the oldest revision still watchable is {floor}",
+                    "revision {} is compacted; the oldest revision still watchable is {floor}: \
+                     rerun with --from-revision {floor} (re-read the keys with `pgquorum ctl kv \
+                     get PREFIX --prefix` for what changed before it)",
                     r.start_revision
                 )));
             }
@@ -742,9 +749,10 @@ fn lease_response(r: store::Response) -> Result<Response<pb::LeaseResponse>, Sta
             revision,
         })),
         store::Response::LeaseNotFound { id } => Err(lease_not_found(id)),
-        store::Response::LeaseExists { id } => {
-            Err(Status::already_exists(format!("lease {id} already exists")))
-        }
+        store::Response::LeaseExists { id } => Err(Status::already_exists(format!(
+            "lease {id} already exists; grant it with another --id, or leave --id out and \
+                 the cluster chooses one"
+        ))),
         other => Err(Status::internal(format!("unexpected result {other}"))),
     }
 }

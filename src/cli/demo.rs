@@ -40,7 +40,7 @@ pub struct DemoArgs {
 pub enum DemoError {
     #[error("{0}")]
     Missing(String),
-    #[error("{what} failed: {detail}")]
+    #[error("{what} failed: {detail}; fix the cause above and run `pgquorum demo` again")]
     Setup { what: String, detail: String },
     #[error("cannot {what}: {source}")]
     Io {

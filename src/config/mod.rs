@@ -65,7 +65,10 @@ impl Tags {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error(
+        "cannot read config file {path}: {source}; check the path given to --config and that \
+         the user running pgquorum can read it"
+    )]
     Read {
         path: PathBuf,
         #[source]

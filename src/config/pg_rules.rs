@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 pub enum SettingError {
     #[error("{what} must not contain line breaks or NUL")]
     LineBreak { what: String },
-    #[error("postgresql.parameters: {key:?} is not a PostgreSQL parameter name")]
+    #[error(
+        "postgresql.parameters: {key:?} is not a PostgreSQL parameter name (a letter or _, \
+         then letters, digits, _ or .); fix its spelling or remove it"
+    )]
     NotAParameterName { key: String },
     #[error(
         "postgresql.parameters: {key} is managed by pgquorum and cannot be set here \

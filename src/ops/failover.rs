@@ -40,12 +40,15 @@ pub fn plan(view: &ClusterView, candidate: &str) -> Result<Plan, OpsError> {
     match cannot_take_over(m, cfg.synchronous_mode, view.sync.as_ref(), view.timeline) {
         Some(Ineligible::NotARunningReplica) => {
             return Err(OpsError::Invalid(format!(
-                "{candidate} is not a running replica; only one can take over"
+                "{candidate} is not a running replica; only one can take over: pick a Replica \
+                 that `pgquorum ctl list` shows running or streaming"
             )));
         }
         Some(Ineligible::NoFailoverTag) => {
             return Err(OpsError::Invalid(format!(
-                "{candidate} is tagged nofailover and is never promoted"
+                "{candidate} is tagged nofailover (or failover_priority 0) and is never \
+                 promoted; pick another candidate, or change [tags] in its config file and \
+                 reload that node (SIGHUP, e.g. `systemctl reload pgquorum`)"
             )));
         }
         Some(Ineligible::PrePromoteVetoed) => {

@@ -13,7 +13,8 @@ pub async fn read(client: &Client) -> Result<Vec<HistoryEntry>, OpsError> {
     };
     serde_json::from_slice(&kv.value).map_err(|e| {
         OpsError::Invalid(format!(
-            "{} does not hold a promotion history ({e})",
+            "{} does not hold a promotion history ({e}); check that all members run the same \
+             pgquorum release (`pgquorum ctl version`). The next promotion starts a new history",
             model::HISTORY_KEY
         ))
     })

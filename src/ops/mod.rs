@@ -35,7 +35,10 @@ pub enum OpsError {
     /// A value the cluster would refuse, naming the key.
     #[error("{0}; nothing was written")]
     Invalid(String),
-    #[error("the cluster has no configuration yet: it has not been bootstrapped")]
+    #[error(
+        "the cluster has no configuration yet: it has not been bootstrapped. Start the nodes \
+         with a [postgresql] section, wait until `pgquorum ctl list` shows a primary, then retry"
+    )]
     NotBootstrapped,
     #[error("{0}")]
     Timeout(String),

@@ -27,7 +27,9 @@ pub fn check(view: &model::ClusterView, member: &str) -> Result<(), OpsError> {
     }
     if !view.leader_serving() {
         return Err(OpsError::Invalid(
-            "no primary serves, so there is nothing to clone from".into(),
+            "no primary serves, so there is nothing to clone from; get a primary back first \
+             (e.g. `pgquorum ctl failover --candidate NAME`), then retry"
+                .into(),
         ));
     }
     Ok(())
@@ -84,7 +86,9 @@ pub async fn wait(
             && !v.reinit.contains_key(member)
         {
             return Err(OpsError::Invalid(format!(
-                "{member} dropped the request (it is the primary now?); nothing was re-cloned"
+                "{member} dropped the request because it is the primary now (a primary's data \
+                 dir is never re-cloned); nothing was re-cloned. Switch over first \
+                 (`pgquorum ctl switchover`), then run `pgquorum ctl reinit {member}` again"
             )));
         }
         let waited = started.elapsed();

@@ -104,8 +104,13 @@ pub async fn wait_done(
                     return Ok(());
                 }
                 None => {
+                    let by = match kind {
+                        RequestKind::Restart => "`pgquorum ctl flush restart` or DELETE /restart",
+                        _ => "a `pgquorum ctl kv del` of its key",
+                    };
                     return Err(OpsError::Invalid(format!(
-                        "the request for {member} was cancelled"
+                        "the request for {member} was cancelled before {member} reported it \
+                         done (by {by}); request it again if it is still needed"
                     )));
                 }
                 Some(_) => {}

@@ -16,7 +16,9 @@ use crate::ha::model::{self, ClusterView, MemberStatus, PgRunState, Role, Switch
 pub fn check(view: &ClusterView, candidate: Option<&str>) -> Result<String, OpsError> {
     let Some(leader) = view.leader.clone() else {
         return Err(OpsError::Invalid(
-            "no member holds the leader lease: there is no primary to switch over from".into(),
+            "no member holds the leader lease: there is no primary to switch over from; \
+             promote a replica with `pgquorum ctl failover --candidate NAME`"
+                .into(),
         ));
     };
     let runnable = |m: &MemberStatus| {
@@ -32,7 +34,8 @@ pub fn check(view: &ClusterView, candidate: Option<&str>) -> Result<String, OpsE
             ))),
             Some(m) if !runnable(m) => Err(OpsError::Invalid(format!(
                 "{c} cannot take over: it must be a running replica not tagged nofailover, \
-                 other than the primary {leader}"
+                 other than the primary {leader}; name another candidate from \
+                 `pgquorum ctl list`, or leave out --candidate to let pgquorum choose"
             ))),
             Some(m) => {
                 let cfg = view.config.clone().unwrap_or_default();
@@ -40,7 +43,10 @@ pub fn check(view: &ClusterView, candidate: Option<&str>) -> Result<String, OpsE
                 // position trails by a cycle's worth of WAL. The candidate checks it
                 // when it takes over, after the primary's clean stop sent it everything.
                 match cannot_take_over(m, cfg.synchronous_mode, view.sync.as_ref(), view.timeline) {
-                    Some(why) => Err(OpsError::Invalid(format!("{c} cannot take over: {why}"))),
+                    Some(why) => Err(OpsError::Invalid(format!(
+                        "{c} cannot take over: {why}; name another candidate from \
+                         `pgquorum ctl list`, or leave out --candidate to let pgquorum choose"
+                    ))),
                     None => Ok(leader),
                 }
             }

@@ -9,7 +9,10 @@ pub enum PgError {
          PostgreSQL as that user: create it (e.g. `useradd --system postgres`) or set os_user"
     )]
     NoSuchUser { user: String },
-    #[error("cannot look up OS user {user:?}: {source}")]
+    #[error(
+        "cannot look up OS user {user:?}: {source}; check that `getent passwd {user}` works on \
+         this host (NSS, LDAP), or set postgresql.os_user to a local user"
+    )]
     UserLookup {
         user: String,
         #[source]
@@ -48,14 +51,22 @@ pub enum PgError {
         owner: u32,
         user: String,
     },
-    #[error("cannot {action} {path}: {source}")]
+    #[error(
+        "cannot {action} {path}: {source}; check that it (or its parent directory) exists, that \
+         its filesystem is writable and has free space, and that pgquorum and \
+         postgresql.os_user may access it"
+    )]
     Io {
         action: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot read the password of PostgreSQL user {user:?}: {source}")]
+    #[error(
+        "cannot read the password of PostgreSQL user {user:?}: {source}; check the \
+         password_file set for that user in [postgresql.superuser] or \
+         [postgresql.replication], and that pgquorum can read it"
+    )]
     Password {
         user: String,
         #[source]
@@ -68,7 +79,11 @@ pub enum PgError {
     DataDirNotEmpty { path: PathBuf, action: &'static str },
     #[error("data directory {path} has no PostgreSQL cluster; bootstrap or basebackup first")]
     NoDataDir { path: PathBuf },
-    #[error("data directory {path} cannot be used: {reason}")]
+    #[error(
+        "data directory {path} cannot be used: {reason}; pgquorum will not touch it: repair it, \
+         or move it away (e.g. `mv {path} {path}.bad`) and, while a primary serves, this member \
+         clones a fresh copy from it"
+    )]
     DataDirInvalid { path: PathBuf, reason: String },
     #[error("PostgreSQL is running; stop it before {action}")]
     Running { action: &'static str },
@@ -79,7 +94,10 @@ pub enum PgError {
          stop it (e.g. `pg_ctl -D {path} stop`) and pgquorum will take over"
     )]
     ForeignPostmaster { pid: i32, path: PathBuf },
-    #[error("cannot run {program}: {source}")]
+    #[error(
+        "cannot run {program}: {source}; check that it exists and is executable (PostgreSQL's \
+         tools are taken from postgresql.bin_dir)"
+    )]
     Spawn {
         program: String,
         #[source]
@@ -115,11 +133,18 @@ pub enum PgError {
         /// SQLSTATE, when the server answered.
         code: Option<String>,
     },
-    #[error("SQL ({what}) timed out")]
+    #[error(
+        "SQL ({what}) timed out: the server did not answer in time (overloaded, blocked on a \
+         lock or on storage, or unreachable); check its log and load. The next HA cycle tries \
+         again"
+    )]
     SqlTimeout { what: String },
     #[error("{action} needs a primary, but PostgreSQL is in recovery")]
     NotPrimary { action: &'static str },
-    #[error("promotion did not finish within 60 s; PostgreSQL is still in recovery")]
+    #[error(
+        "promotion did not finish within 60 s; PostgreSQL is still in recovery: see the \
+         PostgreSQL log for what replay waits on. The next HA cycle tries again"
+    )]
     PromoteTimeout,
     #[error(
         "pre_promote vetoed the promotion: `{command}` {how}; this member gives up the \
@@ -131,10 +156,15 @@ pub enum PgError {
          use Postgres::slot_name"
     )]
     InvalidSlotName(String),
-    #[error("pg_controldata output has no cluster state; output:\n{0}")]
+    #[error(
+        "pg_controldata output has no cluster state; check that postgresql.bin_dir is of the \
+         PostgreSQL major version in the data directory's PG_VERSION; output:\n{0}"
+    )]
     ControlData(String),
     #[error(
-        "crash recovery in single-user mode left the cluster in state {0:?}; pg_rewind cannot run"
+        "crash recovery in single-user mode left the cluster in state {0:?}; pg_rewind cannot \
+         run, so this member re-clones from the primary instead (its data directory is moved \
+         aside to DATA_DIR.failed-<unix time>, not deleted)"
     )]
     NotCleanAfterRecovery(String),
 }

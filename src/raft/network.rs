@@ -323,7 +323,9 @@ impl RaftGrpc {
     fn admit(&self, cluster: &str, from: NodeId) -> Result<(), Status> {
         if cluster != self.cluster {
             return Err(Status::permission_denied(format!(
-                "this node belongs to cluster {:?}, not {cluster:?}: the sender is misconfigured",
+                "this node belongs to cluster {:?}, not {cluster:?}: the sender (node {from}) is \
+                 misconfigured; fix cluster_name (or initial_cluster, if it lists this node's \
+                 address by mistake) in node {from}'s config file and restart it",
                 self.cluster
             )));
         }

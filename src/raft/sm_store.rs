@@ -133,7 +133,8 @@ impl SmStore {
                 let f: u32 = serde_json::from_slice(&v).map_err(invalid)?;
                 if f > FORMAT_VERSION {
                     return Err(invalid(format!(
-                        "state machine format {f} is newer than this build"
+                        "state machine format {f} is newer than this build; run the newer \
+                         pgquorum release that wrote it (the data is not damaged)"
                     )));
                 }
             }

@@ -56,7 +56,9 @@ pub enum SupervisorError {
     #[error("leader {0} has not published its PostgreSQL address yet; retried next cycle")]
     LeaderAddressUnknown(String),
     #[error(
-        "leader {leader} published a bad PostgreSQL address {addr:?}; fix its postgresql.connect_address"
+        "leader {leader} published a bad PostgreSQL address {addr:?}; fix postgresql.connect_host \
+         (default: postgresql.listen_host) and postgresql.port in {leader}'s config file and \
+         restart that node"
     )]
     LeaderAddressInvalid { leader: String, addr: String },
     #[error("no leader lease to renew")]

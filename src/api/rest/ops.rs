@@ -237,7 +237,9 @@ pub async fn post_restart(State(st): State<RestState>, body: Bytes) -> Response 
             let Some(status) = view.members.get(&me) else {
                 return Err(Refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "this member has not published its status yet".into(),
+                    "this member has not published its status yet (it does so every HA \
+                     cycle); retry in a few seconds"
+                        .into(),
                 ));
             };
             let wanted = match req.get("role").and_then(Value::as_str) {
@@ -271,7 +273,10 @@ pub async fn post_restart(State(st): State<RestState>, body: Bytes) -> Response 
                     other => {
                         return Err(Refusal(
                             StatusCode::BAD_REQUEST,
-                            format!("schedule {other} is not a time"),
+                            format!(
+                                "schedule {other} is not a time: use Unix seconds, \
+                                 \"+90s\" / \"+5m\" / \"+2h\", or UTC \"2026-12-02T18:30:00Z\""
+                            ),
                         ));
                     }
                 };
@@ -362,7 +367,10 @@ pub async fn post_switchover(State(st): State<RestState>, body: Bytes) -> Respon
                 Some(other) => {
                     return Err(Refusal(
                         StatusCode::BAD_REQUEST,
-                        format!("scheduled_at {other} is not a time"),
+                        format!(
+                            "scheduled_at {other} is not a time: use Unix seconds, \
+                             \"+90s\" / \"+5m\" / \"+2h\", or UTC \"2026-12-02T18:30:00Z\""
+                        ),
                     ));
                 }
             };

@@ -304,7 +304,9 @@ pub enum CtlError {
     CompareFailed(String),
 
     #[error(
-        "lease {id} may have expired: no renewal committed in time ({source}); the lease is no longer certainly held"
+        "lease {id} may have expired: no renewal committed in time ({source}); the lease is no \
+         longer certainly held: check it with `pgquorum ctl lease ttl {id}`, and grant a new one \
+         if it is gone"
     )]
     LeaseLost { id: u64, source: ClientError },
 

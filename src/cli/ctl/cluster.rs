@@ -116,8 +116,12 @@ fn read_source(source: &str) -> Result<String, CtlError> {
     if source == "-" {
         std::io::stdin().read_to_string(&mut text)?;
     } else {
-        text = std::fs::read_to_string(source)
-            .map_err(|e| CtlError::BadInput(format!("cannot read {source}: {e}")))?;
+        text = std::fs::read_to_string(source).map_err(|e| {
+            CtlError::BadInput(format!(
+                "cannot read {source}: {e}; check the path given to --apply and that it is \
+                 readable (`--apply -` reads standard input); nothing was written"
+            ))
+        })?;
     }
     Ok(text)
 }
@@ -167,7 +171,8 @@ fn edit_in_editor(doc: &Value) -> Result<Value, CtlError> {
     }
     serde_json::from_str(&text?).map_err(|e| {
         CtlError::BadInput(format!(
-            "the edited document is not JSON ({e}); nothing was written"
+            "the edited document is not JSON ({e}); nothing was written and the edit was \
+             discarded: run `pgquorum ctl edit-config` again"
         ))
     })
 }

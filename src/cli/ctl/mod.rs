@@ -283,10 +283,10 @@ async fn kv(client: &Client, json: bool, cmd: KvCommand) -> Result<(), CtlError>
                 print_out(&put_json(&resp).to_string())?;
             }
             if !resp.succeeded {
-                return Err(CtlError::CompareFailed(put_compare_failure(
-                    &key,
-                    resp.prev.as_ref(),
-                    expect_revision,
+                return Err(CtlError::CompareFailed(format!(
+                    "{}; re-read it (`pgquorum ctl --output json kv get {key}` shows its \
+                     mod_revision) and retry with that --expect-revision (0: create if absent)",
+                    put_compare_failure(&key, resp.prev.as_ref(), expect_revision)
                 )));
             }
             if !json {
@@ -308,7 +308,9 @@ async fn kv(client: &Client, json: bool, cmd: KvCommand) -> Result<(), CtlError>
             if !resp.succeeded {
                 let expected = expect_revision.map_or_else(|| "?".to_owned(), |r| r.to_string());
                 return Err(CtlError::CompareFailed(format!(
-                    "key {key:?} does not have mod_revision {expected} (it changed or does not exist)"
+                    "key {key:?} does not have mod_revision {expected} (it changed or does not \
+                     exist); re-read it (`pgquorum ctl --output json kv get {key}` shows its \
+                     mod_revision) and retry with that --expect-revision"
                 )));
             }
             if !json {
