@@ -747,6 +747,10 @@ impl Drop for PgCluster {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             let pm = self.postmaster_pid(id);
+            // Found before anything is killed: PostgreSQL's children each call setsid,
+            // so the postmaster's group does not reach them, and a guard killed in
+            // the middle of its freeze-then-kill would leave them stopped for good.
+            let instance = self.instance_pids(id);
             // A guard a test stopped would outlive pgquorum (it has its own session).
             let guard = self.guard_pid(id).filter(|g| *g > 1);
             if let Some(mut p) = self.nodes.get_mut(&id).and_then(|n| n.proc.take()) {
@@ -762,6 +766,18 @@ impl Drop for PgCluster {
             if let Some(pm) = pm {
                 unsafe {
                     libc::kill(-pm, libc::SIGKILL);
+                }
+            }
+            // Only a process still working in this cluster's dirs: a pid that exited
+            // meanwhile may belong to another test now.
+            let ours = |p: &i32| {
+                fs::read_link(format!("/proc/{p}/cwd"))
+                    .is_ok_and(|d| d.starts_with(self.tmp.path()))
+            };
+            for p in instance.into_iter().filter(|p| *p > 1 && ours(p)) {
+                // SAFETY: kill(2) of this cluster's own PostgreSQL processes.
+                unsafe {
+                    libc::kill(p, libc::SIGKILL);
                 }
             }
         }
