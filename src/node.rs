@@ -16,7 +16,6 @@ use openraft::async_runtime::watch::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::admin::AdminService;
 use crate::config::NodeConfig;
@@ -32,6 +31,7 @@ use crate::supervisor::Supervisor;
 use crate::wire::pb;
 
 mod leadership;
+mod ports;
 pub mod systemd;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +94,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     tags: watch::Receiver<crate::ha::model::Tags>,
 ) -> Result<(), NodeError> {
+    let (grpc_gate, rest_gate) = ports::gates(&cfg);
     let listener = TcpListener::bind(cfg.listen_addr)
         .await
         .map_err(|source| NodeError::Bind {
@@ -158,12 +159,21 @@ pub async fn run(
         cluster: cfg.cluster_name.clone(),
     };
     let mut server_stop = stop_rx.clone();
-    // tonic ignores the builder's TCP_NODELAY for a listener of our own: without it on
-    // accepted sockets, Nagle holds small replies for the peer's delayed ACK, ~40 ms
-    // stalls on about one Raft write in five (lease_renew p99 48 ms).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Admitted through the port's gate (caps, handshake timeout; TCP_NODELAY, without
+    // which Nagle stalled one Raft write in five by ~40 ms).
+    let limits = &cfg.limits;
+    let incoming = crate::api::listen::incoming(
+        listener,
+        grpc_gate,
+        Duration::from_millis(limits.handshake_timeout_ms),
+    );
     let server = tokio::spawn(
         Server::builder()
+            // Watches are streams: bounded per connection, and connections are capped.
+            .max_concurrent_streams(Some(limits.grpc_streams_per_connection))
+            // A peer that vanished without a FIN is noticed and its connection freed.
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(
                 pb::raft_service_server::RaftServiceServer::new(raft_svc)
                     .max_decoding_message_size(64 * 1024 * 1024),
@@ -200,7 +210,12 @@ pub async fn run(
         health_tx.clone(),
         stop_rx.clone(),
     ));
-    if let Some(listener) = rest_listener {
+    if let (Some(listener), Some(gate)) = (rest_listener, rest_gate) {
+        let timeouts = crate::api::rest::Timeouts {
+            handshake: Duration::from_millis(cfg.limits.handshake_timeout_ms),
+            header: Duration::from_millis(cfg.limits.header_timeout_ms),
+            body: Duration::from_millis(cfg.limits.body_timeout_ms),
+        };
         let mut rest_stop = stop_rx.clone();
         // The REST routes that read or write the store (/config, /history) go
         // through this node first, then the other members, as `ctl` would.
@@ -211,7 +226,10 @@ pub async fn run(
             let stop = async move {
                 let _ = rest_stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::api::rest::serve(listener, health_rx, rest_client, stop).await {
+            if let Err(e) =
+                crate::api::rest::serve(listener, health_rx, rest_client, gate, timeouts, stop)
+                    .await
+            {
                 tracing::error!(error = %e, "REST API stopped");
             }
         });

@@ -10,10 +10,12 @@ use serde::Deserialize;
 
 pub mod callbacks;
 mod ha;
+mod limits;
 pub mod pg_rules;
 
 pub use callbacks::{CallbackError, Callbacks, CommandLine};
 pub use ha::{HaSettings, HaSettingsError, PermanentSlot};
+pub use limits::Limits;
 
 /// A member's `[tags]`: what it may be used for, with Patroni's meanings.
 /// Published in its status.
@@ -181,6 +183,8 @@ struct RawConfig {
     #[serde(default)]
     tags: Tags,
     rest_listen_addr: Option<String>,
+    #[serde(default)]
+    limits: Limits,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -278,6 +282,7 @@ pub struct NodeConfig {
     pub ha: HaSettings,
     pub tags: Tags,
     pub rest_listen_addr: Option<SocketAddr>,
+    pub limits: Limits,
 }
 
 impl NodeConfig {
@@ -307,6 +312,7 @@ impl NodeConfig {
                 "rest_listen_addr",
                 self.rest_listen_addr != new.rest_listen_addr,
             ),
+            ("[limits]", self.limits != new.limits),
         ] {
             if changed {
                 v.push(name);
@@ -457,7 +463,9 @@ impl NodeConfig {
                     .map_err(|e| invalid(format!("rest_listen_addr {a:?} is not IP:PORT ({e})")))?,
             ),
         };
+        raw.limits.validate().map_err(invalid)?;
         Ok(Self {
+            limits: raw.limits,
             postgresql,
             ha: raw.ha,
             tags: raw.tags,

@@ -59,11 +59,13 @@ impl NodeSpec {
 
 /// Runs `pgquorum node --config <config>` with stdout and stderr appended to `log`.
 pub fn spawn_node(config: &Path, log: &Path) -> Child {
-    spawn_node_at(config, log, None)
+    spawn_node_at(config, log, None, None)
 }
 
 /// [`spawn_node`] at nice value `nice` (a negative one needs root).
-pub fn spawn_node_at(config: &Path, log: &Path, nice: Option<i32>) -> Child {
+/// `nofile`: the node's descriptor limit (soft and hard), as a small
+/// `LimitNOFILE=` would set it.
+pub fn spawn_node_at(config: &Path, log: &Path, nice: Option<i32>, nofile: Option<u64>) -> Child {
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
@@ -77,12 +79,23 @@ pub fn spawn_node_at(config: &Path, log: &Path, nice: Option<i32>) -> Child {
     .unwrap();
     let err = f.try_clone().expect("clone log file");
     let mut cmd = Command::new(BIN);
-    if let Some(n) = nice {
-        // SAFETY: one syscall between fork and exec.
+    if nice.is_some() || nofile.is_some() {
+        // SAFETY: only syscalls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setpriority(libc::PRIO_PROCESS, 0, n) != 0 {
+                if let Some(n) = nice
+                    && libc::setpriority(libc::PRIO_PROCESS, 0, n) != 0
+                {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(n) = nofile {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });

@@ -87,6 +87,8 @@ pub struct PgOptions {
     /// Start the nodes at this nice value (root only for a negative one), as the
     /// shipped unit file's `Nice=` does.
     pub nice: Option<i32>,
+    /// Start the nodes with this descriptor limit (soft and hard).
+    pub nofile: Option<u64>,
 }
 
 impl Default for PgOptions {
@@ -100,6 +102,7 @@ impl Default for PgOptions {
             pg_extra: String::new(),
             witnesses: 0,
             nice: None,
+            nofile: None,
         }
     }
 }
@@ -298,11 +301,11 @@ impl PgCluster {
 
     fn launch(&mut self, id: u64) {
         let ns = self.net.as_ref().map(|n| n.ns(id));
-        let nice = self.opts.nice;
+        let (nice, nofile) = (self.opts.nice, self.opts.nofile);
         let n = self.nodes.get_mut(&id).expect("node");
         assert!(n.proc.is_none(), "node {id} is running");
         n.proc = Some(Proc::new(match ns {
-            None => spawn_node_at(&n.config_path(), &n.log_path(), nice),
+            None => spawn_node_at(&n.config_path(), &n.log_path(), nice, nofile),
             Some(ns) => spawn_node_in(&ns, &n.config_path(), &n.log_path()),
         }));
     }

@@ -18,6 +18,7 @@ mod checks;
 mod docs;
 mod metrics;
 mod ops;
+mod serve;
 mod size;
 mod ui;
 
@@ -35,6 +36,7 @@ use tokio::time::Instant;
 pub use self::checks::{Endpoint, Route, health_code, route};
 pub use self::docs::{cluster_json, status_json};
 pub use self::metrics::metrics_text;
+pub use self::serve::Timeouts;
 pub use self::size::parse_size;
 pub use crate::ha::health::{HangCounters, Health};
 
@@ -151,16 +153,17 @@ pub fn router(rx: watch::Receiver<Health>, client: Option<crate::client::Client>
 }
 
 /// Serves the REST API on `listener` until `shutdown` completes, then finishes
-/// in-flight requests and returns.
+/// in-flight requests and returns. Connections are admitted through `gate` and
+/// timed by `timeouts` (see `serve.rs`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     rx: watch::Receiver<Health>,
     client: Option<crate::client::Client>,
+    gate: crate::api::listen::Gate,
+    timeouts: Timeouts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(rx, client))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve::serve(listener, router(rx, client), gate, timeouts, shutdown).await
 }
 
 #[cfg(test)]

@@ -737,34 +737,6 @@ async fn read_endpoints_and_live_updates() {
     assert_eq!(code, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn serves_over_tcp_until_shutdown() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_tx, rx) = watch::channel(live_primary());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, rx, None, async {
-        let _ = stop_rx.await;
-    }));
-
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(b"OPTIONS /primary HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply).await.unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
-
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("server stops after shutdown")
-        .unwrap()
-        .unwrap();
-}
-
 #[test]
 fn custom_tags_are_kept_and_matched() {
     let now = now();
