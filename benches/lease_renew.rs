@@ -34,7 +34,7 @@ fn free_port() -> u16 {
 
 fn write_config(dir: &Path, id: u64, addrs: &[String]) -> std::path::PathBuf {
     let mut text = format!(
-        "cluster_name = \"bench\"\nnode_id = {id}\nname = \"n{id}\"\nlisten_addr = \"{}\"\ndata_dir = \"n{id}\"\n",
+        "cluster_name = \"bench\"\ninsecure = true\nnode_id = {id}\nname = \"n{id}\"\nlisten_addr = \"{}\"\ndata_dir = \"n{id}\"\n",
         addrs[id as usize - 1]
     );
     for (i, a) in addrs.iter().enumerate() {

@@ -21,4 +21,5 @@ mod sim;
 pub mod stop;
 pub mod store;
 pub mod supervisor;
+pub mod tls;
 pub mod wire;

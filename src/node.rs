@@ -32,10 +32,15 @@ use crate::wire::pb;
 
 mod leadership;
 mod ports;
+
+/// How often a node looks for changed certificate files.
+const TLS_CHECK_EVERY: Duration = Duration::from_secs(5);
 pub mod systemd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error(
         "cannot listen on {addr}: {source}; is another process (or this node) already using it?"
     )]
@@ -95,6 +100,28 @@ pub async fn run(
     tags: watch::Receiver<crate::ha::model::Tags>,
 ) -> Result<(), NodeError> {
     let (grpc_gate, rest_gate) = ports::gates(&cfg);
+    // Before anything connects anywhere: every outgoing connection uses these.
+    let server_tls = match &cfg.tls {
+        Some(t) => {
+            let paths = crate::tls::TlsPaths {
+                ca: t.ca.clone(),
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            };
+            crate::tls::set_client(Some(&paths))?;
+            let s = crate::tls::ServerTls::load(paths)?;
+            tracing::info!(cert = %t.cert.display(), days_left = s.days_left(), rest_tls = t.rest, "TLS on: peers and callers need certificates of the cluster CA");
+            Some(s)
+        }
+        None => {
+            tracing::warn!(
+                "insecure = true: Raft, the admin API and REST run in plaintext and nobody is \
+                 authenticated; anyone who reaches the ports can change the cluster. Set up \
+                  [tls] with `pgquorum certs` for anything but a test"
+            );
+            None
+        }
+    };
     let listener = TcpListener::bind(cfg.listen_addr)
         .await
         .map_err(|source| NodeError::Bind {
@@ -153,11 +180,16 @@ pub async fn run(
         cfg.name.clone(),
         cfg.cluster_name.clone(),
         timeout,
-    );
+    )
+    .requiring_auth(server_tls.is_some());
     let raft_svc = RaftGrpc {
         raft: raft.clone(),
         cluster: cfg.cluster_name.clone(),
+        tls: server_tls.is_some(),
     };
+    if let Some(t) = &server_tls {
+        tokio::spawn(t.clone().watch(TLS_CHECK_EVERY, stop_rx.clone()));
+    }
     let mut server_stop = stop_rx.clone();
     // Admitted through the port's gate (caps, handshake timeout; TCP_NODELAY, without
     // which Nagle stalled one Raft write in five by ~40 ms).
@@ -166,6 +198,7 @@ pub async fn run(
         listener,
         grpc_gate,
         Duration::from_millis(limits.handshake_timeout_ms),
+        server_tls.clone(),
     );
     let server = tokio::spawn(
         Server::builder()
@@ -211,6 +244,9 @@ pub async fn run(
         stop_rx.clone(),
     ));
     if let (Some(listener), Some(gate)) = (rest_listener, rest_gate) {
+        let rest_tls = server_tls
+            .clone()
+            .filter(|_| cfg.tls.as_ref().is_some_and(|t| t.rest));
         let timeouts = crate::api::rest::Timeouts {
             handshake: Duration::from_millis(cfg.limits.handshake_timeout_ms),
             header: Duration::from_millis(cfg.limits.header_timeout_ms),
@@ -226,9 +262,16 @@ pub async fn run(
             let stop = async move {
                 let _ = rest_stop.wait_for(|s| *s).await;
             };
-            if let Err(e) =
-                crate::api::rest::serve(listener, health_rx, rest_client, gate, timeouts, stop)
-                    .await
+            if let Err(e) = crate::api::rest::serve(
+                listener,
+                health_rx,
+                rest_client,
+                gate,
+                timeouts,
+                rest_tls,
+                stop,
+            )
+            .await
             {
                 tracing::error!(error = %e, "REST API stopped");
             }
@@ -438,14 +481,21 @@ async fn refuse_foreign_peers(cfg: &NodeConfig) -> Result<(), NodeError> {
 
 /// The peer's own status, if it answers within half a second.
 async fn peer_status(addr: &str) -> Option<pb::StatusResponse> {
-    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let ep = crate::tls::endpoint(addr, None)
         .ok()?
         .connect_timeout(Duration::from_millis(300))
         .timeout(Duration::from_millis(500));
-    let ch = ep.connect().await.ok()?;
-    let mut c = pb::admin_client::AdminClient::new(ch);
-    c.status(pb::StatusRequest {})
-        .await
-        .ok()
-        .map(|r| r.into_inner())
+    // The whole exchange is bounded: connect_timeout covers only TCP, and a peer
+    // that has bound its port but does not serve yet never answers a TLS hello.
+    tokio::time::timeout(Duration::from_millis(800), async move {
+        let ch = ep.connect().await.ok()?;
+        let mut c = pb::admin_client::AdminClient::new(ch);
+        c.status(pb::StatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    })
+    .await
+    .ok()
+    .flatten()
 }

@@ -16,7 +16,9 @@ use openraft::raft::ReadPolicy;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use super::auth::{self, Need};
 use tonic::{Request, Response, Status};
 
 use crate::raft::sm_store::SmStore;
@@ -40,6 +42,8 @@ pub struct AdminService {
     pub node_name: String,
     pub cluster: String,
     pub timeout: Duration,
+    /// Every call needs a client certificate (TLS on; see `auth.rs`).
+    pub auth_required: bool,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -102,6 +106,7 @@ impl AdminService {
         timeout: Duration,
     ) -> Self {
         Self {
+            auth_required: false,
             raft,
             sm,
             lessor,
@@ -111,6 +116,12 @@ impl AdminService {
             timeout,
             channels: Arc::default(),
         }
+    }
+
+    /// Every call then needs a client certificate of the cluster CA (`auth.rs`).
+    pub fn requiring_auth(mut self, required: bool) -> Self {
+        self.auth_required = required;
+        self
     }
 
     fn leader(&self) -> (Option<NodeId>, Option<Member>) {
@@ -170,7 +181,7 @@ impl AdminService {
         let ch = match map.get(&leader.addr) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(format!("http://{}", leader.addr))
+                let c = crate::tls::endpoint(&leader.addr, Some(&leader.name))
                     .map_err(|e| Status::internal(e.to_string()))?
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
@@ -185,7 +196,12 @@ impl AdminService {
     }
 
     fn forwarded<T>(&self, req: Request<T>) -> Request<T> {
+        // Checked on entry already; the leader applies the same caller's role.
+        let who = auth::check(&req, Need::Read, self.auth_required)
+            .ok()
+            .flatten();
         let mut r = Request::new(req.into_inner());
+        auth::name_caller(&mut r, who.as_ref());
         r.metadata_mut()
             .insert(FORWARDED, MetadataValue::from_static("1"));
         r.set_timeout(self.timeout);
@@ -342,8 +358,9 @@ impl AdminService {
 impl Admin for AdminService {
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        auth::check(&req, Need::Read, self.auth_required)?;
         Ok(Response::new(self.status_now()))
     }
 
@@ -351,6 +368,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        auth::check(&req, Need::Write, self.auth_required)?;
         let r = req.get_ref();
         if r.id == 0 || r.name.is_empty() || crate::hostport::parse(&r.addr).is_none() {
             return Err(Status::invalid_argument(
@@ -418,6 +436,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        auth::check(&req, Need::Write, self.auth_required)?;
         if let Some(mut c) = self.route(&req).await? {
             return c
                 .remove_member(self.forwarded(req))
@@ -462,6 +481,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        auth::check(&req, Need::Read, self.auth_required)?;
         check_key(&req.get_ref().key)
             .or_else(|e| if req.get_ref().prefix { Ok(()) } else { Err(e) })?;
         if !req.get_ref().serializable {
@@ -486,6 +506,7 @@ impl Admin for AdminService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        auth::check(&req, Need::Write, self.auth_required)?;
         check_key(&req.get_ref().key)?;
         if req.get_ref().value.len() > MAX_VALUE {
             return Err(Status::invalid_argument(format!(
@@ -540,6 +561,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        auth::check(&req, Need::Write, self.auth_required)?;
         if !req.get_ref().prefix {
             check_key(&req.get_ref().key)?;
         } else if req.get_ref().expect_mod_revision.is_some() {
@@ -585,6 +607,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        auth::check(&req, Need::Read, self.auth_required)?;
         let r = req.into_inner();
         let mut live = self.sm.subscribe();
         let mut last = if r.start_revision == 0 {
@@ -655,6 +678,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
+        auth::check(&req, Need::Write, self.auth_required)?;
         let ttl = req.get_ref().ttl_ms;
         if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&ttl) {
             return Err(Status::invalid_argument(format!(
@@ -681,6 +705,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::LeaseIdRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
+        auth::check(&req, Need::Write, self.auth_required)?;
         if let Some(mut c) = self.route(&req).await? {
             return c
                 .lease_renew(self.forwarded(req))
@@ -695,6 +720,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::LeaseIdRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
+        auth::check(&req, Need::Write, self.auth_required)?;
         if let Some(mut c) = self.route(&req).await? {
             return c
                 .lease_revoke(self.forwarded(req))
@@ -709,6 +735,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::LeaseIdRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
+        auth::check(&req, Need::Read, self.auth_required)?;
         if let Some(mut c) = self.route(&req).await? {
             return c
                 .lease_time_to_live(self.forwarded(req))

@@ -28,6 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 
+use crate::tls::{ConnInfo, ServerTls, TlsConn};
+
 /// How often a port logs that it refuses connections, at most.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -218,13 +220,99 @@ impl AsyncWrite for Admitted {
     }
 }
 
-impl tonic::transport::server::Connected for Admitted {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        tonic::transport::server::TcpConnectInfo {
-            local_addr: self.local,
-            remote_addr: Some(self.remote),
+impl Admitted {
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
+    }
+}
+
+/// A served connection: plaintext, or after its TLS handshake. Handlers find its
+/// [`ConnInfo`] (who the client is) in each request's extensions.
+pub enum Conn {
+    Plain(Admitted),
+    Tls(Box<TlsConn<Admitted>>),
+}
+
+impl Conn {
+    pub fn info(&self) -> ConnInfo {
+        match self {
+            Conn::Plain(a) => ConnInfo {
+                remote: a.remote,
+                identity: None,
+                tls: false,
+            },
+            Conn::Tls(t) => t.info.clone(),
         }
+    }
+
+    /// The handshake `tls` asks for (none without it), within `handshake`.
+    pub async fn open(
+        a: Admitted,
+        tls: Option<&ServerTls>,
+        handshake: Duration,
+        port: &'static str,
+    ) -> Option<Conn> {
+        let Some(tls) = tls else {
+            return Some(Conn::Plain(a));
+        };
+        let remote = a.remote;
+        match tokio::time::timeout(handshake, tls.accept(a, remote)).await {
+            Ok(Ok(c)) => Some(Conn::Tls(Box::new(c))),
+            Ok(Err(e)) => {
+                // A certificate refused is worth the operator's eye (another CA, an
+                // expired or foreign certificate); garbage and scans are not.
+                let text = e.to_string().to_lowercase();
+                if text.contains("certificate") || text.contains("unknownca") {
+                    tracing::warn!(port, from = %remote, error = %e, "TLS handshake refused");
+                } else {
+                    tracing::debug!(port, from = %remote, error = %e, "TLS handshake failed");
+                }
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+macro_rules! both {
+    ($self:ident, $c:ident => $e:expr) => {
+        match &mut *$self {
+            Conn::Plain($c) => $e,
+            Conn::Tls($c) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        both!(self, c => Pin::new(c).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        both!(self, c => Pin::new(c).poll_write(cx, buf))
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        both!(self, c => Pin::new(c).poll_flush(cx))
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        both!(self, c => Pin::new(c).poll_shutdown(cx))
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = ConnInfo;
+    fn connect_info(&self) -> ConnInfo {
+        self.info()
     }
 }
 
@@ -269,16 +357,32 @@ pub async fn accept(listener: &TcpListener, gate: &Gate, handshake: Duration) ->
     }
 }
 
-/// [`accept`] as a stream, for tonic's `serve_with_incoming`.
+/// [`accept`] and [`Conn::open`] as a stream, for tonic's `serve_with_incoming`.
+/// Each handshake runs in a task of its own, so a slow client holds up no other.
 pub fn incoming(
     listener: TcpListener,
     gate: Gate,
     handshake: Duration,
-) -> impl futures::Stream<Item = io::Result<Admitted>> + Send + 'static {
-    futures::stream::unfold((listener, gate), move |(listener, gate)| async move {
-        let c = accept(&listener, &gate, handshake).await;
-        Some((Ok(c), (listener, gate)))
-    })
+    tls: Option<Arc<ServerTls>>,
+) -> impl futures::Stream<Item = io::Result<Conn>> + Send + 'static {
+    // Unbounded, but the gate bounds what can be in it.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let port = gate.inner.port;
+    tokio::spawn(async move {
+        loop {
+            let a = tokio::select! {
+                a = accept(&listener, &gate, handshake) => a,
+                () = tx.closed() => return,
+            };
+            let (tx, tls) = (tx.clone(), tls.clone());
+            tokio::spawn(async move {
+                if let Some(c) = Conn::open(a, tls.as_deref(), handshake, port).await {
+                    let _ = tx.send(Ok(c));
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
 }
 
 /// The soft descriptor limit raised to the hard one, as (before, after).

@@ -3,6 +3,7 @@
 //! once. The wire types live in `crate::wire`, shared with the client and Raft.
 
 pub mod admin;
+pub mod auth;
 pub mod listen;
 pub mod rest;
 

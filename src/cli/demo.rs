@@ -75,7 +75,7 @@ pub fn node_config(id: u64, all: &[Ports], passwords: (&str, &str)) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "cluster_name = \"demo\"\nnode_id = {id}\nname = \"n{id}\"\n\
+        "cluster_name = \"demo\"\ninsecure = true\nnode_id = {id}\nname = \"n{id}\"\n\
          listen_addr = \"127.0.0.1:{}\"\nrest_listen_addr = \"127.0.0.1:{}\"\n\
          data_dir = \"n{id}/raft\"",
         me.grpc, me.rest

@@ -1,6 +1,7 @@
 //! Command line: `pgquorum node --config FILE` runs a member; `pgquorum ctl ...`
 //! talks to a running cluster over gRPC.
 
+pub mod certs;
 pub mod ctl;
 pub mod demo;
 
@@ -47,6 +48,8 @@ enum Command {
     },
     /// Administer a running cluster.
     Ctl(ctl::CtlArgs),
+    /// Create the cluster CA and issue node and operator certificates.
+    Certs(certs::CertsArgs),
     /// Start a local 3-node cluster with real PostgreSQL in a temporary directory
     /// (installing PostgreSQL first when run as root and it is missing); Ctrl-C stops
     /// it and removes everything.
@@ -118,6 +121,7 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Command::Ctl(args) => ctl::run(args).await.map_err(CliError::from),
+            Command::Certs(args) => certs::run(args).map_err(CliError::from),
             Command::Completions { shell } => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();
                 clap_complete::generate(shell, &mut cmd, "pgquorum", &mut std::io::stdout());
@@ -196,6 +200,8 @@ enum CliError {
     Ctl(#[from] ctl::CtlError),
     #[error(transparent)]
     Demo(#[from] demo::DemoError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
 }

@@ -476,7 +476,7 @@ fn make_target(addr: String) -> Result<Target, ClientError> {
             reason: "unexpected scheme or path".to_owned(),
         });
     }
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = crate::tls::endpoint(&addr, None)
         .map_err(|e| ClientError::InvalidEndpoint {
             addr: addr.clone(),
             reason: e.to_string(),

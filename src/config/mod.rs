@@ -185,6 +185,21 @@ struct RawConfig {
     rest_listen_addr: Option<String>,
     #[serde(default)]
     limits: Limits,
+    tls: Option<TlsFiles>,
+    #[serde(default)]
+    insecure: bool,
+}
+
+/// `[tls]`: the cluster CA and this node's certificate (from `pgquorum certs`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Serve the REST API over TLS too (load balancers' checks then need https).
+    #[serde(default)]
+    pub rest: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -283,6 +298,8 @@ pub struct NodeConfig {
     pub tags: Tags,
     pub rest_listen_addr: Option<SocketAddr>,
     pub limits: Limits,
+    /// None only with `insecure = true`: plaintext, nobody authenticated.
+    pub tls: Option<TlsFiles>,
 }
 
 impl NodeConfig {
@@ -313,6 +330,8 @@ impl NodeConfig {
                 self.rest_listen_addr != new.rest_listen_addr,
             ),
             ("[limits]", self.limits != new.limits),
+            // The files named may change (reloaded); which files may not.
+            ("[tls]", self.tls != new.tls),
         ] {
             if changed {
                 v.push(name);
@@ -464,7 +483,32 @@ impl NodeConfig {
             ),
         };
         raw.limits.validate().map_err(invalid)?;
+        let tls = match (raw.tls, raw.insecure) {
+            (Some(_), true) => {
+                return Err(invalid(
+                    "both [tls] and insecure = true are set; remove insecure = true to use TLS"
+                        .into(),
+                ));
+            }
+            (None, false) => {
+                return Err(invalid(
+                    "no [tls] section: the cluster's traffic must be encrypted and its callers \
+                     authenticated. Create certificates with `pgquorum certs init` and \
+                     `pgquorum certs issue NAME --host HOST`, and add [tls] with ca, cert and \
+                     key; or set insecure = true to run in plaintext (a test set-up only)"
+                        .into(),
+                ));
+            }
+            (Some(t), false) => Some(TlsFiles {
+                ca: base.join(t.ca),
+                cert: base.join(t.cert),
+                key: base.join(t.key),
+                rest: t.rest,
+            }),
+            (None, true) => None,
+        };
         Ok(Self {
+            tls,
             limits: raw.limits,
             postgresql,
             ha: raw.ha,
@@ -567,6 +611,7 @@ mod tests {
 
     const GOOD: &str = r#"
 cluster_name = "c"
+insecure = true
 node_id = 1
 name = "n1"
 listen_addr = "127.0.0.1:7001"
@@ -621,6 +666,19 @@ addr = "127.0.0.1:7002"
             (
                 GOOD.replace("id = 1\nname", "id = 2\nname"),
                 "appears twice",
+            ),
+            // Secure by default: plaintext only when asked for by name.
+            (GOOD.replace("insecure = true\n", ""), "pgquorum certs init"),
+            (
+                GOOD.replace(
+                    "insecure = true\n",
+                    "insecure = true\ntls = { ca = \"a\", cert = \"b\", key = \"c\" }\n",
+                ),
+                "remove insecure = true",
+            ),
+            (
+                format!("{GOOD}[limits]\nrest_max_connections = 0\n"),
+                "limits.rest_max_connections must be positive",
             ),
         ];
         for (text, want) in cases {

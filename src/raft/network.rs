@@ -21,7 +21,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Raft;
@@ -61,12 +61,12 @@ impl NetworkFactory {
         }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    fn channel(&self, addr: &str, name: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.peers.lock().expect("lock");
         if let Some(p) = map.get(addr) {
             return Ok(p.channel.clone());
         }
-        let channel = new_channel(addr)?;
+        let channel = new_channel(addr, name)?;
         map.insert(
             addr.to_string(),
             PeerChannel {
@@ -78,8 +78,9 @@ impl NetworkFactory {
     }
 }
 
-fn new_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// With TLS, the peer's certificate must name the member `name` (not only its host).
+fn new_channel(addr: &str, name: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(crate::tls::endpoint(addr, Some(name))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
@@ -95,8 +96,12 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             cluster: self.cluster.clone(),
             from: self.self_id,
-            channel: self.channel(&node.addr).map_err(|e| e.to_string()),
+            channel: self
+                .channel(&node.addr, &node.name)
+                .map_err(|e| e.to_string()),
             addr: node.addr.clone(),
+            name: node.name.clone(),
+            tls_warned: None,
             min_rpc_timeout: self.min_rpc_timeout,
             peers: self.peers.clone(),
         }
@@ -109,6 +114,9 @@ pub struct PeerClient {
     from: NodeId,
     channel: Result<Channel, String>,
     addr: String,
+    name: String,
+    /// When a refused certificate was last logged (at most every 10 s per peer).
+    tls_warned: Option<Instant>,
     min_rpc_timeout: Duration,
     peers: Arc<Mutex<HashMap<String, PeerChannel>>>,
 }
@@ -130,6 +138,37 @@ fn status_to_rpc(target: NodeId, s: Status) -> RPCError {
 }
 
 impl PeerClient {
+    /// A peer whose certificate does not pass (another CA, expired, not naming the
+    /// member at that address) is an impostor or a misconfiguration: say so, rarely.
+    fn warn_if_certificate(&mut self, s: &Status) {
+        let mut text = s.to_string();
+        let mut src = std::error::Error::source(s);
+        while let Some(e) = src {
+            text.push_str(": ");
+            text.push_str(&e.to_string());
+            src = e.source();
+        }
+        let lower = text.to_lowercase();
+        if !(lower.contains("certificate") || lower.contains("unknownca")) {
+            return;
+        }
+        if self
+            .tls_warned
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        self.tls_warned = Some(Instant::now());
+        tracing::warn!(
+            target_node = self.target,
+            member = %self.name,
+            addr = %self.addr,
+            error = %text,
+            "TLS: the peer at this member's address was refused (its certificate is not the \
+             cluster CA's, or does not name this member); check which node runs there"
+        );
+    }
+
     /// A failed or timed-out RPC replaces the connection, but only once the peer has
     /// not answered for this long: a TCP connection that lived through a partition can
     /// stay stuck in retransmission backoff for minutes after the network heals, while
@@ -155,7 +194,7 @@ impl PeerClient {
             self.channel = Ok(map[&self.addr].channel.clone());
             return;
         }
-        match new_channel(&self.addr) {
+        match new_channel(&self.addr, &self.name) {
             Ok(channel) => {
                 map.insert(
                     self.addr.clone(),
@@ -213,6 +252,7 @@ impl PeerClient {
                 r
             }
             Ok(Err(s)) => {
+                self.warn_if_certificate(&s);
                 if crate::wire::connection_failed(&s) {
                     self.failed();
                 } else {
@@ -317,10 +357,18 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 pub struct RaftGrpc {
     pub raft: Raft,
     pub cluster: String,
+    /// TLS is on: every message must come over a member's certificate naming the
+    /// member the message claims as its sender.
+    pub tls: bool,
 }
 
 impl RaftGrpc {
-    fn admit(&self, cluster: &str, from: NodeId) -> Result<(), Status> {
+    fn admit(
+        &self,
+        cluster: &str,
+        from: NodeId,
+        peer: Option<&crate::tls::ConnInfo>,
+    ) -> Result<(), Status> {
         if cluster != self.cluster {
             return Err(Status::permission_denied(format!(
                 "this node belongs to cluster {:?}, not {cluster:?}: the sender (node {from}) is \
@@ -340,11 +388,31 @@ impl RaftGrpc {
                 self.cluster
             )));
         }
+        if self.tls {
+            let who = peer.and_then(|p| p.identity.as_ref());
+            let Some(who) = who.filter(|w| w.role == crate::tls::Role::Node) else {
+                tracing::warn!(from, remote = ?peer.map(|p| p.remote), "Raft message without a member certificate refused");
+                return Err(Status::unauthenticated(
+                    "Raft messages need a member certificate of the cluster CA (issue one with \
+                     `pgquorum certs issue NAME --host HOST` and set [tls] in the sender's config)",
+                ));
+            };
+            if let Some(m) = members.get_node(&from)
+                && m.name != who.name
+            {
+                tracing::warn!(from, claimed = %m.name, certificate = %who.name, "Raft message from a member claiming another member's id refused");
+                return Err(Status::permission_denied(format!(
+                    "the message claims to come from node {from} ({}), but the certificate names                      {:?}; each member must use its own certificate",
+                    m.name, who.name
+                )));
+            }
+        }
         Ok(())
     }
 
-    fn decode<T: DeserializeOwned>(&self, m: &pb::RaftMessage) -> Result<T, Status> {
-        self.admit(&m.cluster, m.from)?;
+    fn decode<T: DeserializeOwned>(&self, req: &Request<pb::RaftMessage>) -> Result<T, Status> {
+        let m = req.get_ref();
+        self.admit(&m.cluster, m.from, req.extensions().get())?;
         serde_json::from_slice(&m.payload)
             .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
     }
@@ -368,7 +436,7 @@ impl pb::raft_service_server::RaftService for RaftGrpc {
         &self,
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = self.decode(req.get_ref())?;
+        let rpc: AppendEntriesRequest<TypeConfig> = self.decode(&req)?;
         self.reply(self.raft.append_entries(rpc).await)
     }
 
@@ -376,7 +444,7 @@ impl pb::raft_service_server::RaftService for RaftGrpc {
         &self,
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let rpc: VoteRequest<TypeConfig> = self.decode(req.get_ref())?;
+        let rpc: VoteRequest<TypeConfig> = self.decode(&req)?;
         self.reply(self.raft.vote(rpc).await)
     }
 
@@ -384,7 +452,7 @@ impl pb::raft_service_server::RaftService for RaftGrpc {
         &self,
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let rpc: VoteRequest<TypeConfig> = self.decode(req.get_ref())?;
+        let rpc: VoteRequest<TypeConfig> = self.decode(&req)?;
         self.reply(self.raft.pre_vote(rpc).await)
     }
 
@@ -392,7 +460,7 @@ impl pb::raft_service_server::RaftService for RaftGrpc {
         &self,
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let rpc: TransferLeaderRequest<TypeConfig> = self.decode(req.get_ref())?;
+        let rpc: TransferLeaderRequest<TypeConfig> = self.decode(&req)?;
         self.reply(self.raft.handle_transfer_leader(rpc).await)
     }
 
@@ -400,12 +468,13 @@ impl pb::raft_service_server::RaftService for RaftGrpc {
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
+        let peer = req.extensions().get::<crate::tls::ConnInfo>().cloned();
         let mut stream = req.into_inner();
         let first = stream
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        self.admit(&first.cluster, first.from)?;
+        self.admit(&first.cluster, first.from, peer.as_ref())?;
         let (vote, meta): (Vote, SnapshotMeta) = serde_json::from_slice(&first.header)
             .map_err(|e| Status::invalid_argument(format!("malformed snapshot header: {e}")))?;
         let mut data = first.data;

@@ -12,6 +12,7 @@ use super::*;
 
 const CONFIG: &str = r#"
 cluster_name = "t"
+insecure = true
 node_id = 1
 name = "n1"
 listen_addr = "127.0.0.1:7001"

@@ -33,6 +33,9 @@ impl NodeSpec {
     pub fn to_toml(&self) -> String {
         let mut t = String::new();
         writeln!(t, "cluster_name = {}", toml_str(&self.cluster_name)).unwrap();
+        // Plaintext unless a test swaps this line for a [tls] section
+        // (tests/tls.rs); a node refuses to start without one or the other.
+        t.push_str("insecure = true\n");
         writeln!(t, "node_id = {}", self.node_id).unwrap();
         writeln!(t, "name = {}", toml_str(&self.name)).unwrap();
         writeln!(t, "listen_addr = {}", toml_str(&self.listen_addr)).unwrap();

@@ -89,6 +89,9 @@ pub struct PgOptions {
     pub nice: Option<i32>,
     /// Start the nodes with this descriptor limit (soft and hard).
     pub nofile: Option<u64>,
+    /// TLS between the nodes (certificates made by `pgquorum certs` in the
+    /// cluster's `certs/`); plaintext (`insecure = true`) otherwise.
+    pub tls: bool,
 }
 
 impl Default for PgOptions {
@@ -103,11 +106,25 @@ impl Default for PgOptions {
             witnesses: 0,
             nice: None,
             nofile: None,
+            tls: false,
         }
     }
 }
 
 impl PgOptions {
+    /// The config line that says how the node's traffic is protected.
+    fn tls_line(&self, certs: &Path, name: &str) -> String {
+        if !self.tls {
+            return "insecure = true\n".into();
+        }
+        format!(
+            "tls = {{ ca = {:?}, cert = {:?}, key = {:?} }}\n",
+            certs.join("ca.crt"),
+            certs.join(format!("{name}.crt")),
+            certs.join(format!("{name}.key"))
+        )
+    }
+
     /// The defaults with `synchronous_mode` on.
     pub fn synchronous() -> Self {
         Self {
@@ -231,6 +248,7 @@ impl PgCluster {
         let n = self.node(id);
         let mut t = String::new();
         writeln!(t, "cluster_name = {:?}", self.name).unwrap();
+        t.push_str(&self.opts.tls_line(&self.tmp.path().join("certs"), &n.name));
         writeln!(t, "node_id = {id}").unwrap();
         writeln!(t, "name = {:?}", n.name).unwrap();
         writeln!(t, "listen_addr = \"{}:{}\"", n.host, n.raft_port).unwrap();

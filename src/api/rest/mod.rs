@@ -161,9 +161,10 @@ pub async fn serve(
     client: Option<crate::client::Client>,
     gate: crate::api::listen::Gate,
     timeouts: Timeouts,
+    tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve::serve(listener, router(rx, client), gate, timeouts, shutdown).await
+    serve::serve(listener, router(rx, client), gate, timeouts, tls, shutdown).await
 }
 
 #[cfg(test)]

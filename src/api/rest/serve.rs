@@ -88,10 +88,11 @@ pub async fn serve(
     app: axum::Router,
     gate: Gate,
     t: Timeouts,
+    tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = app.layer(axum::middleware::from_fn_with_state(t.body, body_deadline));
-    let svc = hyper_util::service::TowerToHyperService::new(app);
+    let svc = app;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -99,15 +100,31 @@ pub async fn serve(
             c = listen::accept(&listener, &gate, t.handshake) => c,
             () = &mut shutdown => break,
         };
-        let c = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(t.header)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(conn), svc.clone());
-        let c = graceful.watch(c);
+        let (svc, tls, watcher) = (svc.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
+            // The handshake in the connection's own task: a slow one holds up no other.
+            let Some(conn) = listen::Conn::open(conn, tls.as_deref(), t.handshake, "REST").await
+            else {
+                return;
+            };
+            let info = conn.info();
+            let svc = tower::ServiceExt::map_request(
+                svc,
+                move |mut r: Request<hyper::body::Incoming>| {
+                    r.extensions_mut().insert(info.clone());
+                    r
+                },
+            );
+            let c = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(t.header)
+                .keep_alive(true)
+                .serve_connection(
+                    TokioIo::new(conn),
+                    hyper_util::service::TowerToHyperService::new(svc),
+                );
             // A connection's own errors (timeouts, resets, bad requests) end only it.
-            let _ = c.await;
+            let _ = watcher.watch(c).await;
         });
     }
     drop(listener);
@@ -147,7 +164,7 @@ mod tests {
             },
         );
         let app = super::super::router(rx, None);
-        let h = tokio::spawn(serve(listener, app, gate, t, async {
+        let h = tokio::spawn(serve(listener, app, gate, t, None, async {
             let _ = stop_rx.await;
         }));
         (addr, stop_tx, h)

@@ -16,6 +16,16 @@ pub struct CtlArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub output: OutputFormat,
 
+    /// The cluster CA's certificate: with it, ctl talks TLS and checks the nodes'.
+    #[arg(long, env = "PGQUORUM_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Your client certificate (`pgquorum certs issue NAME --role admin|read`).
+    #[arg(long, env = "PGQUORUM_CERT", requires_all = ["ca", "key"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// Its key (mode 0600).
+    #[arg(long, env = "PGQUORUM_KEY", requires_all = ["ca", "cert"])]
+    pub key: Option<std::path::PathBuf>,
+
     /// Timeout per request and node, e.g. 5s, 500ms, 1m.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -290,6 +300,9 @@ pub enum LeaseCommand {
 pub enum CtlError {
     #[error(transparent)]
     Client(#[from] ClientError),
+
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 
     #[error("key {0:?} not found")]
     KeyNotFound(String),
