@@ -100,6 +100,15 @@ pub async fn run(
     tags: watch::Receiver<crate::ha::model::Tags>,
 ) -> Result<(), NodeError> {
     let (grpc_gate, rest_gate) = ports::gates(&cfg);
+    // A password file others can read is a leaked password: refused, with the fix.
+    if let Some(p) = &cfg.postgresql {
+        for f in [&p.superuser, &p.replication]
+            .into_iter()
+            .filter_map(|c| c.password_file.as_ref())
+        {
+            crate::tls::check_private(f)?;
+        }
+    }
     // Before anything connects anywhere: every outgoing connection uses these.
     let server_tls = match &cfg.tls {
         Some(t) => {
@@ -247,10 +256,15 @@ pub async fn run(
         let rest_tls = server_tls
             .clone()
             .filter(|_| cfg.tls.as_ref().is_some_and(|t| t.rest));
-        let timeouts = crate::api::rest::Timeouts {
-            handshake: Duration::from_millis(cfg.limits.handshake_timeout_ms),
-            header: Duration::from_millis(cfg.limits.header_timeout_ms),
-            body: Duration::from_millis(cfg.limits.body_timeout_ms),
+        let opts = crate::api::rest::ServeOptions {
+            gate,
+            timeouts: crate::api::rest::Timeouts {
+                handshake: Duration::from_millis(cfg.limits.handshake_timeout_ms),
+                header: Duration::from_millis(cfg.limits.header_timeout_ms),
+                body: Duration::from_millis(cfg.limits.body_timeout_ms),
+            },
+            tls: rest_tls,
+            auth: std::sync::Arc::new(write_auth(&cfg)?),
         };
         let mut rest_stop = stop_rx.clone();
         // The REST routes that read or write the store (/config, /history) go
@@ -262,16 +276,8 @@ pub async fn run(
             let stop = async move {
                 let _ = rest_stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::api::rest::serve(
-                listener,
-                health_rx,
-                rest_client,
-                gate,
-                timeouts,
-                rest_tls,
-                stop,
-            )
-            .await
+            if let Err(e) =
+                crate::api::rest::serve(listener, health_rx, rest_client, opts, stop).await
             {
                 tracing::error!(error = %e, "REST API stopped");
             }
@@ -348,6 +354,38 @@ pub async fn run(
         tracing::warn!(error = %e, "final flush of the data dir failed");
     }
     Ok(())
+}
+
+/// What the REST write routes require, from `[rest_auth]`: the secrets read from
+/// their files (which must be private) or the environment. With TLS on and no
+/// `[rest_auth]`, the write routes are refused; with neither, open (a test set-up).
+fn write_auth(cfg: &NodeConfig) -> Result<crate::api::rest::WriteAuth, NodeError> {
+    let Some(a) = &cfg.rest_auth else {
+        return Ok(crate::api::rest::WriteAuth {
+            required: cfg.tls.is_some(),
+            ..Default::default()
+        });
+    };
+    let secret = |file: &Option<std::path::PathBuf>, inline: &Option<String>, env: &str| match file
+    {
+        Some(f) => {
+            crate::tls::check_private(f)?;
+            let text = std::fs::read_to_string(f).map_err(|source| crate::tls::TlsError::Read {
+                path: f.clone(),
+                source,
+            })?;
+            Ok::<_, NodeError>(text.lines().next().map(str::to_owned))
+        }
+        None => Ok(inline.clone().or_else(|| std::env::var(env).ok())),
+    };
+    let password = secret(&a.password_file, &a.password, "PGQUORUM_REST_PASSWORD")?;
+    let token = secret(&a.token_file, &None, "PGQUORUM_REST_TOKEN")?;
+    Ok(crate::api::rest::WriteAuth {
+        required: true,
+        basic: a.username.clone().zip(password),
+        token: token.filter(|t| !t.is_empty()),
+        allow: a.networks(),
+    })
 }
 
 /// A planned stop of the Raft leader would leave the cluster without one for an

@@ -56,6 +56,7 @@ fn config(data_dir: PathBuf, port: u16) -> PostgresConfig {
     parameters.insert("shared_buffers".to_string(), "16MB".to_string());
     parameters.insert("max_connections".to_string(), "20".to_string());
     PostgresConfig {
+        ssl: None,
         bin_dir: PG_BIN.into(),
         data_dir,
         listen_host: "127.0.0.1".into(),

@@ -12,10 +12,12 @@ pub mod callbacks;
 mod ha;
 mod limits;
 pub mod pg_rules;
+mod rest_auth;
 
 pub use callbacks::{CallbackError, Callbacks, CommandLine};
 pub use ha::{HaSettings, HaSettingsError, PermanentSlot};
 pub use limits::Limits;
+pub use rest_auth::{Network, RestAuth};
 
 /// A member's `[tags]`: what it may be used for, with Patroni's meanings.
 /// Published in its status.
@@ -188,6 +190,7 @@ struct RawConfig {
     tls: Option<TlsFiles>,
     #[serde(default)]
     insecure: bool,
+    rest_auth: Option<RestAuth>,
 }
 
 /// `[tls]`: the cluster CA and this node's certificate (from `pgquorum certs`).
@@ -202,13 +205,24 @@ pub struct TlsFiles {
     pub rest: bool,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     pub username: String,
     pub password: Option<String>,
     /// A file holding the password (first line); wins over `password`.
     pub password_file: Option<PathBuf>,
+}
+
+// By hand so that `{:?}` of a config never shows a password.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .finish()
+    }
 }
 
 impl Credentials {
@@ -276,6 +290,17 @@ pub struct PostgresConfig {
     pub parameters: std::collections::BTreeMap<String, String>,
     pub pg_hba: Vec<String>,
     pub callbacks: Callbacks,
+    /// With `[tls]`: PostgreSQL serves TLS with the node's certificate, replication
+    /// is `hostssl` only, and replicas verify their upstream against the cluster CA.
+    pub ssl: Option<PgSsl>,
+}
+
+/// The node's certificate, key and the cluster CA, for PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgSsl {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A validated node configuration.
@@ -300,6 +325,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// None only with `insecure = true`: plaintext, nobody authenticated.
     pub tls: Option<TlsFiles>,
+    /// Credentials for the REST write routes.
+    pub rest_auth: Option<RestAuth>,
 }
 
 impl NodeConfig {
@@ -332,6 +359,7 @@ impl NodeConfig {
             ("[limits]", self.limits != new.limits),
             // The files named may change (reloaded); which files may not.
             ("[tls]", self.tls != new.tls),
+            ("[rest_auth]", self.rest_auth != new.rest_auth),
         ] {
             if changed {
                 v.push(name);
@@ -507,7 +535,29 @@ impl NodeConfig {
             }),
             (None, true) => None,
         };
+        let rest_auth = match raw.rest_auth {
+            None => None,
+            Some(mut a) => {
+                a.validate().map_err(invalid)?;
+                for f in [&mut a.password_file, &mut a.token_file]
+                    .into_iter()
+                    .flatten()
+                {
+                    *f = base.join(&*f);
+                }
+                Some(a)
+            }
+        };
+        let mut postgresql = postgresql;
+        if let (Some(p), Some(t)) = (postgresql.as_mut(), tls.as_ref()) {
+            p.ssl = Some(PgSsl {
+                ca: t.ca.clone(),
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            });
+        }
         Ok(Self {
+            rest_auth,
             tls,
             limits: raw.limits,
             postgresql,
@@ -580,6 +630,7 @@ fn postgres_config(p: RawPostgres, base: &Path) -> Result<PostgresConfig, Postgr
         parameters: p.parameters,
         pg_hba: p.pg_hba,
         callbacks: callbacks::callbacks(p.callbacks, p.pre_promote, p.callback_timeout_ms)?,
+        ssl: None,
     })
 }
 

@@ -156,14 +156,40 @@ pub fn primary_conninfo(
     user: &str,
     member: &str,
     passfile: &Path,
+    ssl: Option<&SslFiles>,
 ) -> String {
     format!(
-        "host={} port={port} user={} application_name={} passfile={} connect_timeout=5",
+        "host={} port={port} user={} application_name={} passfile={} connect_timeout=5{}",
         conninfo_quote(host),
         conninfo_quote(user),
         conninfo_quote(member),
         conninfo_quote(&passfile.to_string_lossy()),
+        ssl_conninfo(ssl),
     )
+}
+
+/// Where PostgreSQL finds the node's certificate, its key and the cluster CA:
+/// copies beside the data dir, owned by PostgreSQL's OS user (it refuses a key it
+/// does not own), never inside it (pg_basebackup would hand the key to replicas).
+#[derive(Clone, Debug)]
+pub struct SslFiles {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// The conninfo part for a connection to another member: encrypted, and the
+/// server's certificate verified against the cluster CA. verify-ca, not
+/// verify-full: members are reached by the address in their config, which their
+/// certificate names only if the operator listed it with `certs issue --host`.
+pub fn ssl_conninfo(ssl: Option<&SslFiles>) -> String {
+    match ssl {
+        None => String::new(),
+        Some(s) => format!(
+            " sslmode=verify-ca sslrootcert={}",
+            conninfo_quote(&s.ca.to_string_lossy())
+        ),
+    }
 }
 
 /// `pgquorum.conf`. pgquorum's settings first, then the operator's parameters, which
@@ -176,6 +202,7 @@ pub fn render_pgquorum_conf(
     member: &str,
     parameters: &BTreeMap<String, String>,
     replica: Option<&ReplicaConf<'_>>,
+    ssl: Option<&SslFiles>,
 ) -> String {
     let mut out = String::from(
         "# Written by pgquorum at every start; edits are lost.\n\
@@ -200,6 +227,15 @@ pub fn render_pgquorum_conf(
     set("hot_standby_feedback", "on".into());
     set("wal_keep_size", conf_quote("128MB"));
     set("cluster_name", conf_quote(member));
+    match ssl {
+        Some(s) => {
+            set("ssl", "on".into());
+            set("ssl_cert_file", conf_quote(&s.cert.to_string_lossy()));
+            set("ssl_key_file", conf_quote(&s.key.to_string_lossy()));
+            set("ssl_ca_file", conf_quote(&s.ca.to_string_lossy()));
+        }
+        None => set("ssl", "off".into()),
+    }
     match replica {
         Some(ReplicaConf {
             primary: Some((host, p)),
@@ -209,7 +245,7 @@ pub fn render_pgquorum_conf(
         }) => {
             set(
                 "primary_conninfo",
-                conf_quote(&primary_conninfo(host, *p, user, member, passfile)),
+                conf_quote(&primary_conninfo(host, *p, user, member, passfile, ssl)),
             );
             set("primary_slot_name", conf_quote(slot.unwrap_or("")));
         }
@@ -244,7 +280,14 @@ pub fn with_include(postgresql_conf: &str) -> Option<String> {
 
 /// `pg_hba.conf`: the operator's lines first (the first matching line wins), then
 /// pgquorum's. Everything is password-authenticated over TCP; no local socket exists.
-pub fn render_pg_hba(operator_lines: &[String], superuser: &str, replication: &str) -> String {
+/// With `ssl`, every connection from another host must be TLS (`hostssl`); only
+/// pgquorum's own superuser session over loopback stays `host`.
+pub fn render_pg_hba(
+    operator_lines: &[String],
+    superuser: &str,
+    replication: &str,
+    ssl: bool,
+) -> String {
     let mut out = String::from(
         "# Written by pgquorum at every start; edits are lost.\n\
          # Add lines with postgresql.pg_hba in the pgquorum config; they come first.\n",
@@ -255,13 +298,14 @@ pub fn render_pg_hba(operator_lines: &[String], superuser: &str, replication: &s
     }
     let su = sql_ident(superuser);
     let repl = sql_ident(replication);
+    let remote = if ssl { "hostssl" } else { "host" };
     for line in [
         format!("host all {su} 127.0.0.1/32 scram-sha-256"),
         format!("host all {su} ::1/128 scram-sha-256"),
-        format!("host replication {repl} 0.0.0.0/0 scram-sha-256"),
-        format!("host replication {repl} ::/0 scram-sha-256"),
-        "host all all 0.0.0.0/0 scram-sha-256".to_string(),
-        "host all all ::/0 scram-sha-256".to_string(),
+        format!("{remote} replication {repl} 0.0.0.0/0 scram-sha-256"),
+        format!("{remote} replication {repl} ::/0 scram-sha-256"),
+        format!("{remote} all all 0.0.0.0/0 scram-sha-256"),
+        format!("{remote} all all ::/0 scram-sha-256"),
     ] {
         out.push_str(&line);
         out.push('\n');
@@ -385,7 +429,7 @@ mod tests {
             passfile: Path::new("/var/lib/pg/pgquorum.pgpass"),
             slot: Some("pgq_n2"),
         };
-        let c = render_pgquorum_conf("0.0.0.0", 5432, "n2", &p, Some(&r));
+        let c = render_pgquorum_conf("0.0.0.0", 5432, "n2", &p, Some(&r), None);
         assert!(c.contains("port = 5432\n"));
         assert!(c.contains("unix_socket_directories = ''\n"));
         assert!(c.contains(
@@ -397,9 +441,21 @@ mod tests {
         let theirs = c.find("wal_keep_size = '1GB'").unwrap();
         assert!(ours < theirs, "operator values must come last");
 
-        let primary = render_pgquorum_conf("127.0.0.1", 5432, "n1", &BTreeMap::new(), None);
+        let primary = render_pgquorum_conf("127.0.0.1", 5432, "n1", &BTreeMap::new(), None, None);
         assert!(primary.contains("primary_conninfo = ''\n"));
         assert!(primary.contains("primary_slot_name = ''\n"));
+        assert!(primary.contains("ssl = off\n"));
+
+        let ssl = SslFiles {
+            ca: "/var/lib/pg/pgquorum-ca.crt".into(),
+            cert: "/var/lib/pg/pgquorum-server.crt".into(),
+            key: "/var/lib/pg/pgquorum-server.key".into(),
+        };
+        let c = render_pgquorum_conf("0.0.0.0", 5432, "n2", &p, Some(&r), Some(&ssl));
+        assert!(c.contains("ssl = on\nssl_cert_file = '/var/lib/pg/pgquorum-server.crt'\n"));
+        assert!(c.contains(
+            "connect_timeout=5 sslmode=verify-ca sslrootcert=''/var/lib/pg/pgquorum-ca.crt'''\n"
+        ));
     }
 
     #[test]
@@ -416,6 +472,7 @@ mod tests {
             &["hostssl all all 10.0.0.0/8 cert".into()],
             "postgres",
             "repl",
+            false,
         );
         let op = h.find("hostssl all all 10.0.0.0/8 cert").unwrap();
         let su = h
@@ -424,6 +481,11 @@ mod tests {
         assert!(op < su);
         assert!(h.contains("host replication \"repl\" 0.0.0.0/0 scram-sha-256\n"));
         assert!(h.contains("host all all 0.0.0.0/0 scram-sha-256\n"));
+        let tls = render_pg_hba(&[], "postgres", "repl", true);
+        assert!(tls.contains("hostssl replication \"repl\" 0.0.0.0/0 scram-sha-256\n"));
+        assert!(tls.contains("hostssl all all ::/0 scram-sha-256\n"));
+        assert!(!tls.contains("\nhost replication"), "{tls}");
+        assert!(tls.contains("host all \"postgres\" 127.0.0.1/32 scram-sha-256\n"));
     }
 
     #[test]

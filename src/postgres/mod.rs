@@ -222,6 +222,8 @@ pub struct Postgres {
     data_dir: PathBuf,
     log_path: PathBuf,
     passfile: PathBuf,
+    /// Where PostgreSQL's copies of the TLS files go (with `[tls]`).
+    ssl: Option<conf::SslFiles>,
     fence: FenceHandle,
     guard: Option<GuardHandle>,
     last_exit: Option<PgExit>,
@@ -300,6 +302,11 @@ impl Postgres {
         Ok(Self {
             log_path: parent.join("postgresql.log"),
             passfile: parent.join("pgquorum.pgpass"),
+            ssl: cfg.ssl.as_ref().map(|_| conf::SslFiles {
+                ca: parent.join("pgquorum-ca.crt"),
+                cert: parent.join("pgquorum-server.crt"),
+                key: parent.join("pgquorum-server.key"),
+            }),
             data_dir,
             member: member_name,
             run_as,
@@ -529,11 +536,36 @@ impl Postgres {
             .map_err(PgError::io("write", &self.passfile))
     }
 
+    /// PostgreSQL's copies of the node's certificate, key and the cluster CA, taken
+    /// from the `[tls]` files at every start (so a rotated certificate reaches
+    /// PostgreSQL at its next start or reload).
+    pub(super) fn write_ssl_files(&self) -> Result<(), PgError> {
+        let (Some(to), Some(from)) = (&self.ssl, &self.cfg.ssl) else {
+            return Ok(());
+        };
+        for (src, dst, mode) in [
+            (&from.ca, &to.ca, 0o644),
+            (&from.cert, &to.cert, 0o644),
+            (&from.key, &to.key, 0o600),
+        ] {
+            let data = fs::read(src).map_err(PgError::io("read", src))?;
+            os::write_file(dst, &data, mode, self.run_as.as_ref())
+                .map_err(PgError::io("write", dst))?;
+        }
+        Ok(())
+    }
+
+    /// The conninfo part that makes a connection to another member TLS.
+    pub(crate) fn ssl_conninfo(&self) -> String {
+        conf::ssl_conninfo(self.ssl.as_ref())
+    }
+
     /// pgquorum.conf, the include line in postgresql.conf, pg_hba.conf, standby.signal
     /// (present iff replica) and, for a replica with an upstream, the passfile. All
     /// rewritten at every start: pg_basebackup and pg_rewind copy the source's files.
     fn write_config(&self, mode: &StartMode) -> Result<(), PgError> {
         let owner = self.run_as.as_ref();
+        self.write_ssl_files()?;
         let put = |name: &str, text: &str| {
             let p = self.data_dir.join(name);
             os::write_file(&p, text.as_bytes(), 0o600, owner).map_err(PgError::io("write", &p))
@@ -565,6 +597,7 @@ impl Postgres {
                 &self.member,
                 &self.effective_parameters(),
                 replica.as_ref(),
+                self.ssl.as_ref(),
             ),
         )?;
         let main = self.data_dir.join("postgresql.conf");
@@ -582,6 +615,7 @@ impl Postgres {
                 &self.effective_pg_hba(),
                 &self.cfg.superuser.username,
                 &self.cfg.replication.username,
+                self.ssl.is_some(),
             ),
         )?;
         let signal = self.data_dir.join("standby.signal");

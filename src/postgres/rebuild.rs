@@ -157,12 +157,15 @@ impl Postgres {
         }
         self.prepare_dirs(true)?;
         self.write_passfile()?;
+        // The clone verifies its source against the cluster CA (with [tls]).
+        self.write_ssl_files()?;
         let use_slot = self.source_has_slot(from, slot).await;
         let conninfo = format!(
-            "host={} port={} user={} application_name=pgquorum_basebackup connect_timeout=10",
+            "host={} port={} user={} application_name=pgquorum_basebackup connect_timeout=10{}",
             conf::conninfo_quote(&from.host),
             from.port,
             conf::conninfo_quote(&self.cfg.replication.username),
+            self.ssl_conninfo(),
         );
         let mut cmd = self.pg_command("pg_basebackup");
         cmd.arg("-D")
@@ -331,11 +334,13 @@ impl Postgres {
             self.run_as.as_ref(),
         )
         .map_err(PgError::io("create a password file in", self.parent()))?;
+        self.write_ssl_files()?;
         let source = format!(
-            "host={} port={} user={} dbname=postgres connect_timeout=10",
+            "host={} port={} user={} dbname=postgres connect_timeout=10{}",
             conf::conninfo_quote(&from.host),
             from.port,
             conf::conninfo_quote(&su.username),
+            self.ssl_conninfo(),
         );
         let mut target = OsString::from("--target-pgdata=");
         target.push(&self.data_dir);

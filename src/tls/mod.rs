@@ -89,8 +89,8 @@ pub enum TlsError {
     #[error("{path} holds no usable {what}; issue it again with `pgquorum certs issue`")]
     Pem { path: PathBuf, what: &'static str },
     #[error(
-        "{path} is readable by other users (mode {mode:o}); a private key must not be: \
-         run `chmod 600 {path}` (and chown it to the user pgquorum runs as)"
+        "{path} is readable by other users (mode {mode:o}); a key or password file must not \
+         be: run `chmod 600 {path}` (and chown it to the user pgquorum runs as)"
     )]
     Readable { path: PathBuf, mode: u32 },
     #[error("{path} exists; pass --force to replace it (what used it then needs the new one)")]

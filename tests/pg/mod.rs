@@ -36,6 +36,8 @@ pub use self::observer::*;
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 pub const SUPERUSER_PASSWORD: &str = "test-superuser-pw";
+/// The REST write routes' password of a TLS cluster (`PgOptions::tls`).
+pub const REST_PASSWORD: &str = "test-rest-pw";
 /// Waits that include pg_basebackup or pg_rewind.
 pub const SLOW_WAIT: Duration = Duration::from_secs(90);
 
@@ -118,10 +120,12 @@ impl PgOptions {
             return "insecure = true\n".into();
         }
         format!(
-            "tls = {{ ca = {:?}, cert = {:?}, key = {:?} }}\n",
+            "tls = {{ ca = {:?}, cert = {:?}, key = {:?} }}\n\
+             rest_auth = {{ username = \"admin\", password_file = {:?} }}\n",
             certs.join("ca.crt"),
             certs.join(format!("{name}.crt")),
-            certs.join(format!("{name}.key"))
+            certs.join(format!("{name}.key")),
+            certs.join("rest.password"),
         )
     }
 
@@ -234,6 +238,9 @@ impl PgCluster {
             net,
             tmp,
         };
+        if c.opts.tls {
+            c.make_certs();
+        }
         for id in 1..=total {
             let text = c.config(id);
             fs::write(c.node(id).config_path(), text).expect("write config");
@@ -242,6 +249,37 @@ impl PgCluster {
             c.launch(id);
         }
         c
+    }
+
+    /// The cluster CA, a certificate per node (for its host), an admin certificate
+    /// `alice` for `ctl`, and the REST password file, all made by `pgquorum certs`
+    /// as an operator would.
+    fn make_certs(&self) {
+        let certs = self.certs_dir();
+        let dir = certs.to_str().unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(BIN)
+                .args(args)
+                .output()
+                .expect("certs");
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["certs", "init", "--dir", dir, "--cluster", &self.name]);
+        for n in self.nodes.values() {
+            run(&["certs", "issue", &n.name, "--host", &n.host, "--dir", dir]);
+        }
+        run(&["certs", "issue", "alice", "--role", "admin", "--dir", dir]);
+        let pw = certs.join("rest.password");
+        fs::write(&pw, format!("{REST_PASSWORD}\n")).unwrap();
+        fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    pub fn certs_dir(&self) -> PathBuf {
+        self.tmp.path().join("certs")
     }
 
     fn config(&self, id: u64) -> String {
@@ -680,10 +718,17 @@ impl PgCluster {
             .map(|n| format!("{}:{}", n.host, n.raft_port))
             .collect();
         let mut cmd = std::process::Command::new(BIN);
-        cmd.arg("ctl")
-            .arg("--endpoints")
-            .arg(endpoints.join(","))
-            .args(args)
+        cmd.arg("ctl").arg("--endpoints").arg(endpoints.join(","));
+        if self.opts.tls {
+            let certs = self.certs_dir();
+            cmd.arg("--ca")
+                .arg(certs.join("ca.crt"))
+                .arg("--cert")
+                .arg(certs.join("alice.crt"))
+                .arg("--key")
+                .arg(certs.join("alice.key"));
+        }
+        cmd.args(args)
             .env("NO_COLOR", "1")
             .stdin(std::process::Stdio::null());
         cmd

@@ -14,6 +14,7 @@
 //! deadline, not a flag: if the supervisor stalls, `/primary` turns 503 on its
 //! own once the lease may have expired, instead of reporting a stale 200.
 
+mod auth;
 mod checks;
 mod docs;
 mod metrics;
@@ -33,10 +34,11 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use self::auth::WriteAuth;
 pub use self::checks::{Endpoint, Route, health_code, route};
 pub use self::docs::{cluster_json, status_json};
 pub use self::metrics::metrics_text;
-pub use self::serve::Timeouts;
+pub use self::serve::{ServeOptions, Timeouts};
 pub use self::size::parse_size;
 pub use crate::ha::health::{HangCounters, Health};
 
@@ -153,18 +155,20 @@ pub fn router(rx: watch::Receiver<Health>, client: Option<crate::client::Client>
 }
 
 /// Serves the REST API on `listener` until `shutdown` completes, then finishes
-/// in-flight requests and returns. Connections are admitted through `gate` and
-/// timed by `timeouts` (see `serve.rs`).
+/// in-flight requests and returns. Connections are admitted, timed, encrypted and
+/// their write requests authenticated as `opts` says (`serve.rs`, `auth.rs`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     rx: watch::Receiver<Health>,
     client: Option<crate::client::Client>,
-    gate: crate::api::listen::Gate,
-    timeouts: Timeouts,
-    tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve::serve(listener, router(rx, client), gate, timeouts, tls, shutdown).await
+    let app = router(rx, client).layer(axum::middleware::from_fn_with_state(
+        opts.auth.clone(),
+        auth::guard,
+    ));
+    serve::serve(listener, app, opts, shutdown).await
 }
 
 #[cfg(test)]

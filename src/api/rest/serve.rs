@@ -27,6 +27,16 @@ pub struct Timeouts {
     pub body: Duration,
 }
 
+/// How one REST port serves: its gate, timeouts, TLS (optional) and who may use
+/// its write routes.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub gate: Gate,
+    pub timeouts: Timeouts,
+    pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    pub auth: std::sync::Arc<super::WriteAuth>,
+}
+
 /// In-flight requests get this long to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -86,11 +96,15 @@ async fn body_deadline(
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
-    gate: Gate,
-    t: Timeouts,
-    tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let ServeOptions {
+        gate,
+        timeouts: t,
+        tls,
+        ..
+    } = opts;
     let app = app.layer(axum::middleware::from_fn_with_state(t.body, body_deadline));
     let svc = app;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -164,7 +178,13 @@ mod tests {
             },
         );
         let app = super::super::router(rx, None);
-        let h = tokio::spawn(serve(listener, app, gate, t, None, async {
+        let opts = ServeOptions {
+            gate,
+            timeouts: t,
+            tls: None,
+            auth: Default::default(),
+        };
+        let h = tokio::spawn(serve(listener, app, opts, async {
             let _ = stop_rx.await;
         }));
         (addr, stop_tx, h)
