@@ -41,13 +41,16 @@ fn after<'a>(lines: &'a [String], prefix: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", lines.join("\n")))
 }
 
-fn ctl(endpoints: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("ctl")
-        .args(args)
-        .env("PGQUORUM_ENDPOINTS", endpoints)
-        .output()
-        .unwrap();
+/// `pgquorum ctl` with the variables of the demo's `export A=1 B=2;` line.
+fn ctl(exports: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("ctl").args(args);
+    for kv in exports.split_whitespace() {
+        let (k, v) = kv.split_once('=').expect("NAME=VALUE");
+        cmd.env(k, v);
+    }
+    // Not asserted: right after the kill, calls fail until a new leader serves.
+    let out = cmd.output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -104,11 +107,26 @@ async fn pg_demo_runs_a_healthy_cluster_and_leaves_nothing_behind() {
         .expect("write on the primary");
 
     // The ctl line's endpoints answer; the failover hint's pid is the primary's node.
-    let endpoints = after(&lines, "ctl:      export PGQUORUM_ENDPOINTS=")
+    // TLS and an admin certificate: the demo runs secure, as the shipped configs do.
+    let endpoints = after(&lines, "ctl:      export ")
         .split(';')
         .next()
         .unwrap()
         .to_owned();
+    assert!(endpoints.contains("PGQUORUM_CERT="), "{endpoints}");
+    let no_cert: String = endpoints
+        .split_whitespace()
+        .filter(|kv| kv.starts_with("PGQUORUM_ENDPOINTS="))
+        .collect();
+    let out = Command::new(BIN)
+        .args(["ctl", "list"])
+        .env(
+            "PGQUORUM_ENDPOINTS",
+            no_cert.trim_start_matches("PGQUORUM_ENDPOINTS="),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "plaintext ctl reached a TLS demo");
     let hint = after(&lines, "try a failover: kill -9 ");
     let pid: i32 = hint.split_whitespace().next().unwrap().parse().unwrap();
     let old = hint

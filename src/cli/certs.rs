@@ -36,6 +36,18 @@ enum CertsCommand {
         /// Replace an existing CA (every certificate it issued stops being accepted).
         #[arg(long)]
         force: bool,
+        /// Also issue a member's certificate at once: NAME=HOST[,HOST...] (repeat for
+        /// each member), as `certs issue NAME --host HOST...` would.
+        #[arg(long = "member", value_name = "NAME=HOSTS")]
+        members: Vec<String>,
+        /// Also issue an operator certificate with the admin role (for `ctl`).
+        #[arg(long = "operator", value_name = "NAME")]
+        operators: Vec<String>,
+        /// Also write random passwords (mode 0600) for the PostgreSQL superuser and
+        /// replication users and the REST write routes: DIR/superuser.password,
+        /// DIR/replication.password, DIR/rest.password, the same for every host.
+        #[arg(long)]
+        passwords: bool,
     },
     /// Issue DIR/NAME.crt and DIR/NAME.key signed by the CA in DIR. For a member,
     /// NAME is its `name` and --host every address others reach it by.
@@ -48,13 +60,38 @@ enum CertsCommand {
         role: RoleArg,
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
-        #[arg(long, default_value_t = 825)]
+        #[arg(long, default_value_t = DEFAULT_DAYS)]
         days: u32,
         /// Replace an existing certificate and key of that name.
         #[arg(long)]
         force: bool,
     },
 }
+
+const PASSWORD_FILES: [&str; 3] = [
+    "superuser.password",
+    "replication.password",
+    "rest.password",
+];
+
+/// 32 characters from the kernel's random source (192 bits), printable so that it
+/// can be typed into psql or curl.
+fn random_password() -> Result<String, TlsError> {
+    use std::io::Read;
+    let mut raw = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(|source| TlsError::Read {
+            path: "/dev/urandom".into(),
+            source,
+        })?;
+    use base64::Engine;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// What browsers accept for a server certificate; renew well before (a node warns
+/// from 30 days out).
+const DEFAULT_DAYS: u32 = 825;
 
 pub fn run(args: CertsArgs) -> Result<(), TlsError> {
     match args.command {
@@ -63,17 +100,78 @@ pub fn run(args: CertsArgs) -> Result<(), TlsError> {
             cluster,
             days,
             force,
+            members,
+            operators,
+            passwords,
         } => {
+            // All arguments checked before anything is written.
+            let mut requests = Vec::new();
+            for m in &members {
+                let Some((name, hosts)) = m
+                    .split_once('=')
+                    .filter(|(n, h)| !n.is_empty() && !h.is_empty())
+                else {
+                    return Err(TlsError::Cert(format!(
+                        "--member {m:?}: write NAME=HOST[,HOST...], e.g. --member pg1=10.0.0.11"
+                    )));
+                };
+                requests.push(IssueRequest {
+                    dir: dir.clone(),
+                    name: name.to_owned(),
+                    hosts: hosts.split(',').map(|h| h.trim().to_owned()).collect(),
+                    role: Role::Node,
+                    days: DEFAULT_DAYS,
+                    force,
+                });
+            }
+            for o in &operators {
+                requests.push(IssueRequest {
+                    dir: dir.clone(),
+                    name: o.clone(),
+                    hosts: Vec::new(),
+                    role: Role::Admin,
+                    days: DEFAULT_DAYS,
+                    force,
+                });
+            }
+            let mut planned: Vec<PathBuf> = requests
+                .iter()
+                .flat_map(|r| [".crt", ".key"].map(|e| dir.join(format!("{}{e}", r.name))))
+                .collect();
+            if passwords {
+                planned.extend(PASSWORD_FILES.iter().map(|f| dir.join(f)));
+            }
+            if let Some(p) = planned.into_iter().find(|p| p.exists() && !force) {
+                return Err(TlsError::Exists { path: p });
+            }
             let cert = crate::tls::init_ca(&dir, &cluster, days, force)?;
             println!(
                 "created the cluster CA: {} (key {}, mode 0600)",
                 cert.display(),
                 dir.join("ca.key").display()
             );
-            println!(
-                "next: `pgquorum certs issue NAME --host HOST --dir {}` for each member",
-                dir.display()
-            );
+            for r in &requests {
+                let (c, k) = crate::tls::issue(r)?;
+                println!(
+                    "issued {} and {} (mode 0600), role {}",
+                    c.display(),
+                    k.display(),
+                    r.role.unit()
+                );
+            }
+            if passwords {
+                for f in PASSWORD_FILES {
+                    let p = dir.join(f);
+                    crate::tls::write_secret(&p, &random_password()?)?;
+                    println!("wrote {} (mode 0600)", p.display());
+                }
+            }
+            if requests.is_empty() {
+                println!(
+                    "next: `pgquorum certs issue NAME --host HOST --dir {}` for each member",
+                    dir.display()
+                );
+            }
         }
         CertsCommand::Issue {
             name,

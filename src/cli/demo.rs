@@ -75,7 +75,9 @@ pub fn node_config(id: u64, all: &[Ports], passwords: (&str, &str)) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "cluster_name = \"demo\"\ninsecure = true\nnode_id = {id}\nname = \"n{id}\"\n\
+        "cluster_name = \"demo\"\nnode_id = {id}\nname = \"n{id}\"\n\
+         tls = {{ ca = \"certs/ca.crt\", cert = \"certs/n{id}.crt\", key = \"certs/n{id}.key\" }}\n\
+         rest_auth = {{ username = \"admin\", password_file = \"certs/rest.password\" }}\n\
          listen_addr = \"127.0.0.1:{}\"\nrest_listen_addr = \"127.0.0.1:{}\"\n\
          data_dir = \"n{id}/raft\"",
         me.grpc, me.rest
@@ -347,6 +349,35 @@ pub async fn run(
         })
         .collect();
     let (su, repl) = (password()?, password()?);
+    // Secure as the shipped configs are: TLS between the nodes, an admin
+    // certificate for ctl, a password for the REST write routes.
+    let certs = dir.join("certs");
+    let tls_err = |e: crate::tls::TlsError| DemoError::Missing(e.to_string());
+    crate::tls::init_ca(&certs, "demo", 30, false).map_err(tls_err)?;
+    for (name, role) in [
+        ("n1", crate::tls::Role::Node),
+        ("n2", crate::tls::Role::Node),
+        ("n3", crate::tls::Role::Node),
+        ("admin", crate::tls::Role::Admin),
+    ] {
+        crate::tls::issue(&crate::tls::IssueRequest {
+            dir: certs.clone(),
+            name: name.into(),
+            hosts: vec!["127.0.0.1".into()],
+            role,
+            days: 30,
+            force: false,
+        })
+        .map_err(tls_err)?;
+    }
+    let rest_pw = password()?;
+    crate::tls::write_secret(&certs.join("rest.password"), &rest_pw).map_err(tls_err)?;
+    let admin = crate::tls::TlsPaths {
+        ca: certs.join("ca.crt"),
+        cert: certs.join("admin.crt"),
+        key: certs.join("admin.key"),
+    };
+    crate::tls::set_client(Some(&admin)).map_err(tls_err)?;
     for id in 1..=NODES {
         std::fs::write(
             dir.join(format!("n{id}.toml")),
@@ -424,7 +455,14 @@ pub async fn run(
     if let Some(dsn) = ops::dsn::dsn(&view, ops::dsn::DsnRole::Primary, Some("postgres")) {
         println!("connect:  psql \"{dsn} user=postgres password={su}\"");
     }
-    println!("ctl:      export PGQUORUM_ENDPOINTS={eps}; pgquorum ctl list");
+    println!(
+        "ctl:      export PGQUORUM_ENDPOINTS={eps} PGQUORUM_CA={} PGQUORUM_CERT={} \
+         PGQUORUM_KEY={}; pgquorum ctl list",
+        admin.ca.display(),
+        admin.cert.display(),
+        admin.key.display()
+    );
+    println!("REST writes: curl -u admin:{rest_pw} -X POST http://127.0.0.1:PORT/switchover ...");
     for (i, p) in ports.iter().enumerate() {
         println!(
             "REST n{}: http://127.0.0.1:{}/patroni  (/primary, /replica, /metrics)",

@@ -45,6 +45,11 @@ fn write_new(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<(), Tls
     std::fs::rename(&tmp, path).map_err(werr)
 }
 
+/// A secret (password, token) as a file of one line, mode 0600, replaced if there.
+pub fn write_secret(path: &Path, secret: &str) -> Result<(), TlsError> {
+    write_new(path, format!("{secret}\n").as_bytes(), 0o600, true)
+}
+
 fn validity(params: &mut CertificateParams, days: u32) {
     let now = time::OffsetDateTime::now_utc();
     // An hour back: hosts whose clocks are a little behind accept it at once.

@@ -14,7 +14,7 @@ mod server;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-pub use certs::{IssueRequest, init_ca, issue};
+pub use certs::{IssueRequest, init_ca, issue, write_secret};
 pub use server::{ServerTls, TlsConn};
 
 /// What a certificate allows, from its organisational unit.
