@@ -250,6 +250,7 @@ pub async fn run(
     tokio::spawn(copy_raft_stats(
         raft.clone(),
         health_tx.clone(),
+        server_tls.clone(),
         stop_rx.clone(),
     ));
     if let (Some(listener), Some(gate)) = (rest_listener, rest_gate) {
@@ -437,6 +438,7 @@ async fn hand_over_leadership(raft: &Raft, me: u64, wait: Duration) {
 async fn copy_raft_stats(
     raft: Raft,
     health: watch::Sender<Health>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -453,7 +455,11 @@ async fn copy_raft_stats(
             commit_index: m.local_committed.map_or(0, |l| l.index),
             applied_index: m.last_applied.map_or(0, |l| l.index),
         };
-        health.send_modify(|h| h.raft = stats);
+        let days = tls.as_ref().and_then(|t| t.days_left());
+        health.send_modify(|h| {
+            h.raft = stats;
+            h.cert_days_left = days;
+        });
     }
 }
 

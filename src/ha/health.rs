@@ -69,6 +69,9 @@ pub struct Health {
     pub busy: Option<String>,
     /// A running clone's progress (pg_basebackup), while one runs.
     pub copy: Option<CopyProgress>,
+    /// Whole days until this node's TLS certificate expires (filled in by the node;
+    /// `None` without `[tls]`).
+    pub cert_days_left: Option<i64>,
 }
 
 /// How far a running clone has got (`/patroni`'s `progress`, `ctl reinit --wait`).
@@ -201,6 +204,7 @@ impl Default for Health {
             decisions: Default::default(),
             raft: RaftStats::default(),
             pg_times: PgTimes::default(),
+            cert_days_left: None,
         }
     }
 }

@@ -299,6 +299,15 @@ pub fn metrics_text(h: &Health, now: Instant) -> String {
             label_value(reason)
         );
     }
+    // Only with TLS: a 0 without a certificate would read as "expires today".
+    if let Some(d) = h.cert_days_left {
+        let _ = writeln!(
+            out,
+            "# HELP pgquorum_certificate_days_left Whole days until this node's TLS certificate expires (negative once it has; the node warns below 30).\n\
+             # TYPE pgquorum_certificate_days_left gauge\n\
+             pgquorum_certificate_days_left{labels} {d}"
+        );
+    }
     // -1 when the state is not known yet, as Patroni does for "unknown".
     let state = status.map_or(-1, |s| state_index(s.state));
     let _ = writeln!(
@@ -309,4 +318,30 @@ pub fn metrics_text(h: &Health, now: Instant) -> String {
          patroni_postgres_state{labels} {state}"
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_days_appear_only_with_tls() {
+        let now = Instant::now();
+        let plain = metrics_text(&Health::default(), now);
+        assert!(!plain.contains("pgquorum_certificate_days_left"));
+        let h = Health {
+            cert_days_left: Some(12),
+            ..Health::default()
+        };
+        let text = metrics_text(&h, now);
+        assert!(
+            text.contains("# TYPE pgquorum_certificate_days_left gauge\n"),
+            "{text}"
+        );
+        assert!(text.contains("pgquorum_certificate_days_left{"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("pgquorum_certificate_days_left{") && l.ends_with(" 12"))
+        );
+    }
 }
