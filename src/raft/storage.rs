@@ -150,7 +150,14 @@ impl DataDir {
             path: path.to_path_buf(),
             source,
         };
+        let existed = path.exists();
         fs::create_dir_all(path).map_err(io_err)?;
+        if !existed {
+            // Only this node's user reads the store; a dir the operator made keeps
+            // the mode they gave it.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+        }
         let id_path = path.join(IDENTITY_FILE);
         match fs::read(&id_path) {
             Ok(bytes) => {

@@ -216,4 +216,4 @@ pub fn set_client_ca_only(ca: &Path) -> Result<(), TlsError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -216,6 +216,75 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_tls_the_port_speaks_https_only() {
+        let d = tempfile::tempdir().unwrap();
+        crate::tls::init_ca(d.path(), "t", 30, false).unwrap();
+        let (cert, key) = crate::tls::issue(&crate::tls::IssueRequest {
+            dir: d.path().to_path_buf(),
+            name: "n1".into(),
+            hosts: vec!["127.0.0.1".into()],
+            role: crate::tls::Role::Node,
+            days: 30,
+            force: false,
+        })
+        .unwrap();
+        let tls = crate::tls::ServerTls::load(crate::tls::TlsPaths {
+            ca: d.path().join("ca.crt"),
+            cert,
+            key,
+        })
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(Health::default());
+        let opts = ServeOptions {
+            gate: Gate::new(
+                "REST",
+                Caps {
+                    total: 8,
+                    per_ip: 8,
+                },
+            ),
+            timeouts: LONG,
+            tls: Some(tls),
+            auth: Default::default(),
+        };
+        let _server = tokio::spawn(serve(
+            listener,
+            super::super::router(rx, None),
+            opts,
+            std::future::pending(),
+        ));
+        // HTTPS: answered.
+        let cfg = crate::tls::tests::client_config(d.path(), None);
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        s.write_all(b"GET /liveness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 503 "), "{reply}");
+        // Plain HTTP on the TLS port: no HTTP answer, and the port still serves.
+        let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET /liveness HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got)).await;
+        assert!(
+            !String::from_utf8_lossy(&got).contains("HTTP/1.1 503"),
+            "plaintext answered"
+        );
+    }
+
+    #[tokio::test]
     async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
         let (addr, _stop, _server) = server(Timeouts {
             header: Duration::from_millis(300),
