@@ -190,7 +190,7 @@ pub async fn run(
         cfg.cluster_name.clone(),
         timeout,
     )
-    .requiring_auth(server_tls.is_some());
+    .requiring_auth(server_tls.is_some(), admin_tokens(&cfg)?);
     let raft_svc = RaftGrpc {
         raft: raft.clone(),
         cluster: cfg.cluster_name.clone(),
@@ -355,6 +355,28 @@ pub async fn run(
         tracing::warn!(error = %e, "final flush of the data dir failed");
     }
     Ok(())
+}
+
+/// The bearer tokens `[tls]` names, read from their (private) files.
+fn admin_tokens(cfg: &NodeConfig) -> Result<crate::api::auth::Tokens, NodeError> {
+    let read = |f: &Option<std::path::PathBuf>| -> Result<Option<String>, NodeError> {
+        let Some(f) = f else { return Ok(None) };
+        crate::tls::check_private(f)?;
+        let text = std::fs::read_to_string(f).map_err(|source| crate::tls::TlsError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        Ok(text
+            .lines()
+            .next()
+            .map(|l| l.trim().to_owned())
+            .filter(|t| !t.is_empty()))
+    };
+    let t = cfg.tls.as_ref();
+    Ok(crate::api::auth::Tokens {
+        admin: read(&t.and_then(|t| t.admin_token_file.clone()))?,
+        read: read(&t.and_then(|t| t.read_token_file.clone()))?,
+    })
 }
 
 /// What the REST write routes require, from `[rest_auth]`: the secrets read from

@@ -69,9 +69,16 @@ impl TlsCluster {
             join: false,
             initial_cluster: self.members.clone(),
         };
+        let (admin_tok, read_tok) = (
+            self.certs.join("admin.token"),
+            self.certs.join("read.token"),
+        );
         let toml = spec.to_toml().replace(
             "insecure = true\n",
-            &format!("tls = {{ ca = {ca:?}, cert = {cert:?}, key = {key:?} }}\n"),
+            &format!(
+                "tls = {{ ca = {ca:?}, cert = {cert:?}, key = {key:?}, \
+                 admin_token_file = {admin_tok:?}, read_token_file = {read_tok:?} }}\n"
+            ),
         );
         let config = dir.join("node.toml");
         std::fs::write(&config, toml).unwrap();
@@ -164,6 +171,14 @@ async fn start() -> TlsCluster {
     }
     ok(&["certs", "issue", "alice", "--role", "admin", "--dir", c]);
     ok(&["certs", "issue", "mon", "--role", "read", "--dir", c]);
+    for (f, t) in [
+        ("admin.token", "test-admin-token"),
+        ("read.token", "test-read-token"),
+    ] {
+        let p = certs.join(f);
+        std::fs::write(&p, format!("{t}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
     let ports = free_ports(3);
     let members: Vec<MemberSpec> = (1..=3)
         .map(|id| MemberSpec {
@@ -227,6 +242,23 @@ async fn roles_are_enforced_and_callers_without_a_certificate_refused() {
             stderr(&out)
         );
     }
+    // A bearer token stands in for a certificate, with its role.
+    let token = |file: &str, args: &[&str]| {
+        Command::new(BIN)
+            .args(["ctl", "--endpoints", &c.endpoints(), "--ca"])
+            .arg(c.certs.join("ca.crt"))
+            .arg("--token-file")
+            .arg(c.certs.join(file))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = token("admin.token", &["kv", "put", "/app/t", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = token("read.token", &["kv", "get", "/app/t"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = token("read.token", &["kv", "put", "/app/t", "2"]);
+    assert!(stderr(&out).contains("read-only role"), "{}", stderr(&out));
     // Plaintext to a TLS port fails without harming the node.
     let out = run(&[
         "ctl",

@@ -44,6 +44,7 @@ pub struct AdminService {
     pub timeout: Duration,
     /// Every call needs a client certificate (TLS on; see `auth.rs`).
     pub auth_required: bool,
+    tokens: Arc<auth::Tokens>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -107,6 +108,7 @@ impl AdminService {
     ) -> Self {
         Self {
             auth_required: false,
+            tokens: Arc::default(),
             raft,
             sm,
             lessor,
@@ -119,8 +121,9 @@ impl AdminService {
     }
 
     /// Every call then needs a client certificate of the cluster CA (`auth.rs`).
-    pub fn requiring_auth(mut self, required: bool) -> Self {
+    pub fn requiring_auth(mut self, required: bool, tokens: auth::Tokens) -> Self {
         self.auth_required = required;
+        self.tokens = Arc::new(tokens);
         self
     }
 
@@ -197,7 +200,7 @@ impl AdminService {
 
     fn forwarded<T>(&self, req: Request<T>) -> Request<T> {
         // Checked on entry already; the leader applies the same caller's role.
-        let who = auth::check(&req, Need::Read, self.auth_required)
+        let who = auth::check(&req, Need::Read, self.auth_required, &self.tokens)
             .ok()
             .flatten();
         let mut r = Request::new(req.into_inner());
@@ -360,7 +363,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        auth::check(&req, Need::Read, self.auth_required)?;
+        auth::check(&req, Need::Read, self.auth_required, &self.tokens)?;
         Ok(Response::new(self.status_now()))
     }
 
@@ -368,7 +371,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        auth::check(&req, Need::Write, self.auth_required)?;
+        auth::check(&req, Need::Write, self.auth_required, &self.tokens)?;
         let r = req.get_ref();
         if r.id == 0 || r.name.is_empty() || crate::hostport::parse(&r.addr).is_none() {
             return Err(Status::invalid_argument(
@@ -436,7 +439,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        auth::check(&req, Need::Write, self.auth_required)?;
+        auth::check(&req, Need::Write, self.auth_required, &self.tokens)?;
         if let Some(mut c) = self.route(&req).await? {
             return c
                 .remove_member(self.forwarded(req))
@@ -481,7 +484,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        auth::check(&req, Need::Read, self.auth_required)?;
+        auth::check(&req, Need::Read, self.auth_required, &self.tokens)?;
         check_key(&req.get_ref().key)
             .or_else(|e| if req.get_ref().prefix { Ok(()) } else { Err(e) })?;
         if !req.get_ref().serializable {
@@ -506,7 +509,7 @@ impl Admin for AdminService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        auth::check(&req, Need::Write, self.auth_required)?;
+        auth::check(&req, Need::Write, self.auth_required, &self.tokens)?;
         check_key(&req.get_ref().key)?;
         if req.get_ref().value.len() > MAX_VALUE {
             return Err(Status::invalid_argument(format!(
@@ -561,7 +564,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        auth::check(&req, Need::Write, self.auth_required)?;
+        auth::check(&req, Need::Write, self.auth_required, &self.tokens)?;
         if !req.get_ref().prefix {
             check_key(&req.get_ref().key)?;
         } else if req.get_ref().expect_mod_revision.is_some() {
@@ -607,7 +610,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        auth::check(&req, Need::Read, self.auth_required)?;
+        auth::check(&req, Need::Read, self.auth_required, &self.tokens)?;
         let r = req.into_inner();
         let mut live = self.sm.subscribe();
         let mut last = if r.start_revision == 0 {
@@ -678,7 +681,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
-        auth::check(&req, Need::Write, self.auth_required)?;
+        auth::check(&req, Need::Write, self.auth_required, &self.tokens)?;
         let ttl = req.get_ref().ttl_ms;
         if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&ttl) {
             return Err(Status::invalid_argument(format!(
@@ -705,7 +708,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::LeaseIdRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
-        auth::check(&req, Need::Write, self.auth_required)?;
+        auth::check(&req, Need::Write, self.auth_required, &self.tokens)?;
         if let Some(mut c) = self.route(&req).await? {
             return c
                 .lease_renew(self.forwarded(req))
@@ -720,7 +723,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::LeaseIdRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
-        auth::check(&req, Need::Write, self.auth_required)?;
+        auth::check(&req, Need::Write, self.auth_required, &self.tokens)?;
         if let Some(mut c) = self.route(&req).await? {
             return c
                 .lease_revoke(self.forwarded(req))
@@ -735,7 +738,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::LeaseIdRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
-        auth::check(&req, Need::Read, self.auth_required)?;
+        auth::check(&req, Need::Read, self.auth_required, &self.tokens)?;
         if let Some(mut c) = self.route(&req).await? {
             return c
                 .lease_time_to_live(self.forwarded(req))

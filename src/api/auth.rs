@@ -44,16 +44,67 @@ fn effective<T>(req: &Request<T>) -> Option<Identity> {
     Some(named.unwrap_or(own))
 }
 
-/// Checks `req` against `need` when `required`; the identity it runs as.
-pub fn check<T>(req: &Request<T>, need: Need, required: bool) -> Result<Option<Identity>, Status> {
+/// The bearer tokens members accept instead of a client certificate (from the
+/// `[tls]` token files; the same on every member).
+#[derive(Default)]
+pub struct Tokens {
+    pub admin: Option<String>,
+    pub read: Option<String>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens(<redacted>)")
+    }
+}
+
+impl Tokens {
+    /// The role of the bearer token `req` carries, if it is one of ours.
+    fn identity<T>(&self, req: &Request<T>) -> Option<Identity> {
+        use subtle::ConstantTimeEq;
+        let given = req
+            .metadata()
+            .get("authorization")?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?
+            .trim();
+        let matches = |want: &Option<String>| {
+            want.as_deref().is_some_and(|w| {
+                w.len() == given.len() && bool::from(w.as_bytes().ct_eq(given.as_bytes()))
+            })
+        };
+        let role = if matches(&self.admin) {
+            Role::Admin
+        } else if matches(&self.read) {
+            Role::Read
+        } else {
+            return None;
+        };
+        Some(Identity {
+            name: format!("token:{}", role.unit()),
+            role,
+        })
+    }
+}
+
+/// Checks `req` against `need` when `required`; the identity it runs as: the
+/// client certificate's, else a bearer token's.
+pub fn check<T>(
+    req: &Request<T>,
+    need: Need,
+    required: bool,
+    tokens: &Tokens,
+) -> Result<Option<Identity>, Status> {
     if !required {
         return Ok(None);
     }
-    let Some(who) = effective(req) else {
+    let Some(who) = effective(req).or_else(|| tokens.identity(req)) else {
         return Err(Status::unauthenticated(
             "this cluster requires a client certificate from its CA: pass --ca, --cert and \
              --key to `pgquorum ctl` (or PGQUORUM_CA/PGQUORUM_CERT/PGQUORUM_KEY); an operator \
-             gets one with `pgquorum certs issue NAME --role admin` (or --role read)",
+             gets one with `pgquorum certs issue NAME --role admin` (or --role read); or \
+             --token-file with the members' [tls] admin_token_file",
         ));
     };
     if need == Need::Write && !who.role.may_write() {
@@ -103,21 +154,53 @@ mod tests {
     #[test]
     fn roles_decide_reads_and_writes() {
         let read = req(id("mon", Role::Read), None);
-        assert!(check(&read, Need::Read, true).is_ok());
+        assert!(check(&read, Need::Read, true, &Tokens::default()).is_ok());
         assert_eq!(
-            check(&read, Need::Write, true).unwrap_err().code(),
+            check(&read, Need::Write, true, &Tokens::default())
+                .unwrap_err()
+                .code(),
             tonic::Code::PermissionDenied
         );
         let admin = req(id("alice", Role::Admin), None);
-        assert!(check(&admin, Need::Write, true).is_ok());
+        assert!(check(&admin, Need::Write, true, &Tokens::default()).is_ok());
         let none = req(None, None);
         assert_eq!(
-            check(&none, Need::Read, true).unwrap_err().code(),
+            check(&none, Need::Read, true, &Tokens::default())
+                .unwrap_err()
+                .code(),
             tonic::Code::Unauthenticated
         );
         assert!(
-            check(&none, Need::Write, false).is_ok(),
+            check(&none, Need::Write, false, &Tokens::default()).is_ok(),
             "insecure: unchecked"
+        );
+    }
+
+    #[test]
+    fn a_bearer_token_stands_in_for_a_certificate_with_its_role() {
+        let tokens = Tokens {
+            admin: Some("adm-tok".into()),
+            read: Some("read-tok".into()),
+        };
+        let with = |t: &str| {
+            let mut r = req(None, None);
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            r
+        };
+        assert!(check(&with("adm-tok"), Need::Write, true, &tokens).is_ok());
+        assert_eq!(
+            check(&with("read-tok"), Need::Write, true, &tokens)
+                .unwrap_err()
+                .code(),
+            tonic::Code::PermissionDenied
+        );
+        assert!(check(&with("read-tok"), Need::Read, true, &tokens).is_ok());
+        assert_eq!(
+            check(&with("adm-tok-x"), Need::Read, true, &tokens)
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
         );
     }
 
@@ -125,14 +208,22 @@ mod tests {
     fn a_forwarded_call_keeps_its_callers_role_and_only_members_may_name_one() {
         let fwd = req(id("n2", Role::Node), Some("pgquorum-read:mon"));
         assert_eq!(
-            check(&fwd, Need::Write, true).unwrap_err().code(),
+            check(&fwd, Need::Write, true, &Tokens::default())
+                .unwrap_err()
+                .code(),
             tonic::Code::PermissionDenied
         );
-        assert_eq!(check(&fwd, Need::Read, true).unwrap().unwrap().name, "mon");
+        assert_eq!(
+            check(&fwd, Need::Read, true, &Tokens::default())
+                .unwrap()
+                .unwrap()
+                .name,
+            "mon"
+        );
         // An operator cannot claim to be someone else.
         let claim = req(id("mon", Role::Read), Some("pgquorum-admin:alice"));
-        assert!(check(&claim, Need::Write, true).is_err());
+        assert!(check(&claim, Need::Write, true, &Tokens::default()).is_err());
         let own = req(id("n2", Role::Node), None);
-        assert!(check(&own, Need::Write, true).is_ok());
+        assert!(check(&own, Need::Write, true, &Tokens::default()).is_ok());
     }
 }

@@ -371,6 +371,7 @@ impl Client {
                 }
                 let (addr, channel) = self.channel(i);
                 let mut req = tonic::Request::new(msg.clone());
+                crate::tls::add_token(&mut req);
                 if deadline_header {
                     req.set_timeout(self.timeout);
                 }

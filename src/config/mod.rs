@@ -203,6 +203,12 @@ pub struct TlsFiles {
     /// Serve the REST API over TLS too (load balancers' checks then need https).
     #[serde(default)]
     pub rest: bool,
+    /// A file (0600) whose first line is a bearer token with the admin role, for
+    /// `ctl --token-file` where a client certificate is impractical. The same file
+    /// on every member.
+    pub admin_token_file: Option<PathBuf>,
+    /// The same for a read-only token.
+    pub read_token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -532,6 +538,8 @@ impl NodeConfig {
                 cert: base.join(t.cert),
                 key: base.join(t.key),
                 rest: t.rest,
+                admin_token_file: t.admin_token_file.map(|f| base.join(f)),
+                read_token_file: t.read_token_file.map(|f| base.join(f)),
             }),
             (None, true) => None,
         };

@@ -179,6 +179,33 @@ pub fn set_client(paths: Option<&TlsPaths>) -> Result<(), TlsError> {
     Ok(())
 }
 
+/// A bearer token this process sends with every admin call (`ctl --token-file`).
+static TOKEN: RwLock<Option<String>> = RwLock::new(None);
+
+/// Reads the token `ctl` sends from `path` (first line; the file must be private).
+pub fn set_token_file(path: &Path) -> Result<(), TlsError> {
+    check_private(path)?;
+    let text = String::from_utf8_lossy(&read(path)?).into_owned();
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_path_buf(),
+            what: "token",
+        });
+    }
+    *TOKEN.write().unwrap_or_else(|p| p.into_inner()) = Some(token);
+    Ok(())
+}
+
+/// Adds the process's token, if any, to an outgoing call.
+pub fn add_token<T>(req: &mut tonic::Request<T>) {
+    if let Some(t) = TOKEN.read().unwrap_or_else(|p| p.into_inner()).as_deref()
+        && let Ok(v) = tonic::metadata::MetadataValue::try_from(format!("Bearer {t}"))
+    {
+        req.metadata_mut().insert("authorization", v);
+    }
+}
+
 /// The client TLS settings, if this process uses TLS.
 pub fn client() -> Option<tonic::transport::ClientTlsConfig> {
     CLIENT.read().unwrap_or_else(|p| p.into_inner()).clone()

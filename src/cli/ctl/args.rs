@@ -26,6 +26,11 @@ pub struct CtlArgs {
     #[arg(long, env = "PGQUORUM_KEY", requires_all = ["ca", "cert"])]
     pub key: Option<std::path::PathBuf>,
 
+    /// A file holding a bearer token (the node's [tls] admin_token_file or
+    /// read_token_file) to send instead of a client certificate; needs --ca.
+    #[arg(long, env = "PGQUORUM_TOKEN_FILE", requires = "ca")]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Timeout per request and node, e.g. 5s, 500ms, 1m.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,

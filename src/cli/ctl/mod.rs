@@ -47,6 +47,9 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         (Some(ca), _, _) => crate::tls::set_client_ca_only(ca)?,
         _ => {}
     }
+    if let Some(f) = &args.token_file {
+        crate::tls::set_token_file(f)?;
+    }
     let client = Client::new(args.endpoints)?.with_timeout(args.timeout);
     let json = args.output == OutputFormat::Json;
     match args.command {
