@@ -76,6 +76,22 @@ async fn pg_a_tls_cluster_replicates_over_tls_fails_over_and_keeps_its_secrets()
     )
     .await;
 
+    // pgquorum's own sessions (HA loop, health monitor) are TLS too.
+    c.wait_for("pgquorum's sessions over TLS", Duration::from_secs(30), async || {
+        let row = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) \
+                 FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+                 WHERE a.application_name = 'pgquorum'",
+                &[],
+            )
+            .await?;
+        let (ssl, all): (i64, i64) = (row.get(0), row.get(1));
+        ensure!(all >= 1 && ssl == all, "{ssl} of {all} pgquorum sessions over TLS");
+        Ok(())
+    })
+    .await;
+
     // REST: checks answer without credentials; writes need them.
     assert_eq!(c.http_status(p, "GET", "/primary").await, Some(200));
     assert_eq!(

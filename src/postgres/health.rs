@@ -29,7 +29,6 @@ use tokio::time::Instant;
 
 use super::os::{self, GroupStates};
 use super::sql::Session;
-use crate::config::Credentials;
 use crate::lsn::parse_lsn;
 
 /// How often the monitor probes.
@@ -105,9 +104,9 @@ impl Drop for Monitor {
 impl Monitor {
     /// Starts the task (needs a tokio runtime). It probes only while an instance
     /// is being watched ([`Monitor::watch`]).
-    pub fn spawn(host: &str, port: u16, creds: Credentials) -> Self {
+    /// `session`: the monitor's own, so a busy HA loop session never delays a probe.
+    pub fn spawn(session: Session) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
-        let session = Session::new(host, port, creds);
         let task = tokio::spawn(run(state.clone(), session));
         Self { state, task }
     }

@@ -299,9 +299,12 @@ impl Postgres {
                 self.monitor
                     .get_or_insert_with(|| {
                         health::Monitor::spawn(
-                            &self.cfg.connect_host,
-                            self.cfg.port,
-                            self.cfg.superuser.clone(),
+                            sql::Session::new(
+                                &self.cfg.connect_host,
+                                self.cfg.port,
+                                self.cfg.superuser.clone(),
+                            )
+                            .with_tls(self.sql_tls.clone()),
                         )
                     })
                     .watch(Some(pgid));

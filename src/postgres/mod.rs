@@ -224,6 +224,8 @@ pub struct Postgres {
     passfile: PathBuf,
     /// Where PostgreSQL's copies of the TLS files go (with `[tls]`).
     ssl: Option<conf::SslFiles>,
+    /// TLS for pgquorum's own SQL sessions (with `[tls]`).
+    sql_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     fence: FenceHandle,
     guard: Option<GuardHandle>,
     last_exit: Option<PgExit>,
@@ -298,10 +300,18 @@ impl Postgres {
         } else {
             None
         };
-        let sql = sql::Session::new(&cfg.connect_host, cfg.port, cfg.superuser.clone());
+        // With [tls], pg_hba admits only TLS logins from anywhere but loopback, so
+        // every session of ours is TLS too.
+        let sql_tls = match &cfg.ssl {
+            Some(s) => Some(sql::tls_config(&s.ca)?),
+            None => None,
+        };
+        let sql = sql::Session::new(&cfg.connect_host, cfg.port, cfg.superuser.clone())
+            .with_tls(sql_tls.clone());
         Ok(Self {
             log_path: parent.join("postgresql.log"),
             passfile: parent.join("pgquorum.pgpass"),
+            sql_tls,
             ssl: cfg.ssl.as_ref().map(|_| conf::SslFiles {
                 ca: parent.join("pgquorum-ca.crt"),
                 cert: parent.join("pgquorum-server.crt"),

@@ -241,7 +241,8 @@ impl Postgres {
     /// The source's databases in bytes (what a clone copies, roughly: WAL and
     /// config files aside), for progress reports; `None` when it cannot tell.
     async fn source_size(&self, from: &ConnTarget) -> Option<u64> {
-        let mut s = sql::Session::new(&from.host, from.port, self.cfg.superuser.clone());
+        let mut s = sql::Session::new(&from.host, from.port, self.cfg.superuser.clone())
+            .with_tls(self.sql_tls.clone());
         let rows = s
             .simple(
                 "size of the clone source",
@@ -254,7 +255,8 @@ impl Postgres {
     }
 
     pub(super) async fn source_has_slot(&self, from: &ConnTarget, slot: &str) -> bool {
-        let mut s = sql::Session::new(&from.host, from.port, self.cfg.superuser.clone());
+        let mut s = sql::Session::new(&from.host, from.port, self.cfg.superuser.clone())
+            .with_tls(self.sql_tls.clone());
         match s
             .query(
                 "look up the slot on the source",
@@ -318,7 +320,8 @@ impl Postgres {
         // A just-promoted source records its new timeline in pg_control only at its
         // next checkpoint; before that pg_rewind sees both on the old timeline, says
         // "no rewind required" and the target can never follow.
-        let mut source_sql = sql::Session::new(&from.host, from.port, self.cfg.superuser.clone());
+        let mut source_sql = sql::Session::new(&from.host, from.port, self.cfg.superuser.clone())
+            .with_tls(self.sql_tls.clone());
         source_sql
             .simple(
                 "CHECKPOINT on the rewind source",

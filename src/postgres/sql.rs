@@ -2,6 +2,7 @@
 //! A call that times out is cancelled on the server and its connection dropped, so a
 //! stuck query never blocks the next one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -34,7 +35,96 @@ pub struct Session {
     host: String,
     port: u16,
     creds: Credentials,
+    /// With the cluster's certificates: TLS, the server verified against the CA.
+    tls: Option<Arc<rustls::ClientConfig>>,
     conn: Option<Conn>,
+}
+
+/// Verifies a PostgreSQL server's certificate chain against the cluster CA but not
+/// the name in it, as libpq's `sslmode=verify-ca` (what replication uses): members
+/// are reached by their configured address, which their certificate names only if
+/// the operator listed it with `certs issue --host`.
+#[derive(Debug)]
+struct VerifyCa(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for VerifyCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        // The chain (CA, validity, usage) is checked before the name: a name
+        // mismatch means everything else passed.
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                NotValidForName | NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            r => r,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The TLS client configuration of pgquorum's SQL sessions: the cluster CA in `ca`.
+pub fn tls_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, PgError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad = |message: String| PgError::Sql {
+        what: format!(
+            "reading the cluster CA {} for TLS to PostgreSQL",
+            ca.display()
+        ),
+        message,
+        code: None,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
+        roots
+            .add(c.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| bad(e.to_string()))?;
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(VerifyCa(inner)))
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
 }
 
 impl Session {
@@ -43,8 +133,15 @@ impl Session {
             host: host.to_string(),
             port,
             creds,
+            tls: None,
             conn: None,
         }
+    }
+
+    /// TLS with `tls` (None: plaintext).
+    pub fn with_tls(mut self, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Forgets the cached connection (after a restart, or when PostgreSQL stops).
@@ -69,21 +166,40 @@ impl Session {
                 .dbname("postgres")
                 .application_name("pgquorum")
                 .connect_timeout(CONNECT_TIMEOUT)
-                .ssl_mode(SslMode::Disable)
+                .ssl_mode(if self.tls.is_some() {
+                    SslMode::Require
+                } else {
+                    SslMode::Disable
+                })
                 .keepalives(true)
                 .keepalives_idle(Duration::from_secs(5));
             let limit = deadline.min(Instant::now() + CONNECT_TIMEOUT);
-            let (client, connection) = tokio::time::timeout_at(limit, cfg.connect(NoTls))
-                .await
-                .map_err(|_| PgError::SqlTimeout {
-                    what: format!("connecting to {}:{}", self.host, self.port),
-                })?
-                .map_err(|e| {
-                    PgError::sql(format!("connecting to {}:{}", self.host, self.port), &e)
-                })?;
-            let task = tokio::spawn(async move {
-                let _ = connection.await;
-            });
+            let what = || format!("connecting to {}:{}", self.host, self.port);
+            let task = match &self.tls {
+                None => {
+                    let (client, connection) = tokio::time::timeout_at(limit, cfg.connect(NoTls))
+                        .await
+                        .map_err(|_| PgError::SqlTimeout { what: what() })?
+                        .map_err(|e| PgError::sql(what(), &e))?;
+                    let task = tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    (client, task)
+                }
+                Some(tls) => {
+                    let connector = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+                    let (client, connection) =
+                        tokio::time::timeout_at(limit, cfg.connect(connector))
+                            .await
+                            .map_err(|_| PgError::SqlTimeout { what: what() })?
+                            .map_err(|e| PgError::sql(what(), &e))?;
+                    let task = tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    (client, task)
+                }
+            };
+            let (client, task) = task;
             self.conn = Some(Conn { client, task });
         }
         match &self.conn {
@@ -110,8 +226,21 @@ impl Session {
             }
             Err(_) => {
                 // Cancel server-side, in the background: the caller must not wait for it.
+                let tls = self.tls.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(CONNECT_TIMEOUT, token.cancel_query(NoTls)).await;
+                    let cancel = async {
+                        match tls {
+                            None => token.cancel_query(NoTls).await,
+                            Some(t) => {
+                                token
+                                    .cancel_query(tokio_postgres_rustls::MakeRustlsConnect::new(
+                                        (*t).clone(),
+                                    ))
+                                    .await
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(CONNECT_TIMEOUT, cancel).await;
                 });
                 self.conn = None;
                 Err(PgError::SqlTimeout {
