@@ -77,19 +77,26 @@ async fn pg_a_tls_cluster_replicates_over_tls_fails_over_and_keeps_its_secrets()
     .await;
 
     // pgquorum's own sessions (HA loop, health monitor) are TLS too.
-    c.wait_for("pgquorum's sessions over TLS", Duration::from_secs(30), async || {
-        let row = db
-            .query_one(
-                "SELECT count(*) FILTER (WHERE s.ssl), count(*) \
+    c.wait_for(
+        "pgquorum's sessions over TLS",
+        Duration::from_secs(30),
+        async || {
+            let row = db
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE s.ssl), count(*) \
                  FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
                  WHERE a.application_name = 'pgquorum'",
-                &[],
-            )
-            .await?;
-        let (ssl, all): (i64, i64) = (row.get(0), row.get(1));
-        ensure!(all >= 1 && ssl == all, "{ssl} of {all} pgquorum sessions over TLS");
-        Ok(())
-    })
+                    &[],
+                )
+                .await?;
+            let (ssl, all): (i64, i64) = (row.get(0), row.get(1));
+            ensure!(
+                all >= 1 && ssl == all,
+                "{ssl} of {all} pgquorum sessions over TLS"
+            );
+            Ok(())
+        },
+    )
     .await;
 
     // REST: checks answer without credentials; writes need them.
@@ -173,4 +180,47 @@ async fn pg_a_tls_cluster_replicates_over_tls_fails_over_and_keeps_its_secrets()
             );
         }
     }
+}
+
+/// The same on three "hosts" (network namespaces, an address each): here pgquorum
+/// reaches its own PostgreSQL by the host's address, not loopback, so pg_hba lets
+/// it in only over TLS, and the replicas clone and stream from another address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_tls_cluster_on_three_hosts_clones_streams_and_fails_over() {
+    // SAFETY: geteuid has no preconditions.
+    if !have_pg() || unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs PostgreSQL and root (network namespaces)");
+        return;
+    }
+    let opts = PgOptions {
+        tls: true,
+        ..PgOptions::default()
+    };
+    let mut c = PgCluster::start_in_netns(opts).await;
+    let p = c.wait_primary(&[], Duration::from_secs(90)).await;
+    let replicas: Vec<u64> = c.ids().into_iter().filter(|i| *i != p).collect();
+    c.wait_streaming(p, &replicas, Duration::from_secs(90))
+        .await;
+    let db = c.connect(p).await.expect("connect to the primary");
+    c.wait_for(
+        "TLS walsenders and pgquorum sessions",
+        Duration::from_secs(30),
+        async || {
+            let row = db
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE NOT s.ssl) FROM pg_stat_activity a \
+                 JOIN pg_stat_ssl s USING (pid) \
+                 WHERE a.backend_type = 'walsender' OR a.application_name = 'pgquorum'",
+                    &[],
+                )
+                .await?;
+            let plain: i64 = row.get(0);
+            ensure!(plain == 0, "{plain} plaintext sessions");
+            Ok(())
+        },
+    )
+    .await;
+    c.kill_host(p);
+    let new = c.wait_primary(&[p], Duration::from_secs(30)).await;
+    assert!(replicas.contains(&new));
 }

@@ -333,6 +333,17 @@ impl PgCluster {
             if self.opts.fsync { "on" } else { "off" }
         )
         .unwrap();
+        // With TLS, PostgreSQL takes plaintext logins over loopback only; the test's
+        // own checks come from its side of the namespaces in plaintext: let them in
+        // as an operator's pg_hba line would.
+        if let (true, Some(net)) = (self.opts.tls, &self.net) {
+            let lines: Vec<String> = net
+                .test_addrs()
+                .iter()
+                .map(|a| format!("\"host all postgres {a}/32 scram-sha-256\""))
+                .collect();
+            writeln!(t, "pg_hba = [{}]", lines.join(", ")).unwrap();
+        }
         let dir = n.dir.display().to_string();
         writeln!(t, "{}", self.opts.pg_extra.replace("{dir}", &dir)).unwrap();
         t

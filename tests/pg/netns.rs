@@ -105,6 +105,14 @@ impl NetNs {
         format!("{}.{id}", self.subnet)
     }
 
+    /// The test's own addresses (its connections come from these).
+    pub fn test_addrs(&self) -> [String; 2] {
+        [
+            format!("{}.254", self.subnet),
+            format!("{}.253", self.subnet),
+        ]
+    }
+
     /// The test namespace's second address, for the write observer only.
     pub fn observer_addr(&self) -> std::net::Ipv4Addr {
         format!("{}.253", self.subnet).parse().expect("address")
