@@ -127,6 +127,28 @@ pub fn tls_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, PgE
     Ok(Arc::new(cfg))
 }
 
+/// Connects with `tls` by `limit`; the client and the task that drives the
+/// connection.
+async fn connect<T>(
+    cfg: &tokio_postgres::Config,
+    tls: T,
+    limit: Instant,
+    what: impl Fn() -> String,
+) -> Result<(Client, tokio::task::JoinHandle<()>), PgError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = tokio::time::timeout_at(limit, cfg.connect(tls))
+        .await
+        .map_err(|_| PgError::SqlTimeout { what: what() })?
+        .map_err(|e| PgError::sql(what(), &e))?;
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, task))
+}
+
 impl Session {
     pub fn new(host: &str, port: u16, creds: Credentials) -> Self {
         Self {
@@ -175,31 +197,13 @@ impl Session {
                 .keepalives_idle(Duration::from_secs(5));
             let limit = deadline.min(Instant::now() + CONNECT_TIMEOUT);
             let what = || format!("connecting to {}:{}", self.host, self.port);
-            let task = match &self.tls {
-                None => {
-                    let (client, connection) = tokio::time::timeout_at(limit, cfg.connect(NoTls))
-                        .await
-                        .map_err(|_| PgError::SqlTimeout { what: what() })?
-                        .map_err(|e| PgError::sql(what(), &e))?;
-                    let task = tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                    (client, task)
-                }
+            let (client, task) = match &self.tls {
+                None => connect(&cfg, NoTls, limit, what).await?,
                 Some(tls) => {
-                    let connector = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
-                    let (client, connection) =
-                        tokio::time::timeout_at(limit, cfg.connect(connector))
-                            .await
-                            .map_err(|_| PgError::SqlTimeout { what: what() })?
-                            .map_err(|e| PgError::sql(what(), &e))?;
-                    let task = tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                    (client, task)
+                    let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+                    connect(&cfg, tls, limit, what).await?
                 }
             };
-            let (client, task) = task;
             self.conn = Some(Conn { client, task });
         }
         match &self.conn {
