@@ -282,7 +282,7 @@ fn default_os_user() -> String {
 }
 
 /// The `[postgresql]` section, validated; paths resolved.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PostgresConfig {
     pub bin_dir: PathBuf,
     pub data_dir: PathBuf,
@@ -356,7 +356,8 @@ impl NodeConfig {
                 differs(&self.initial_cluster, &new.initial_cluster),
             ),
             ("[raft]", differs(&self.raft, &new.raft)),
-            ("[postgresql]", differs(&self.postgresql, &new.postgresql)),
+            // Compared by value: `{:?}` hides passwords, so a changed one would not show.
+            ("[postgresql]", self.postgresql != new.postgresql),
             ("[ha] (edit /pg/config for the cluster)", self.ha != new.ha),
             (
                 "rest_listen_addr",
@@ -687,6 +688,39 @@ addr = "127.0.0.1:7002"
 
     fn parse(s: &str) -> Result<NodeConfig, ConfigError> {
         NodeConfig::parse(s, Path::new("/etc/pgq/n1.toml"))
+    }
+
+    #[test]
+    fn a_changed_password_needs_a_restart_although_debug_hides_it() {
+        let creds = |pw: &str| Credentials {
+            username: "postgres".into(),
+            password: Some(pw.into()),
+            password_file: None,
+        };
+        let pg = |pw: &str| PostgresConfig {
+            bin_dir: "/bin".into(),
+            data_dir: "/data".into(),
+            listen_host: "127.0.0.1".into(),
+            port: 5432,
+            connect_host: "127.0.0.1".into(),
+            os_user: "postgres".into(),
+            superuser: creds(pw),
+            replication: creds("r"),
+            parameters: Default::default(),
+            pg_hba: Vec::new(),
+            callbacks: Callbacks::default(),
+            ssl: None,
+        };
+        let mut old = parse(GOOD).unwrap();
+        old.postgresql = Some(pg("one"));
+        let mut new = old.clone();
+        new.postgresql = Some(pg("two"));
+        assert_eq!(
+            format!("{:?}", old.postgresql),
+            format!("{:?}", new.postgresql)
+        );
+        assert!(!format!("{:?}", new.postgresql).contains("two"));
+        assert_eq!(old.changes_needing_restart(&new), vec!["[postgresql]"]);
     }
 
     #[test]
