@@ -139,6 +139,45 @@ async fn pg_a_tls_cluster_replicates_over_tls_fails_over_and_keeps_its_secrets()
     let new = c.wait_primary(&[p], Duration::from_secs(30)).await;
     assert!(replicas.contains(&new));
 
+    // A replaced certificate reaches the new primary's PostgreSQL without a restart.
+    let name = c.node(new).name.clone();
+    let certs = c.certs_dir();
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "certs",
+            "issue",
+            &name,
+            "--host",
+            &c.node(new).host,
+            "--force",
+            "--dir",
+        ])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh = std::fs::read(certs.join(format!("{name}.crt"))).unwrap();
+    let copy = c.node(new).dir.join("pg").join("pgquorum-server.crt");
+    let log = c.node(new).log_path();
+    c.wait_for(
+        "PostgreSQL to get the new certificate",
+        Duration::from_secs(30),
+        async || {
+            ensure!(std::fs::read(&copy)? == fresh, "copy not renewed");
+            ensure!(
+                std::fs::read_to_string(&log)?.contains("configuration reloaded"),
+                "not reloaded"
+            );
+            Ok(())
+        },
+    )
+    .await;
+    assert!(c.is_writable(new).await, "the primary still takes writes");
+
     // No secret anywhere it could be read.
     for id in c.ids() {
         for path in ["/patroni", "/cluster", "/config", "/history", "/metrics"] {

@@ -18,6 +18,7 @@ mod probe;
 mod rebuild;
 mod replication;
 mod sql;
+mod ssl;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -226,6 +227,9 @@ pub struct Postgres {
     ssl: Option<conf::SslFiles>,
     /// TLS for pgquorum's own SQL sessions (with `[tls]`).
     sql_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The modification times of the `[tls]` files when PostgreSQL's copies were
+    /// last made: a change is copied over and PostgreSQL reloaded (`probe`).
+    ssl_stamp: std::sync::Mutex<Option<Vec<Option<std::time::SystemTime>>>>,
     fence: FenceHandle,
     guard: Option<GuardHandle>,
     last_exit: Option<PgExit>,
@@ -312,6 +316,7 @@ impl Postgres {
             log_path: parent.join("postgresql.log"),
             passfile: parent.join("pgquorum.pgpass"),
             sql_tls,
+            ssl_stamp: std::sync::Mutex::new(None),
             ssl: cfg.ssl.as_ref().map(|_| conf::SslFiles {
                 ca: parent.join("pgquorum-ca.crt"),
                 cert: parent.join("pgquorum-server.crt"),
@@ -544,30 +549,6 @@ impl Postgres {
         let line = conf::pgpass_line(&repl.username, &password(repl)?);
         os::write_file(&self.passfile, line.as_bytes(), 0o600, self.run_as.as_ref())
             .map_err(PgError::io("write", &self.passfile))
-    }
-
-    /// PostgreSQL's copies of the node's certificate, key and the cluster CA, taken
-    /// from the `[tls]` files at every start (so a rotated certificate reaches
-    /// PostgreSQL at its next start or reload).
-    pub(super) fn write_ssl_files(&self) -> Result<(), PgError> {
-        let (Some(to), Some(from)) = (&self.ssl, &self.cfg.ssl) else {
-            return Ok(());
-        };
-        for (src, dst, mode) in [
-            (&from.ca, &to.ca, 0o644),
-            (&from.cert, &to.cert, 0o644),
-            (&from.key, &to.key, 0o600),
-        ] {
-            let data = fs::read(src).map_err(PgError::io("read", src))?;
-            os::write_file(dst, &data, mode, self.run_as.as_ref())
-                .map_err(PgError::io("write", dst))?;
-        }
-        Ok(())
-    }
-
-    /// The conninfo part that makes a connection to another member TLS.
-    pub(crate) fn ssl_conninfo(&self) -> String {
-        conf::ssl_conninfo(self.ssl.as_ref())
     }
 
     /// pgquorum.conf, the include line in postgresql.conf, pg_hba.conf, standby.signal

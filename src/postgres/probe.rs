@@ -68,6 +68,7 @@ impl Postgres {
             return p;
         }
         p.liveness = self.liveness();
+        self.refresh_ssl_if_changed().await;
         // The monitor's view is up to one probe old, and a kill must not rest on a
         // hang that has just ended: the kernel's view is read again now.
         let now = p
