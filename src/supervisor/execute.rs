@@ -385,9 +385,33 @@ impl<S: Store, P: Database> Supervisor<S, P> {
                     what: "a finished request",
                     source,
                 })?;
-                self.client
-                    .put_key(&kind.key(&self.me), done, 0, None)
-                    .await?;
+                // Only the request carried out is marked done, by a compare-and-set
+                // on the key as it is now: one deleted meanwhile (cancelled, or
+                // collected by a waiting `ctl restart`) stays deleted, and one made
+                // since (a new `--scheduled` time) stays pending. A plain put wrote
+                // a stale `done` back over either.
+                let key = kind.key(&self.me);
+                let seen = view.and_then(|v| match kind {
+                    model::RequestKind::Restart => v.restart.get(&self.me),
+                    model::RequestKind::Reload => v.reload.get(&self.me),
+                });
+                let now = self.client.read_prefix(&key).await?;
+                let current = now.into_iter().find(|k| k.key == key);
+                let same = current.as_ref().is_some_and(|c| {
+                    serde_json::from_slice::<model::MemberRequest>(&c.value)
+                        .is_ok_and(|r| !r.done && Some(&r) == seen)
+                });
+                match current {
+                    Some(c) if same => {
+                        self.client
+                            .put_key(&key, done, 0, Some(c.mod_revision))
+                            .await?;
+                    }
+                    _ => tracing::info!(
+                        key = %key,
+                        "the request was cancelled or replaced while it ran; not marking it done"
+                    ),
+                }
             }
             Action::ClearReinit => {
                 tracing::warn!("refusing a reinit request for this member: it is the primary");

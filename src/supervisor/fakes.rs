@@ -109,6 +109,15 @@ impl FakeStore {
         });
     }
 
+    /// What another process does: deletes a key directly.
+    pub fn delete(&self, key: &str) {
+        lock(&self.0).commit(Command::Delete {
+            key: key.into(),
+            prefix: false,
+            expect_mod_revision: None,
+        });
+    }
+
     /// Grants a lease outside the supervisor (an earlier process of this member).
     pub fn grant(&self, ttl_ms: u64) -> u64 {
         match lock(&self.0).commit(Command::LeaseGrant { ttl_ms, id: 0 }) {
@@ -170,6 +179,7 @@ impl Store for FakeStore {
                 key: kv.key.clone(),
                 value: kv.value.clone(),
                 lease: kv.lease,
+                mod_revision: kv.mod_revision,
             })
             .collect())
     }
@@ -269,6 +279,8 @@ pub struct PgState {
     /// Called while a clone runs; what it returns is kept in `seen_during_copy`.
     pub copy_spy: Option<Spy>,
     pub seen_during_copy: Vec<Option<String>>,
+    /// Run when the named operation starts (what another process does meanwhile).
+    pub during: Option<(&'static str, Spy)>,
 }
 
 /// What a test looks at from inside an operation (e.g. the store while a clone runs).
@@ -298,6 +310,11 @@ impl PgState {
             && let Some(spy) = self.copy_spy.clone()
         {
             self.seen_during_copy.push((spy.0)());
+        }
+        if let Some((op, spy)) = self.during.clone()
+            && op == name
+        {
+            (spy.0)();
         }
         if self.failing.contains(name) {
             return Err(PgError::Command {

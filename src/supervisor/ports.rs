@@ -24,6 +24,8 @@ pub struct StoredKey {
     pub value: Vec<u8>,
     /// 0: not attached to a lease.
     pub lease: u64,
+    /// The revision of its last change: a compare-and-set writes only over this.
+    pub mod_revision: u64,
 }
 
 /// The cluster's store, as the supervisor uses it. Leases come through
@@ -74,6 +76,7 @@ impl Store for Client {
                 key: kv.key,
                 value: kv.value,
                 lease: kv.lease,
+                mod_revision: kv.mod_revision,
             })
             .collect())
     }

@@ -392,6 +392,42 @@ async fn a_replica_follows_the_leader_and_keeps_the_fence_disarmed() {
     assert_eq!(me.following.as_deref(), Some("n2"));
 }
 
+/// A restart request is marked done only if it is still the one carried out: one
+/// cancelled while PostgreSQL restarted stays gone, instead of coming back as a
+/// stale `done` (tests/day2.rs saw that race once in CI).
+#[tokio::test(start_paused = true)]
+async fn a_restart_request_cancelled_while_it_runs_is_not_written_back() {
+    let store = FakeStore::new(&["n1", "n2", "n3"]);
+    n2_leads(&store, 1, 0x100_0000, Duration::from_secs(600));
+    let pg = FakePg::default();
+    let mut r = rig(&store, &pg);
+    r.cycles_until(10, |r| r.pg.state().running).await;
+    let key = model::RequestKind::Restart.key("n1");
+    // Carried out undisturbed: marked done.
+    store.put(&key, r#"{"done":false}"#, 0);
+    r.cycles_until(10, |_| {
+        store.value(&key).is_some_and(|v| v.contains("true"))
+    })
+    .await;
+    // Cancelled while the restart runs: stays cancelled.
+    store.put(&key, r#"{"done":false}"#, 0);
+    let (s, k) = (store.clone(), key.clone());
+    r.pg.state().during = Some((
+        "stop",
+        super::fakes::Spy(std::sync::Arc::new(move || {
+            s.delete(&k);
+            None
+        })),
+    ));
+    let stops = r.log().iter().filter(|l| l.starts_with("stop")).count();
+    r.cycles_until(10, |r| {
+        r.log().iter().filter(|l| l.starts_with("stop")).count() > stops
+    })
+    .await;
+    r.cycles(3).await;
+    assert_eq!(store.value(&key), None, "PostgreSQL did {:?}", r.log());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_replica_that_takes_over_promotes_under_the_fence_and_records_the_failover() {
     let store = FakeStore::new(&["n1", "n2", "n3"]);
