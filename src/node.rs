@@ -359,23 +359,15 @@ pub async fn run(
 
 /// The bearer tokens `[tls]` names, read from their (private) files.
 fn admin_tokens(cfg: &NodeConfig) -> Result<crate::api::auth::Tokens, NodeError> {
-    let read = |f: &Option<std::path::PathBuf>| -> Result<Option<String>, NodeError> {
+    let read = |f: Option<&std::path::PathBuf>| -> Result<Option<String>, NodeError> {
         let Some(f) = f else { return Ok(None) };
-        crate::tls::check_private(f)?;
-        let text = std::fs::read_to_string(f).map_err(|source| crate::tls::TlsError::Read {
-            path: f.clone(),
-            source,
-        })?;
-        Ok(text
-            .lines()
-            .next()
-            .map(|l| l.trim().to_owned())
-            .filter(|t| !t.is_empty()))
+        let t = crate::tls::read_secret(f)?.trim().to_owned();
+        Ok(Some(t).filter(|t| !t.is_empty()))
     };
     let t = cfg.tls.as_ref();
     Ok(crate::api::auth::Tokens {
-        admin: read(&t.and_then(|t| t.admin_token_file.clone()))?,
-        read: read(&t.and_then(|t| t.read_token_file.clone()))?,
+        admin: read(t.and_then(|t| t.admin_token_file.as_ref()))?,
+        read: read(t.and_then(|t| t.read_token_file.as_ref()))?,
     })
 }
 
@@ -391,14 +383,7 @@ fn write_auth(cfg: &NodeConfig) -> Result<crate::api::rest::WriteAuth, NodeError
     };
     let secret = |file: &Option<std::path::PathBuf>, inline: &Option<String>, env: &str| match file
     {
-        Some(f) => {
-            crate::tls::check_private(f)?;
-            let text = std::fs::read_to_string(f).map_err(|source| crate::tls::TlsError::Read {
-                path: f.clone(),
-                source,
-            })?;
-            Ok::<_, NodeError>(text.lines().next().map(str::to_owned))
-        }
+        Some(f) => crate::tls::read_secret(f).map(Some),
         None => Ok(inline.clone().or_else(|| std::env::var(env).ok())),
     };
     let password = secret(&a.password_file, &a.password, "PGQUORUM_REST_PASSWORD")?;

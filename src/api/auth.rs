@@ -136,7 +136,6 @@ mod tests {
         r.extensions_mut().insert(ConnInfo {
             remote: "127.0.0.1:1".parse().unwrap(),
             identity,
-            tls: true,
         });
         if let Some(c) = caller {
             r.metadata_mut().insert(CALLER, c.parse().unwrap());

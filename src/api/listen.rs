@@ -150,16 +150,9 @@ impl Gate {
 /// An admitted TCP connection: its ticket, and a deadline for its first byte.
 pub struct Admitted {
     io: TcpStream,
-    local: Option<SocketAddr>,
     remote: SocketAddr,
     first_byte: Option<Pin<Box<Sleep>>>,
     _ticket: Ticket,
-}
-
-impl Admitted {
-    pub fn remote_addr(&self) -> SocketAddr {
-        self.remote
-    }
 }
 
 impl AsyncRead for Admitted {
@@ -220,12 +213,6 @@ impl AsyncWrite for Admitted {
     }
 }
 
-impl Admitted {
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.local
-    }
-}
-
 /// A served connection: plaintext, or after its TLS handshake. Handlers find its
 /// [`ConnInfo`] (who the client is) in each request's extensions.
 pub enum Conn {
@@ -239,7 +226,6 @@ impl Conn {
             Conn::Plain(a) => ConnInfo {
                 remote: a.remote,
                 identity: None,
-                tls: false,
             },
             Conn::Tls(t) => t.info.clone(),
         }
@@ -348,7 +334,6 @@ pub async fn accept(listener: &TcpListener, gate: &Gate, handshake: Duration) ->
         // stalls on Raft writes without this.
         let _ = io.set_nodelay(true);
         return Admitted {
-            local: io.local_addr().ok(),
             io,
             remote,
             first_byte: Some(Box::pin(tokio::time::sleep(handshake))),

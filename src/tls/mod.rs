@@ -64,8 +64,6 @@ pub struct ConnInfo {
     /// Some when the port runs TLS and the client presented a certificate of the
     /// cluster CA; None on a plaintext port or without a client certificate.
     pub identity: Option<Identity>,
-    /// Whether the port runs TLS (a plaintext port authenticates no one).
-    pub tls: bool,
 }
 
 /// The files of one node's or operator's TLS set-up.
@@ -131,6 +129,17 @@ pub fn check_private(path: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
+/// The first line of a password or token file, which must be private (refused,
+/// naming the fix, when others can read it).
+pub fn read_secret(path: &Path) -> Result<String, TlsError> {
+    check_private(path)?;
+    let text = std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text.lines().next().unwrap_or("").to_owned())
+}
+
 /// The identity a DER certificate names: common name and the role of its
 /// organisational unit. None when either is missing or unknown.
 pub fn identity_of(der: &[u8]) -> Option<Identity> {
@@ -184,9 +193,7 @@ static TOKEN: RwLock<Option<String>> = RwLock::new(None);
 
 /// Reads the token `ctl` sends from `path` (first line; the file must be private).
 pub fn set_token_file(path: &Path) -> Result<(), TlsError> {
-    check_private(path)?;
-    let text = String::from_utf8_lossy(&read(path)?).into_owned();
-    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    let token = read_secret(path)?.trim().to_owned();
     if token.is_empty() {
         return Err(TlsError::Pem {
             path: path.to_path_buf(),

@@ -115,10 +115,6 @@ impl ServerTls {
         }))
     }
 
-    pub fn paths(&self) -> &TlsPaths {
-        &self.paths
-    }
-
     /// Days until this node's certificate expires.
     pub fn days_left(&self) -> Option<i64> {
         self.current
@@ -204,11 +200,7 @@ impl ServerTls {
             .and_then(|c| identity_of(c));
         Ok(TlsConn {
             tls,
-            info: ConnInfo {
-                remote,
-                identity,
-                tls: true,
-            },
+            info: ConnInfo { remote, identity },
         })
     }
 }

@@ -105,8 +105,7 @@ pub async fn serve(
         tls,
         ..
     } = opts;
-    let app = app.layer(axum::middleware::from_fn_with_state(t.body, body_deadline));
-    let svc = app;
+    let svc = app.layer(axum::middleware::from_fn_with_state(t.body, body_deadline));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
